@@ -1,0 +1,67 @@
+"""queuectl's exception tree; the CLI maps each class to one exit code."""
+
+from __future__ import annotations
+
+
+class QueuectlError(Exception):
+    """Base of every error queuectl reports to a user."""
+
+    exit_code = 1
+
+
+class InvalidInput(QueuectlError):
+    """A value the user gave is malformed or out of range (a usage error)."""
+
+    exit_code = 2
+
+
+class JobNotFound(QueuectlError):
+    exit_code = 3
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class Conflict(QueuectlError):
+    """The request clashes with what is stored (duplicate id, wrong state)."""
+
+    exit_code = 4
+
+
+class DuplicateJob(Conflict):
+    def __init__(self, job_id: str | None = None) -> None:
+        what = f"a job with id {job_id!r} already exists" if job_id else "a job id already exists"
+        super().__init__(what)
+        self.job_id = job_id
+
+
+class StoreError(QueuectlError):
+    """The database cannot be used: busy, corrupt, not ours, read-only, full."""
+
+    exit_code = 5
+
+
+class StoreBusy(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached (PostgreSQL)."""
+
+
+class SupervisorError(QueuectlError):
+    """supervisord could not be started, reached or commanded."""
+
+    exit_code = 6
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error",
+    2: "usage error or invalid input (nothing was changed)",
+    3: "job not found",
+    4: "conflict with stored data (duplicate id, job not in the required state)",
+    5: "database unavailable: busy, corrupt, not a queuectl database, read-only, full",
+    6: "supervisord could not be started or reached",
+}

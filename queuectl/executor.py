@@ -1,0 +1,194 @@
+"""Run one shell command in its own session and report how it ended.
+
+The job gets a new session (so its whole tree is one process group the worker can
+kill, and a Ctrl+C or supervisord's stop signal reaches the worker, not the job),
+no stdin, and files for stdout and stderr (pipes would deadlock on large output).
+The wait is a pidfd in select(): one thread, an exact wake-up when the job exits,
+and a tick every `tick_interval` seconds for heartbeats.  Knows nothing of the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from queuectl.models import Outcome
+
+
+class OutputFiles:
+    """Two anonymous files reused for every job of one worker: truncated before each
+    job, and only their last `limit` bytes are read back."""
+
+    def __init__(self) -> None:
+        # Open for the worker's whole life; closed by close().
+        self.out = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
+        self.err = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
+
+    def reset(self) -> None:
+        for f in (self.out, self.err):
+            os.ftruncate(f.fileno(), 0)
+            os.lseek(f.fileno(), 0, os.SEEK_SET)
+
+    def tails(self, limit: int) -> tuple[str, str]:
+        return _tail(self.out.fileno(), limit), _tail(self.err.fileno(), limit)
+
+    def close(self) -> None:
+        self.out.close()
+        self.err.close()
+
+
+def _tail(fd: int, limit: int) -> str:
+    size = os.fstat(fd).st_size
+    if size == 0 or limit <= 0:
+        return ""
+    n = min(size, limit)
+    data = os.pread(fd, n, size - n)
+    return data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Job:
+    command: str
+    timeout: float
+    env: Mapping[str, str]
+    kill_grace: float = 5.0
+    output_limit: int = 64 * 1024
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Signal a whole process group; False if it is already gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def run(
+    job: Job,
+    files: OutputFiles,
+    *,
+    check: Callable[[], str | None] | None = None,
+    check_interval: float = 0.5,
+    wakeup_fd: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Run `job.command` with /bin/sh -c and wait for it.
+
+    `check()` is called every `check_interval` seconds while the job runs and
+    whenever `wakeup_fd` becomes readable (a signal arrived); a non-None answer is
+    the error to record, and the job's group is killed at once.  A timeout sends
+    SIGTERM to the group, then SIGKILL after `job.kill_grace` seconds.
+    """
+    files.reset()
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", job.command],
+            stdin=subprocess.DEVNULL,
+            stdout=files.out,
+            stderr=files.err,
+            env=dict(job.env),
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
+    if on_start is not None:
+        on_start(proc.pid)
+    error: str | None = None
+    timed_out = False
+    try:
+        error, timed_out = _wait(proc, job, check, check_interval, wakeup_fd)
+    finally:
+        # The job is over once its shell exits: anything it left in its session
+        # (background children, daemons) would outlive the attempt, so it goes too.
+        kill_group(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            proc.wait()
+    code = proc.returncode
+    stdout, stderr = files.tails(job.output_limit)
+    exit_code: int | None
+    if code < 0:
+        exit_code = 128 - code
+        if error is None:
+            error = f"killed by signal {_signame(-code)}"
+    else:
+        exit_code = code
+        if error is None and code != 0:
+            error = f"exited with code {code}{_HINTS.get(code, '')}"
+    return Outcome(exit_code=exit_code, error=error, stdout=stdout, stderr=stderr, timed_out=timed_out)
+
+
+_HINTS = {126: " (command not executable)", 127: " (command not found)"}
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    job: Job,
+    check: Callable[[], str | None] | None,
+    check_interval: float,
+    wakeup_fd: int | None,
+) -> tuple[str | None, bool]:
+    """Wait for proc; returns (error, timed_out)."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        start = time.monotonic()
+        deadline = start + job.timeout
+        next_check = start + check_interval
+        kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
+        error: str | None = None
+        timed_out = False
+        fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
+        while True:
+            now = time.monotonic()
+            wake = min(next_check, kill_at if kill_at is not None else deadline)
+            ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
+            if pidfd in ready:
+                proc.wait()
+                return error, timed_out
+            now = time.monotonic()
+            woken = wakeup_fd is not None and wakeup_fd in ready
+            if woken:
+                _drain(wakeup_fd)  # type: ignore[arg-type]
+            if check is not None and error is None and (woken or now >= next_check):
+                next_check = now + check_interval
+                why = check()
+                if why is not None:
+                    error = why
+                    kill_group(proc.pid, signal.SIGKILL)
+                    kill_at = now + 3600  # nothing left to do but wait for the exit
+                    continue
+            if kill_at is None and now >= deadline:
+                timed_out = True
+                error = f"timeout after {job.timeout:g}s"
+                kill_group(proc.pid, signal.SIGTERM)
+                kill_at = now + job.kill_grace
+            elif kill_at is not None and now >= kill_at:
+                kill_group(proc.pid, signal.SIGKILL)
+                kill_at = now + 3600
+            if error is not None:
+                next_check = now + 3600
+    finally:
+        os.close(pidfd)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while os.read(fd, 512):
+            pass

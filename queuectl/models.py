@@ -1,0 +1,307 @@
+"""Jobs, their states and the one function that decides every transition.
+
+Standard library only: the store backends, the worker and the monitor all import
+this module, so the retry rules live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    """The life of a job.
+
+    PENDING -> PROCESSING            claimed by a worker (attempts += 1, lease += 1)
+    FAILED -> PROCESSING             a scheduled retry is claimed
+    PROCESSING -> COMPLETED          the command exited 0
+    PROCESSING -> FAILED             it failed and a retry is scheduled (next_run_at)
+    PROCESSING -> DEAD               it failed max_retries + 1 times: dead-letter queue
+    DEAD -> PENDING                  `dlq retry` (attempts reset to 0)
+    """
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: States a worker may claim from.
+RUNNABLE = (JobState.PENDING, JobState.FAILED)
+#: States a job never leaves on its own.
+TERMINAL = (JobState.COMPLETED, JobState.DEAD)
+
+ALLOWED: Mapping[JobState | None, frozenset[JobState]] = {
+    None: frozenset({JobState.PENDING}),
+    JobState.PENDING: frozenset({JobState.PROCESSING}),
+    JobState.FAILED: frozenset({JobState.PROCESSING}),
+    JobState.PROCESSING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.DEAD}),
+    JobState.DEAD: frozenset({JobState.PENDING}),
+    JobState.COMPLETED: frozenset(),
+}
+
+
+class Reason(enum.StrEnum):
+    """Why the monitor (not the job's own worker) ended an attempt."""
+
+    HEARTBEAT_LOST = "heartbeat_lost"
+    TIMEOUT = "timeout"
+    ORPHAN_KILLED = "orphan_killed"
+    MANUAL = "manual"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt produced."""
+
+    exit_code: int | None
+    error: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Where a finished attempt sends its job."""
+
+    state: JobState
+    next_run_at: float | None
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the retry after `attempts` attempts: base ** attempts, capped."""
+    try:
+        delay = float(base) ** attempts
+    except OverflowError:
+        return float(cap)
+    return float(min(delay, cap))
+
+
+def decide(
+    *,
+    ok: bool,
+    attempts: int,
+    max_retries: int,
+    backoff_base: float,
+    backoff_max: float,
+    now: float,
+) -> Transition:
+    """The single rule for the end of an attempt.
+
+    `attempts` counts the attempts made so far, this one included (the claim counts
+    it).  A job gets max_retries + 1 attempts in all; a failure before that schedules
+    a retry at now + backoff_base ** attempts seconds, capped by backoff_max.
+    """
+    if ok:
+        return Transition(JobState.COMPLETED, None)  # PROCESSING -> COMPLETED
+    if attempts > max_retries:
+        return Transition(JobState.DEAD, None)  # PROCESSING -> DEAD
+    # PROCESSING -> FAILED
+    return Transition(JobState.FAILED, now + backoff_delay(attempts, backoff_base, backoff_max))
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    command: str
+    state: JobState
+    attempts: int
+    max_retries: int
+    priority: int
+    timeout: float
+    lease: int
+    created_at: float
+    updated_at: float
+    run_at: float
+    next_run_at: float | None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["state"] = JobState(values["state"])
+        return cls(**values)
+
+    @classmethod
+    def from_tuple(cls, row: Sequence[Any]) -> Job:
+        """From a row whose columns are JOB_COLUMNS, in order."""
+        job = cls(*row)
+        object.__setattr__(job, "state", JobState(job.state))
+        return job
+
+    def to_dict(self, *, output: bool = True) -> dict[str, Any]:
+        """The stable JSON form: times as ISO-8601 UTC, states as strings."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _TIME_FIELDS:
+                value = iso(value)
+            elif f.name == "state":
+                value = value.value
+            elif f.name in ("stdout", "stderr") and not output:
+                continue
+            out[f.name] = value
+        if self.state not in RUNNABLE:
+            # Only a waiting job has a next run; elsewhere the stored value would mislead.
+            out["next_run_at"] = None
+        return out
+
+
+JOB_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Job))
+
+_TIME_FIELDS = frozenset({"created_at", "updated_at", "run_at", "next_run_at", "started_at", "finished_at"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of a job's append-only history."""
+
+    seq: int
+    job_id: str
+    at: float
+    from_state: str | None
+    to_state: str
+    attempt: int
+    worker_id: str | None
+    exit_code: int | None
+    error: str | None
+    reason: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Event:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @classmethod
+    def from_tuple(cls, row: Sequence[Any]) -> Event:
+        return cls(*row)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": iso(self.at),
+            "from": self.from_state,
+            "to": self.to_state,
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker process as the workers table knows it."""
+
+    id: str
+    host: str
+    pid: int
+    proc_start: int | None
+    started_at: float
+    heartbeat_at: float
+    job_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    @classmethod
+    def from_tuple(cls, row: Sequence[Any]) -> WorkerInfo:
+        return cls(*row)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": iso(self.started_at),
+            "heartbeat_at": iso(self.heartbeat_at),
+            "job_id": self.job_id,
+        }
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated job ready to insert."""
+
+    id: str
+    command: str
+    max_retries: int
+    priority: int
+    timeout: float
+    run_at: float
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds (`2026-11-23T11:50:00.123Z`)."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> float:
+    """ISO-8601 -> epoch seconds; a time without a zone is taken as UTC."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_last_ms = 0
+_last_rand = 0
+
+
+def new_id(now: float | None = None) -> str:
+    """A short, unique, sortable id: 10 base32 chars of milliseconds + 6 random.
+
+    Ids made in one process within the same millisecond count up from a random
+    start, so a bulk enqueue never collides with itself and stays in order.
+    """
+    global _last_ms, _last_rand
+    ms = int((time.time() if now is None else now) * 1000)
+    if ms <= _last_ms:
+        ms = _last_ms
+        _last_rand += 1
+        if _last_rand >= 32**6:
+            ms += 1
+            _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
+    else:
+        _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
+    _last_ms = ms
+    return _b32(ms, 10) + _b32(_last_rand, 6)
+
+
+def _b32(n: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        chars.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(chars))

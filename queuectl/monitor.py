@@ -1,0 +1,290 @@
+"""The monitor: one recovery pass at a time, idempotent, safe with two at once.
+
+A pass, in order:
+  1. read the PROCESSING jobs, then the workers (in that order: a worker registers
+     before it claims, so every job read has its worker in the second read unless
+     that worker is really gone);
+  2. stale workers: no heartbeat for heartbeat_timeout, or, on this host, a dead pid
+     (checked with the process start time, so a reused pid does not fool it);
+  3. each job of a stale or missing worker (heartbeat_lost) and each job past its
+     timeout + kill_grace + timeout_grace (timeout): kill its processes on this host
+     first, then compare-and-set it to FAILED/DEAD on its lease; a lost CAS means
+     someone else (its worker, another monitor) got there first;
+  4. delete stale worker rows (CAS on their heartbeat);
+  5. kill job processes on this host whose attempt is over (orphan_killed);
+  6. write the recovery log for what the CAS calls actually changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from queuectl import failpoints, procs
+from queuectl.config import Config
+from queuectl.errors import Conflict, JobNotFound, QueuectlError
+from queuectl.logs import json_logger
+from queuectl.models import Job, JobState, Reason, WorkerInfo, decide, iso
+from queuectl.signals import StopSignals
+from queuectl.store import Store
+
+
+@dataclass
+class Recovery:
+    """One recovered job, removed worker or killed orphan: one line of the log."""
+
+    event: str
+    reason: str
+    job_id: str | None = None
+    attempt: int | None = None
+    state_before: str | None = None
+    state_after: str | None = None
+    next_run_at: str | None = None
+    worker_id: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    command: str | None = None
+    killed_pids: list[int] = field(default_factory=list)
+
+
+class Monitor:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue: str,
+        logs_dir: Path,
+        log: Any = None,
+        signals: StopSignals | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.logs_dir = logs_dir
+        self.log = log or json_logger(component="monitor", pid=os.getpid())
+        self.signals = signals or StopSignals()
+        self.host = procs.hostname()
+
+    # --- one pass ------------------------------------------------------------------
+
+    def run_once(self, now: float | None = None, *, dry_run: bool = False) -> list[Recovery]:
+        cfg = Config.from_stored(self.store.config_items())
+        t = self.store.now() if now is None else now
+        jobs = self.store.processing()
+        workers = {w.id: w for w in self.store.workers()}
+        stale = {wid: w for wid, w in workers.items() if self._is_stale(w, t, cfg)}
+        done: list[Recovery] = []
+        local = procs.job_processes(self.queue)
+        for job in jobs:
+            reason = self._reason(job, workers, stale, t, cfg)
+            if reason is None:
+                continue
+            rec = self._recover(job, reason, workers.get(job.worker_id or ""), local, t, cfg, dry_run)
+            if rec is not None:
+                done.append(rec)
+        for w in stale.values():
+            if dry_run or self.store.remove_worker(w.id, w.heartbeat_at):
+                done.append(
+                    Recovery(
+                        event="worker_removed",
+                        reason=Reason.HEARTBEAT_LOST.value,
+                        worker_id=w.id,
+                        host=w.host,
+                        pid=w.pid,
+                    )
+                )
+        done.extend(self._sweep_orphans(dry_run))
+        if done and not dry_run:
+            self.write_log(done)
+        return done
+
+    def _is_stale(self, w: WorkerInfo, now: float, cfg: Config) -> bool:
+        if w.heartbeat_at < now - cfg.heartbeat_timeout:
+            return True
+        return w.host == self.host and not procs.is_alive(w.pid, w.proc_start)
+
+    @staticmethod
+    def _reason(
+        job: Job,
+        workers: dict[str, WorkerInfo],
+        stale: dict[str, WorkerInfo],
+        now: float,
+        cfg: Config,
+    ) -> Reason | None:
+        if job.worker_id in stale or job.worker_id not in workers:
+            return Reason.HEARTBEAT_LOST
+        started = job.started_at if job.started_at is not None else job.updated_at
+        if now > started + job.timeout + cfg.kill_grace + cfg.timeout_grace:
+            return Reason.TIMEOUT
+        return None
+
+    def _recover(
+        self,
+        job: Job,
+        reason: Reason,
+        worker: WorkerInfo | None,
+        local: list[procs.JobProcess],
+        now: float,
+        cfg: Config,
+        dry_run: bool,
+    ) -> Recovery | None:
+        move = decide(
+            ok=False,
+            attempts=job.attempts,
+            max_retries=job.max_retries,
+            backoff_base=cfg.backoff_base,
+            backoff_max=cfg.backoff_max,
+            now=now,
+        )
+        rec = Recovery(
+            event="job_recovered",
+            reason=reason.value,
+            job_id=job.id,
+            attempt=job.attempts,
+            state_before=JobState.PROCESSING.value,
+            state_after=move.state.value,
+            next_run_at=iso(move.next_run_at),
+            worker_id=job.worker_id,
+            host=worker.host if worker else None,
+            pid=worker.pid if worker else None,
+            command=job.command,
+        )
+        if dry_run:
+            return rec
+        # Kill before the CAS: once the job is FAILED it may be claimed again, and
+        # the old attempt must not still be running then.
+        mine = [p for p in local if p.job_id == job.id and p.lease in (job.lease, None)]
+        rec.killed_pids = procs.kill_job_processes(mine)
+        error = _ERRORS[reason].format(timeout=job.timeout, worker=job.worker_id)
+        # PROCESSING -> FAILED / DEAD (recovery)
+        if not self.store.recover(job.id, job.lease, move.state, move.next_run_at, reason.value, error, now):
+            return None
+        failpoints.hit("monitor_after_cas")
+        self.log.warning("job_recovered", **_compact(rec))
+        return rec
+
+    def _sweep_orphans(self, dry_run: bool) -> list[Recovery]:
+        """Kill job processes on this host whose attempt is over.  Each candidate is
+        checked against the store just before the kill, so an attempt claimed after
+        this pass began is never mistaken for an orphan."""
+        out = []
+        for p in procs.job_processes(self.queue):
+            job = self.store.get(p.job_id)
+            if job is not None and job.state is JobState.PROCESSING and job.lease == p.lease:
+                continue
+            rec = Recovery(
+                event="orphan_killed",
+                reason=Reason.ORPHAN_KILLED.value,
+                job_id=p.job_id,
+                attempt=job.attempts if job else None,
+                state_before=job.state.value if job else None,
+                state_after=job.state.value if job else None,
+                worker_id=job.worker_id if job else None,
+                host=self.host,
+                pid=p.pid,
+                command=job.command if job else None,
+            )
+            if not dry_run:
+                rec.killed_pids = procs.kill_job_processes([p])
+                if not rec.killed_pids:
+                    continue
+                self.log.warning("orphan_killed", **_compact(rec))
+            out.append(rec)
+        return out
+
+    def recover_job(self, job_id: str, now: float | None = None) -> Recovery:
+        """An operator's manual recovery of one PROCESSING job (reason `manual`)."""
+        cfg = Config.from_stored(self.store.config_items())
+        t = self.store.now() if now is None else now
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.state is not JobState.PROCESSING:
+            raise Conflict(f"job {job_id!r} is {job.state.value}, not processing: nothing to recover")
+        workers = {w.id: w for w in self.store.workers()}
+        local = procs.job_processes(self.queue)
+        rec = self._recover(job, Reason.MANUAL, workers.get(job.worker_id or ""), local, t, cfg, False)
+        if rec is None:
+            raise Conflict(f"job {job_id!r} changed while it was being recovered; try again")
+        self.write_log([rec])
+        return rec
+
+    # --- the audit log -------------------------------------------------------------
+
+    def write_log(self, recoveries: list[Recovery]) -> Path:
+        """logs/recovered_jobs_<UTC timestamp>.json: JSON Lines, owner-only, created
+        with O_EXCL after the database commit (so it names only what happened)."""
+        self.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = self.logs_dir / f"recovered_jobs_{stamp}.json"
+        n = 0
+        while True:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:
+                n += 1
+                path = self.logs_dir / f"recovered_jobs_{stamp}-{n}.json"
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            logger = structlog.wrap_logger(
+                structlog.PrintLogger(f),
+                processors=[
+                    structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+                    structlog.processors.JSONRenderer(),
+                ],
+                context_class=dict,
+            )
+            for rec in recoveries:
+                fields = asdict(rec)
+                event = fields.pop("event")
+                logger.info(event, recovered_by=f"{self.host}:{os.getpid()}", **fields)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.log.info("monitor_started", host=self.host)
+        while not self.signals.warm:
+            interval = 5.0
+            try:
+                interval = Config.from_stored(self.store.config_items()).monitor_interval
+                self.run_once()
+            except QueuectlError as exc:
+                self.log.warning("monitor_store_error", error=str(exc))
+            except Exception:
+                self.log.exception("monitor_error")
+            self._sleep(interval)
+        self.log.info("monitor_stopped")
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        import select
+
+        deadline = time.monotonic() + seconds
+        while not self.signals.warm:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(InterruptedError):
+                select.select([self.signals.fd], [], [], left)
+            self.signals.drain()
+
+
+_ERRORS = {
+    Reason.HEARTBEAT_LOST: "recovered: worker {worker} stopped heartbeating (heartbeat_lost)",
+    Reason.TIMEOUT: "recovered: still processing past its {timeout:g}s timeout (timeout)",
+    Reason.MANUAL: "recovered by an operator (manual)",
+    Reason.ORPHAN_KILLED: "orphan process killed",
+}
+
+
+def _compact(rec: Recovery) -> dict[str, Any]:
+    return {k: v for k, v in asdict(rec).items() if v not in (None, []) and k != "event"}

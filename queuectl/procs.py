@@ -1,0 +1,119 @@
+"""What /proc tells about processes on this host: identity and job ownership."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+_HOST = os.environ.get("QUEUECTL_HOSTNAME") or socket.gethostname()
+
+
+def hostname() -> str:
+    """This host's name (QUEUECTL_HOSTNAME overrides it, so tests can stand for hosts)."""
+    return _HOST
+
+
+def proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22):
+    together with the pid it names one process, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[19])  # field 22 is the 20th after the name
+    except (IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int, start: int | None) -> bool:
+    """True if the process `pid` that started at `start` still runs (not a zombie)."""
+    now_start = proc_start(pid)
+    if now_start is None:
+        return False
+    if start is not None and now_start != start:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        state = data[data.rfind(b")") + 2 :].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+@dataclass(frozen=True)
+class JobProcess:
+    pid: int
+    pgid: int
+    job_id: str
+    lease: int | None
+    queue: str
+
+
+def queue_key(db_url: str) -> str:
+    """A short name for one queue (its database), put in each job's environment so
+    that a monitor touches only its own queue's job processes."""
+    import hashlib
+
+    return hashlib.sha256(db_url.encode()).hexdigest()[:16]
+
+
+def job_processes(queue: str) -> list[JobProcess]:
+    """Every process on this host that runs (part of) a job of `queue`, found by the
+    QUEUECTL_JOB_ID and QUEUECTL_QUEUE the worker put in its environment."""
+    found = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if b"QUEUECTL_JOB_ID=" not in env:
+            continue
+        values = dict(item.split(b"=", 1) for item in env.split(b"\0") if b"=" in item)
+        job_id = values.get(b"QUEUECTL_JOB_ID")
+        if job_id is None or values.get(b"QUEUECTL_QUEUE", b"").decode() != queue:
+            continue
+        lease_text = values.get(b"QUEUECTL_LEASE", b"")
+        try:
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        found.append(
+            JobProcess(
+                pid=pid,
+                pgid=pgid,
+                job_id=job_id.decode("utf-8", "replace"),
+                lease=int(lease_text) if lease_text.isdigit() else None,
+                queue=queue,
+            )
+        )
+    return found
+
+
+def kill_job_processes(procs: list[JobProcess]) -> list[int]:
+    """SIGKILL each process's group and the process itself; returns the pids hit."""
+    killed = []
+    for p in procs:
+        hit = False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if p.pgid > 1 and p.pgid != os.getpgrp():
+                os.killpg(p.pgid, signal.SIGKILL)
+                hit = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, signal.SIGKILL)
+            hit = True
+        if hit:
+            killed.append(p.pid)
+    return killed

@@ -1,0 +1,56 @@
+"""Stop requests from signals: the handlers only count and wake.
+
+The first SIGTERM/SIGINT is a warm stop (finish the current job, claim no more);
+the second is a cold stop (kill the job now).  `signal.set_wakeup_fd` writes a byte
+to a pipe on every signal, so a select() on `fd` wakes at once instead of at the end
+of its timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from types import FrameType
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.count = 0
+        self.parent_gone = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    @property
+    def fd(self) -> int:
+        """Readable whenever a signal arrived (a select() wakes on it)."""
+        return self._r
+
+    @property
+    def warm(self) -> bool:
+        return self.count >= 1 or self.parent_gone
+
+    @property
+    def cold(self) -> bool:
+        return self.count >= 2
+
+    def install(self) -> None:
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def request(self) -> None:
+        """A stop asked for by the program itself (e.g. its supervisor is gone)."""
+        self.parent_gone = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._w, b"\0")
+
+    def drain(self) -> None:
+        """Empty the wake-up pipe (after a select() returned because of it)."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._r, 512):
+                pass

@@ -1,0 +1,155 @@
+"""The Store contract: every backend implements exactly these semantics.
+
+Times are epoch seconds (floats).  `now=None` means "the store's clock": the host
+clock for SQLite, the database server's clock for PostgreSQL.  Every method that
+changes a job's state is one guarded statement and returns whether it changed a row;
+a False return means "someone else got there first" and is not an error.
+
+Every state change a method makes is appended to the job's history (`job_events`)
+in the same transaction, so the history can never disagree with the jobs table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo
+
+
+class Store(Protocol):
+    def now(self) -> float:
+        """The store's clock."""
+
+    # --- jobs --------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
+        """Insert all jobs as PENDING in one transaction, or none of them.
+
+        Raises DuplicateJob if any id exists already.  Returns the ids in order.
+        """
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+
+    def history(self, job_id: str) -> list[Event]:
+        """The job's events, oldest first."""
+
+    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs (of one state) in creation order, oldest first."""
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state; every state is present (0 if none)."""
+
+    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+        """Atomically take the best due job and return it as PROCESSING.
+
+        Best: highest priority, then earliest next_run_at, then id.  Due: PENDING or
+        FAILED with next_run_at <= now.  The claim increments attempts and lease and
+        sets worker_id and started_at.  None means nothing is due.  No two callers,
+        in any processes, ever get the same (job, lease).
+        """
+
+    def finish(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+        stderr: str,
+        now: float | None = None,
+    ) -> bool:
+        """Record the end of an attempt, only if (job_id, PROCESSING, lease) still holds.
+
+        False means the lease was lost (the monitor recovered the job): the result
+        is dropped.
+        """
+
+    def next_due(self) -> float | None:
+        """The earliest next_run_at among runnable jobs, or None."""
+
+    def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
+        """Move DEAD jobs back to PENDING with attempts reset; None means all DEAD jobs.
+
+        Returns the ids moved.  Ids that are not DEAD are left alone (the caller tells
+        "unknown" from "not dead" with get()).
+        """
+
+    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+        """Delete finished jobs in `states` (and their history) last updated before
+        `before`; returns how many jobs were deleted.  Only COMPLETED and DEAD may be
+        purged."""
+
+    # --- recovery ----------------------------------------------------------------
+
+    def processing(self) -> list[Job]:
+        """All PROCESSING jobs."""
+
+    def recover(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        reason: str,
+        error: str,
+        now: float | None = None,
+    ) -> bool:
+        """End an attempt on the worker's behalf (monitor), guarded like finish()."""
+
+    # --- workers -----------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace the worker's row."""
+
+    def heartbeat(
+        self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
+    ) -> bool:
+        """Refresh the worker's heartbeat.  Returns False if the worker's row is gone
+        or, with a job, if (job_id, PROCESSING, lease) no longer holds: either way the
+        worker has been declared dead and must kill its job."""
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row (clean exit)."""
+
+    def workers(self) -> list[WorkerInfo]:
+        """All registered workers, with the job each holds."""
+
+    def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
+        """Delete the row only if its heartbeat is still `heartbeat_at` (monitor)."""
+
+    # --- config ------------------------------------------------------------------
+
+    def config_items(self) -> dict[str, str]:
+        """The stored config values (keys never set are absent)."""
+
+    def config_set(self, items: dict[str, str]) -> None:
+        """Store config values in one transaction."""
+
+    # --- waiting -----------------------------------------------------------------
+
+    def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
+        """Return when another process may have changed the queue, when `timeout`
+        seconds have passed, or when `wakeup_fd` becomes readable."""
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str, *, synchronous: str | None = None) -> Store:
+    """Open the backend `url` names: postgresql://... or a SQLite file path."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from queuectl.errors import StoreUnavailable
+
+        try:
+            from queuectl.store.postgres import PostgresStore
+        except ImportError as exc:  # psycopg is an optional extra
+            raise StoreUnavailable(
+                "PostgreSQL support is not installed: pip install 'queuectl[postgres]'"
+            ) from exc
+        return PostgresStore(url)
+    from queuectl.store.sqlite import SQLiteStore
+
+    return SQLiteStore(url, synchronous=synchronous)

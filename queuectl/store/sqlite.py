@@ -1,0 +1,565 @@
+"""The SQLite store, through APSW.
+
+One connection per process, WAL journal, every write transaction `BEGIN IMMEDIATE`
+(so a read never has to be upgraded to a write, which would fail at once with
+SQLITE_BUSY_SNAPSHOT), and a 10 s busy timeout under a retry loop.  The history is
+written by triggers, so no statement can change a job's state without its event.
+Nothing `apsw.*` escapes this module: errors are translated at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+
+from queuectl.errors import DuplicateJob, InvalidInput, StoreBusy, StoreError
+from queuectl.models import (
+    JOB_COLUMNS,
+    Event,
+    Job,
+    JobState,
+    NewJob,
+    WorkerInfo,
+)
+
+#: PRAGMA application_id of a queuectl database ("QCTL").
+APPLICATION_ID = 0x5143544C
+BUSY_TIMEOUT_MS = 10_000
+#: Whole-transaction retries after the busy timeout ran out, before StoreBusy.
+BUSY_RETRIES = 3
+
+_COLS = ", ".join(JOB_COLUMNS)
+_EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
+
+# Each step moves the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY,
+        command     TEXT NOT NULL,
+        state       TEXT NOT NULL
+                    CHECK (state IN ('pending','processing','completed','failed','dead')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        timeout     REAL NOT NULL,
+        lease       INTEGER NOT NULL DEFAULT 0,   -- +1 per claim, never reset: the fence
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        run_at      REAL NOT NULL,                -- earliest start, as enqueued
+        next_run_at REAL,                         -- when a pending/failed job is due
+        started_at  REAL,
+        finished_at REAL,
+        worker_id   TEXT,
+        exit_code   INTEGER,
+        error       TEXT,
+        stdout      TEXT,
+        stderr      TEXT,
+        reason      TEXT                          -- why the last change was made
+    ) STRICT;
+    -- The claim walks this index from its first entry: cost is flat in queue size.
+    CREATE INDEX jobs_due ON jobs (priority DESC, next_run_at, id)
+        WHERE state IN ('pending', 'failed');
+    -- When the next retry or delayed job falls due: an idle worker sleeps until then.
+    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE state IN ('pending', 'failed');
+    CREATE INDEX jobs_state ON jobs (state, created_at, id);
+    CREATE INDEX jobs_worker ON jobs (worker_id) WHERE state = 'processing';
+
+    CREATE TABLE job_events (
+        seq        INTEGER PRIMARY KEY,
+        job_id     TEXT NOT NULL,
+        at         REAL NOT NULL,
+        from_state TEXT,
+        to_state   TEXT NOT NULL,
+        attempt    INTEGER NOT NULL,
+        worker_id  TEXT,
+        exit_code  INTEGER,
+        error      TEXT,
+        reason     TEXT
+    ) STRICT;
+    CREATE INDEX job_events_job ON job_events (job_id, seq);
+
+    CREATE TRIGGER jobs_history_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker_id,
+                                exit_code, error, reason)
+        VALUES (NEW.id, NEW.updated_at, NULL, NEW.state, NEW.attempts, NULL, NULL, NULL, NULL);
+    END;
+    CREATE TRIGGER jobs_history_update AFTER UPDATE OF state ON jobs
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker_id,
+                                exit_code, error, reason)
+        VALUES (NEW.id, NEW.updated_at, OLD.state, NEW.state, NEW.attempts, NEW.worker_id,
+                NEW.exit_code, NEW.error, NEW.reason);
+    END;
+
+    CREATE TABLE config (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE workers (
+        id           TEXT PRIMARY KEY,
+        host         TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        proc_start   INTEGER,             -- /proc/<pid>/stat field 22: tells a reused pid apart
+        started_at   REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    ) STRICT;
+    """,
+)
+
+T = TypeVar("T")
+
+
+def _translate(exc: apsw.Error, path: str) -> StoreError:
+    if isinstance(exc, apsw.BusyError | apsw.LockedError):
+        return StoreBusy(f"database busy: another process held {path} locked for too long")
+    if isinstance(exc, apsw.NotADBError):
+        return StoreError(f"{path} is not a SQLite database")
+    if isinstance(exc, apsw.CorruptError):
+        return StoreError(f"database {path} is corrupt (check it with sqlite3 '.recover')")
+    if isinstance(exc, apsw.ReadOnlyError):
+        return StoreError(f"database {path} is read-only")
+    if isinstance(exc, apsw.CantOpenError | apsw.PermissionsError):
+        return StoreError(f"cannot open database {path}: check the folder exists and is writable")
+    if isinstance(exc, apsw.FullError):
+        return StoreError(f"database {path} is full: the disk or the size limit is reached")
+    if isinstance(exc, apsw.IOError):
+        return StoreError(f"I/O error on database {path}: {exc}")
+    return StoreError(f"database error on {path}: {exc}")
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, synchronous: str | None = None, clock: Callable[[], float] = time.time):
+        self.path = path
+        self._clock = clock
+        self._data_version: int | None = None
+        self._prepare_file(Path(path))
+        try:
+            self.conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        except apsw.Error as exc:
+            raise _translate(exc, path) from None
+        try:
+            self._configure(synchronous)
+            self._migrate()
+        except apsw.Error as exc:
+            self.conn.close()
+            raise _translate(exc, path) from None
+        except StoreError:
+            self.conn.close()
+            raise
+
+    # --- opening -------------------------------------------------------------------
+
+    @staticmethod
+    def _prepare_file(path: Path) -> None:
+        """Create the database file owner-only before SQLite does (its -wal and -shm
+        files copy the database file's mode)."""
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot open database {path}: folder {path.parent} does not exist")
+        if path.exists():
+            return
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
+
+    def _configure(self, synchronous: str | None) -> None:
+        conn = self.conn
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        # The first read tells "not a database" apart before any pragma writes.
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"database {self.path} cannot use WAL mode (journal_mode={mode})")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.transaction_mode = "IMMEDIATE"
+        if synchronous is None:
+            synchronous = self._stored_synchronous()
+        conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+
+    def _stored_synchronous(self) -> str:
+        try:
+            rows = self.conn.execute("SELECT value FROM config WHERE key='synchronous'").fetchall()
+        except apsw.SQLError:  # no config table yet
+            return "normal"
+        return str(rows[0][0]) if rows else "normal"
+
+    def _migrate(self) -> None:
+        conn = self.conn
+        app_id, version = self._ids()
+        if app_id == APPLICATION_ID and version == len(MIGRATIONS):
+            return
+        with self._tx():
+            app_id, version = self._ids()
+            tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()[0][0]
+            if app_id != APPLICATION_ID and (app_id != 0 or tables):
+                raise StoreError(f"{self.path} is a SQLite database but not a queuectl one")
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"database {self.path} has schema version {version}, newer than this "
+                    f"queuectl knows ({len(MIGRATIONS)}): upgrade queuectl"
+                )
+            for step in MIGRATIONS[version:]:
+                conn.execute(step)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
+
+    def _ids(self) -> tuple[int, int]:
+        app_id = self.conn.execute("PRAGMA application_id").fetchall()[0][0]
+        version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+        return int(app_id), int(version)
+
+    # --- plumbing ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[apsw.Connection]:
+        with self.conn:
+            yield self.conn
+
+    def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run fn in one BEGIN IMMEDIATE transaction, retrying it whole when busy."""
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                with self.conn:
+                    return fn(self.conn)
+            except (apsw.BusyError, apsw.LockedError) as exc:
+                if attempt == BUSY_RETRIES:
+                    raise _translate(exc, self.path) from None
+            except apsw.ConstraintError:
+                raise DuplicateJob() from None
+            except apsw.Error as exc:
+                raise _translate(exc, self.path) from None
+        raise AssertionError("unreachable")
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except (apsw.BusyError, apsw.LockedError) as exc:
+                if attempt == BUSY_RETRIES:
+                    raise _translate(exc, self.path) from None
+            except apsw.Error as exc:
+                raise _translate(exc, self.path) from None
+        raise AssertionError("unreachable")
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
+        t = self._now(now)
+        rows = [
+            (j.id, j.command, j.max_retries, j.priority, j.timeout, t, t, j.run_at, j.run_at) for j in jobs
+        ]
+
+        def insert(conn: apsw.Connection) -> list[str]:
+            # None -> PENDING (the insert trigger writes the first event)
+            conn.executemany(
+                "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
+                " created_at, updated_at, run_at, next_run_at)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return [j.id for j in jobs]
+
+        try:
+            return self._write(insert)
+        except DuplicateJob:
+            raise DuplicateJob(self._first_existing([j.id for j in jobs])) from None
+
+    def _first_existing(self, ids: list[str]) -> str | None:
+        seen: set[str] = set()
+        for job_id in ids:
+            if job_id in seen:
+                return job_id
+            seen.add(job_id)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT id FROM jobs WHERE id IN ({marks}) LIMIT 1", chunk)
+            if rows:
+                return str(rows[0][0])
+        return None
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_tuple(rows[0]) if rows else None
+
+    def history(self, job_id: str) -> list[Event]:
+        rows = self._read(f"SELECT {_EVENT_COLS} FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [Event.from_tuple(r) for r in rows]
+
+    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
+        lim = -1 if limit is None else int(limit)
+        if state is None:
+            sql = f"SELECT {_COLS} FROM jobs ORDER BY created_at, id LIMIT ?"
+            rows = self._read(sql, (lim,))
+        else:
+            sql = f"SELECT {_COLS} FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT ?"
+            rows = self._read(sql, (state.value, lim))
+        return [Job.from_tuple(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobState}
+        for state, n in self._read("SELECT state, count(*) FROM jobs GROUP BY state"):
+            out[str(state)] = int(n)
+        return out
+
+    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+        t = self._now(now)
+
+        def take(conn: apsw.Connection) -> Job | None:
+            # PENDING/FAILED -> PROCESSING: one statement, so no two claimers can both
+            # match the row; the RETURNING cursor is read to its end (fetchall) so the
+            # statement completes inside this transaction.
+            rows = conn.execute(
+                "UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
+                " lease = lease + 1, worker_id = :w, started_at = :now, updated_at = :now,"
+                " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
+                " stderr = NULL, reason = NULL"
+                " WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'failed')"
+                "             AND next_run_at <= :now"
+                "             ORDER BY priority DESC, next_run_at, id LIMIT 1)"
+                f" RETURNING {_COLS}",
+                {"w": worker_id, "now": t},
+            ).fetchall()
+            return Job.from_tuple(rows[0]) if rows else None
+
+        return self._write(take)
+
+    def finish(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+        stderr: str,
+        now: float | None = None,
+    ) -> bool:
+        t = self._now(now)
+
+        def end(conn: apsw.Connection) -> bool:
+            # PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
+            conn.execute(
+                "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = :code,"
+                " error = :error, stdout = :out, stderr = :err, finished_at = :now,"
+                " updated_at = :now, reason = NULL"
+                " WHERE id = :id AND state = 'processing' AND lease = :lease",
+                {
+                    "state": state.value,
+                    "next": next_run_at,
+                    "code": exit_code,
+                    "error": error,
+                    "out": stdout,
+                    "err": stderr,
+                    "now": t,
+                    "id": job_id,
+                    "lease": lease,
+                },
+            )
+            return bool(conn.changes())
+
+        return self._write(end)
+
+    def next_due(self) -> float | None:
+        rows = self._read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
+        t = self._now(now)
+        # DEAD -> PENDING, attempts reset: the job gets a fresh set of retries.
+        sql = (
+            "UPDATE jobs SET state = 'pending', attempts = 0, next_run_at = :now,"
+            " updated_at = :now, worker_id = NULL, exit_code = NULL, error = NULL,"
+            " reason = 'dlq_retry' WHERE state = 'dead'"
+        )
+        ids = None if job_ids is None else list(job_ids)
+
+        def retry(conn: apsw.Connection) -> list[str]:
+            if ids is None:
+                return [r[0] for r in conn.execute(sql + " RETURNING id", {"now": t}).fetchall()]
+            moved = []
+            for job_id in ids:
+                rows = conn.execute(sql + " AND id = :id RETURNING id", {"now": t, "id": job_id})
+                moved.extend(r[0] for r in rows.fetchall())
+            return moved
+
+        return self._write(retry)
+
+    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+        allowed = {JobState.COMPLETED, JobState.DEAD}
+        if not states or any(s not in allowed for s in states):
+            raise InvalidInput("only completed and dead jobs can be purged")
+        marks = ",".join("?" * len(states))
+        cutoff = float("inf") if before is None else before
+        params = [s.value for s in states] + [cutoff]
+        where = f"state IN ({marks}) AND updated_at < ?"
+
+        def delete(conn: apsw.Connection) -> int:
+            conn.execute(
+                f"DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE {where})",
+                params,
+            )
+            conn.execute(f"DELETE FROM jobs WHERE {where}", params)
+            return int(conn.changes())
+
+        return self._write(delete)
+
+    # --- recovery ------------------------------------------------------------------
+
+    def processing(self) -> list[Job]:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE state = 'processing' ORDER BY id")
+        return [Job.from_tuple(r) for r in rows]
+
+    def recover(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        reason: str,
+        error: str,
+        now: float | None = None,
+    ) -> bool:
+        t = self._now(now)
+
+        def take_back(conn: apsw.Connection) -> bool:
+            # PROCESSING -> FAILED / DEAD on the worker's behalf, fenced by the lease
+            conn.execute(
+                "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = NULL,"
+                " error = :error, finished_at = :now, updated_at = :now, reason = :reason"
+                " WHERE id = :id AND state = 'processing' AND lease = :lease",
+                {
+                    "state": state.value,
+                    "next": next_run_at,
+                    "error": error,
+                    "now": t,
+                    "reason": reason,
+                    "id": job_id,
+                    "lease": lease,
+                },
+            )
+            return bool(conn.changes())
+
+        return self._write(take_back)
+
+    # --- workers -------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO workers (id, host, pid, proc_start, started_at,"
+                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (info.id, info.host, info.pid, info.proc_start, info.started_at, info.heartbeat_at),
+            )
+        )
+
+    def heartbeat(
+        self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
+    ) -> bool:
+        t = self._now(now)
+
+        def beat(conn: apsw.Connection) -> bool:
+            conn.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (t, worker_id))
+            if not conn.changes():
+                return False
+            if job_id is None:
+                return True
+            rows = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'processing' AND lease = ?",
+                (job_id, lease),
+            ).fetchall()
+            return bool(rows)
+
+        return self._write(beat)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._write(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))
+
+    def workers(self) -> list[WorkerInfo]:
+        rows = self._read(
+            "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
+            " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
+            "  LIMIT 1)"
+            " FROM workers w ORDER BY w.started_at, w.id"
+        )
+        return [WorkerInfo.from_tuple(r) for r in rows]
+
+    def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
+        def remove(conn: apsw.Connection) -> bool:
+            conn.execute("DELETE FROM workers WHERE id = ? AND heartbeat_at = ?", (worker_id, heartbeat_at))
+            return bool(conn.changes())
+
+        return self._write(remove)
+
+    # --- config --------------------------------------------------------------------
+
+    def config_items(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._read("SELECT key, value FROM config")}
+
+    def config_set(self, items: dict[str, str]) -> None:
+        self._write(
+            lambda conn: conn.executemany(
+                "INSERT INTO config (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(items.items()),
+            )
+        )
+
+    # --- waiting -------------------------------------------------------------------
+
+    def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
+        """Poll PRAGMA data_version (it changes when another connection commits)
+        every few milliseconds: microseconds a check, and no server to notify us."""
+        deadline = time.monotonic() + timeout
+        if self._data_version is None:
+            self._data_version = self._version()
+        fds = [wakeup_fd] if wakeup_fd is not None else []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if fds:
+                ready, _, _ = select.select(fds, [], [], min(left, 0.005))
+                if ready:
+                    return
+            else:
+                time.sleep(min(left, 0.005))
+            version = self._version()
+            if version != self._data_version:
+                self._data_version = version
+                return
+
+    def _version(self) -> int:
+        return int(self._read("PRAGMA data_version")[0][0])
+
+    # --- maintenance ---------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        return str(self._read("PRAGMA integrity_check")[0][0])
+
+    def optimize(self) -> None:
+        with contextlib.suppress(apsw.Error):
+            self.conn.execute("PRAGMA optimize")
+
+    def close(self) -> None:
+        with contextlib.suppress(apsw.Error):
+            self.conn.close()

@@ -1,0 +1,285 @@
+"""The worker: claim -> execute -> finish, with heartbeats, in one thread.
+
+`run_once()` does one job (or nothing) and takes `now` so tests can drive it at
+fixed instants; `run()` is the thin loop around it: idle waits, heartbeats, signals.
+Sees only the Store protocol, never a backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from queuectl import executor, failpoints, procs
+from queuectl.config import Config
+from queuectl.errors import QueuectlError
+from queuectl.logs import json_logger
+from queuectl.models import Job, Outcome, WorkerInfo, decide
+from queuectl.signals import StopSignals
+from queuectl.store import Store
+
+#: How often (seconds) a worker re-reads the config table.
+CONFIG_TTL = 2.0
+#: How often a running job's stop conditions are checked (no I/O).
+CHECK_INTERVAL = 0.25
+
+
+def new_worker_id() -> str:
+    """Unique per process start: host, pid and a random suffix."""
+    return f"{procs.hostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue: str,
+        signals: StopSignals | None = None,
+        worker_id: str | None = None,
+        log: Any = None,
+        clock: Callable[[], float] = time.time,
+        watch_parent: bool = False,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.signals = signals or StopSignals()
+        self.id = worker_id or new_worker_id()
+        self.log = log or json_logger(worker_id=self.id)
+        self.clock = clock
+        self.config = Config.from_stored(store.config_items())
+        self._config_at = time.monotonic()
+        self._files: executor.OutputFiles | None = None
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_FAILPOINT")}
+        self._last_beat = 0.0
+        self._last_beat_ok = time.monotonic()
+        self._stop_requested_at: float | None = None
+        self._parent = os.getppid() if watch_parent else None
+        self.jobs_done = 0
+        if watch_parent:
+            _die_with_parent()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def register(self) -> None:
+        now = self.clock()
+        pid = os.getpid()
+        self.store.register_worker(
+            WorkerInfo(
+                id=self.id,
+                host=procs.hostname(),
+                pid=pid,
+                proc_start=procs.proc_start(pid),
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+        self._last_beat = time.monotonic()
+        self._last_beat_ok = self._last_beat
+
+    def unregister(self) -> None:
+        with contextlib.suppress(QueuectlError):
+            self.store.unregister_worker(self.id)
+        if self._files is not None:
+            self._files.close()
+            self._files = None
+
+    @property
+    def files(self) -> executor.OutputFiles:
+        if self._files is None:
+            self._files = executor.OutputFiles()
+        return self._files
+
+    def refresh_config(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._config_at >= CONFIG_TTL:
+            self.config = Config.from_stored(self.store.config_items())
+            self._config_at = time.monotonic()
+
+    # --- one job -------------------------------------------------------------------
+
+    def run_once(self, now: float | None = None) -> Job | None:
+        """Claim the best due job, run it, record the outcome.  None if none was due."""
+        job = self.store.claim(self.id, now)
+        if job is None:
+            return None
+        failpoints.hit("after_claim_commit")
+        outcome = self.execute(job)
+        self.record(job, outcome, now)
+        self.jobs_done += 1
+        return job
+
+    def execute(self, job: Job) -> Outcome:
+        cfg = self.config
+        env = dict(self._base_env)
+        env["QUEUECTL_JOB_ID"] = job.id
+        env["QUEUECTL_LEASE"] = str(job.lease)
+        env["QUEUECTL_ATTEMPT"] = str(job.attempts)
+        env["QUEUECTL_QUEUE"] = self.queue
+        spec = executor.Job(
+            command=job.command,
+            timeout=job.timeout,
+            env=env,
+            kill_grace=cfg.kill_grace,
+            output_limit=cfg.output_limit * 1024,
+        )
+        self._last_beat_ok = time.monotonic()
+        return executor.run(
+            spec,
+            self.files,
+            check=lambda: self._check_running(job),
+            check_interval=min(CHECK_INTERVAL, cfg.heartbeat_interval),
+            wakeup_fd=self.signals.fd,
+        )
+
+    def _check_running(self, job: Job) -> str | None:
+        """Called while a job runs: heartbeat when due; say why to kill it, if so."""
+        self._watch_parent()
+        mono = time.monotonic()
+        if self.signals.cold:
+            return "stopped: the worker got a second stop signal"
+        if self.signals.warm:
+            if self._stop_requested_at is None:
+                self._stop_requested_at = mono
+            elif mono - self._stop_requested_at > self.config.stop_timeout:
+                return (
+                    f"stopped: still running {self.config.stop_timeout:g}s after the worker was told to stop"
+                )
+        if mono - self._last_beat < self.config.heartbeat_interval:
+            return None
+        self._last_beat = mono
+        try:
+            held = self.store.heartbeat(self.id, job.id, job.lease)
+        except QueuectlError as exc:
+            self.log.warning("heartbeat_failed", job_id=job.id, error=str(exc))
+            if mono - self._last_beat_ok > self.config.heartbeat_timeout:
+                return "lease presumed lost: no heartbeat could be written for heartbeat_timeout"
+            return None
+        self._last_beat_ok = mono
+        if not held:
+            self.log.warning("lease_lost", job_id=job.id, lease=job.lease)
+            return "lease lost: the job was recovered by the monitor"
+        return None
+
+    def record(self, job: Job, outcome: Outcome, now: float | None = None) -> bool:
+        """Write the attempt's outcome, fenced by the lease.  Busy or unreachable
+        stores are retried until heartbeat_timeout; after that the monitor owns it."""
+        cfg = self.config
+        t = self.store.now() if now is None else now
+        move = decide(
+            ok=outcome.ok,
+            attempts=job.attempts,
+            max_retries=job.max_retries,
+            backoff_base=cfg.backoff_base,
+            backoff_max=cfg.backoff_max,
+            now=t,
+        )
+        failpoints.hit("before_finish_commit")
+        give_up = time.monotonic() + cfg.heartbeat_timeout
+        delay = 0.05
+        while True:
+            try:
+                held = self.store.finish(
+                    job.id,
+                    job.lease,
+                    move.state,
+                    move.next_run_at,
+                    outcome.exit_code,
+                    outcome.error,
+                    outcome.stdout,
+                    outcome.stderr,
+                    now,
+                )
+                break
+            except QueuectlError as exc:
+                if time.monotonic() > give_up or self.signals.cold:
+                    self.log.error("finish_abandoned", job_id=job.id, error=str(exc))
+                    return False
+                self.log.warning("finish_retry", job_id=job.id, error=str(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        failpoints.hit("after_finish_commit")
+        if held:
+            self.log.info(
+                "job_finished",
+                job_id=job.id,
+                attempt=job.attempts,
+                state=move.state.value,
+                exit_code=outcome.exit_code,
+                error=outcome.error,
+            )
+        else:
+            self.log.warning("result_dropped", job_id=job.id, lease=job.lease, reason="lease lost")
+        return held
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run(self, *, burst: bool = False) -> int:
+        """Work until told to stop (or, in burst mode, until nothing is left)."""
+        self.register()
+        self.log.info("worker_started", pid=os.getpid(), host=procs.hostname(), burst=burst)
+        try:
+            while not self.signals.warm:
+                self._watch_parent()
+                try:
+                    self.refresh_config()
+                    job = self.run_once()
+                except QueuectlError as exc:  # a busy or lost database: wait, go on
+                    self.log.warning("worker_store_error", error=str(exc))
+                    self._idle(self.config.poll_interval)
+                    continue
+                except Exception:  # one bad job must not kill the worker
+                    self.log.exception("worker_error")
+                    self._idle(self.config.poll_interval)
+                    continue
+                if job is not None:
+                    continue
+                if burst and self._drained():
+                    break
+                self._idle(self._idle_timeout())
+        finally:
+            self.unregister()
+            self.log.info("worker_stopped", jobs=self.jobs_done, signals=self.signals.count)
+        return 0
+
+    def _drained(self) -> bool:
+        return not self.store.processing()
+
+    def _idle_timeout(self) -> float:
+        timeout = self.config.poll_interval
+        due = self.store.next_due()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self.store.now()))
+        beat = self.config.heartbeat_interval - (time.monotonic() - self._last_beat)
+        return max(0.0, min(timeout, beat))
+
+    def _idle(self, timeout: float) -> None:
+        if timeout > 0:
+            self.store.wait_for_change(timeout, self.signals.fd)
+            self.signals.drain()
+        if time.monotonic() - self._last_beat >= self.config.heartbeat_interval:
+            self._last_beat = time.monotonic()
+            try:
+                if not self.store.heartbeat(self.id, None, None):
+                    # The monitor took us for dead (we were stopped or starved): come back.
+                    self.log.warning("worker_reregistered")
+                    self.register()
+            except QueuectlError as exc:
+                self.log.warning("heartbeat_failed", error=str(exc))
+
+    def _watch_parent(self) -> None:
+        if self._parent is not None and not self.signals.warm and os.getppid() != self._parent:
+            self.log.warning("supervisor_gone", parent=self._parent)
+            self.signals.request()
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when our parent (supervisord) dies: a warm stop."""
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
