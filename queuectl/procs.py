@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 _HOST = os.environ.get("QUEUECTL_HOSTNAME") or socket.gethostname()
 
@@ -117,3 +118,16 @@ def kill_job_processes(procs: list[JobProcess]) -> list[int]:
         if hit:
             killed.append(p.pid)
     return killed
+
+
+def signal_local_workers(workers: list[Any], sig: int = signal.SIGTERM) -> list[int]:
+    """Send `sig` to the registered workers that run on this host (checked by pid and
+    start time, so a reused pid is never hit); returns the pids signalled."""
+    hit = []
+    for w in workers:
+        if w.host != hostname() or not is_alive(w.pid, w.proc_start):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(w.pid, sig)
+            hit.append(w.pid)
+    return hit

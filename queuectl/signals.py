@@ -54,3 +54,13 @@ class StopSignals:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while os.read(self._r, 512):
                 pass
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` when our parent dies (Linux PR_SET_PDEATHSIG): a
+    worker whose supervisord was SIGKILLed gets its warm stop instead of living on."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG

@@ -8,9 +8,7 @@ Sees only the Store protocol, never a backend.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +18,7 @@ from queuectl.config import Config
 from queuectl.errors import QueuectlError
 from queuectl.logs import json_logger
 from queuectl.models import Job, Outcome, WorkerInfo, decide
-from queuectl.signals import StopSignals
+from queuectl.signals import StopSignals, die_with_parent
 from queuectl.store import Store
 
 #: How often (seconds) a worker re-reads the config table.
@@ -62,7 +60,9 @@ class Worker:
         self._parent = os.getppid() if watch_parent else None
         self.jobs_done = 0
         if watch_parent:
-            _die_with_parent()
+            die_with_parent()
+            if self._parent == 1:  # the parent died before we could ask
+                self.signals.request()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -275,11 +275,3 @@ class Worker:
         if self._parent is not None and not self.signals.warm and os.getppid() != self._parent:
             self.log.warning("supervisor_gone", parent=self._parent)
             self.signals.request()
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when our parent (supervisord) dies: a warm stop."""
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -1,0 +1,347 @@
+"""Talks to this home's supervisord: start it, scale the worker pool, stop it.
+
+supervisord runs `[program:workers]` (a fixed pool of numprocs workers, autostart
+off) and `[program:monitor]` from HOME/conf/supervisord.conf.  Scaling starts or
+stops individual `workers:workers_NN` over the unix socket (XML-RPC), so the workers
+that stay are never restarted.  The desired count is kept in run/workers.count so a
+later `worker start` without --count restores it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from queuectl.config import MAX_SOCKET_PATH, Paths
+from queuectl.errors import InvalidInput, SupervisorError
+
+GROUP = "workers"
+RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
+DOWN_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
+
+
+def default_conf_dir() -> Path:
+    """The configuration shipped with queuectl: inside the wheel, or the checkout's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_conf", here.parent / "conf"):
+        if (candidate / "supervisord.conf").is_file():
+            return candidate
+    raise SupervisorError("queuectl's default conf/supervisord.conf is missing from the installation")
+
+
+def conf_file(paths: Paths) -> Path:
+    return paths.conf / "supervisord.conf"
+
+
+def socket_path(paths: Paths) -> Path:
+    # As the conf names it: %(here)s/../run/sv.sock
+    return paths.conf / ".." / "run" / "sv.sock"
+
+
+def prepare_home(paths: Paths) -> Path:
+    """Create conf/ (from the defaults), run/ and logs/ as needed; return the conf file."""
+    if not paths.home.is_dir():
+        raise InvalidInput(f"queuectl home {paths.home} does not exist or is not a folder")
+    sock = socket_path(paths)
+    if len(str(sock)) > MAX_SOCKET_PATH:
+        raise InvalidInput(
+            f"home path too long for supervisord's socket ({len(str(sock))} > {MAX_SOCKET_PATH} bytes): "
+            f"use a shorter --home"
+        )
+    for d in (paths.run, paths.logs):
+        d.mkdir(mode=0o700, exist_ok=True)
+    conf = conf_file(paths)
+    if not conf.is_file():
+        paths.conf.mkdir(mode=0o755, exist_ok=True)
+        shutil.copyfile(default_conf_dir() / "supervisord.conf", conf)
+    return conf
+
+
+@dataclass(frozen=True)
+class Proc:
+    name: str  # e.g. workers_03
+    group: str
+    state: str
+    pid: int
+    description: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.group}:{self.name}"
+
+    @property
+    def up(self) -> bool:
+        return self.state in RUNNING_STATES
+
+
+class Supervisor:
+    """One home's supervisord, reached over its unix socket."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.sock = socket_path(paths)
+
+    def _proxy(self, timeout: float | None = None) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.sock}")
+        if timeout is not None:
+            transport.timeout = timeout
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def call(self, method: str, *args: Any) -> Any:
+        target = self._proxy()
+        for part in method.split("."):
+            target = getattr(target, part)
+        try:
+            return target(*args)
+        except xmlrpc.client.Fault as exc:
+            raise SupervisorError(f"supervisord refused {method}: {exc.faultString}") from None
+        except OSError as exc:
+            raise SupervisorError(f"supervisord for {self.paths.home} is not reachable: {exc}") from None
+
+    def is_running(self) -> bool:
+        if not self.sock.exists():
+            return False
+        try:
+            return bool(self.call("supervisor.getState")["statename"] == "RUNNING")
+        except SupervisorError:
+            return False
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.call("supervisor.getPID"))
+        except SupervisorError:
+            return None
+
+    def processes(self) -> list[Proc]:
+        return [
+            Proc(
+                name=p["name"],
+                group=p["group"],
+                state=p["statename"],
+                pid=int(p["pid"]),
+                description=p["description"],
+            )
+            for p in self.call("supervisor.getAllProcessInfo")
+        ]
+
+    def workers(self) -> list[Proc]:
+        return sorted((p for p in self.processes() if p.group == GROUP), key=lambda p: p.name)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def launch(self, *, foreground: bool, db_url: str | None) -> subprocess.Popen[bytes]:
+        """Start supervisord for this home.  In the foreground it stays our child (and
+        gets SIGTERM, a graceful shutdown, if we die); detached it daemonizes."""
+        conf = prepare_home(self.paths)
+        env = dict(os.environ)
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        env.pop("QUEUECTL_HOME", None)  # the conf's directory= names the home
+        if db_url:
+            env["QUEUECTL_DB"] = db_url
+        args = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
+        if foreground:
+            args.insert(3, "-n")
+        err_path = self.paths.run / "supervisord.err"
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                args,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_child_setup(foreground),
+            )
+        if not foreground:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if proc.returncode != 0:
+                raise SupervisorError(f"supervisord did not start: {_last_line(err_path)}")
+        try:
+            self.wait_ready(proc if foreground else None)
+        except SupervisorError:
+            if foreground and proc.poll() is None:
+                proc.terminate()
+            detail = _last_line(err_path)
+            raise SupervisorError(f"supervisord did not start: {detail}") from None
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.is_running():
+                return
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = self.paths.logs / "supervisord.log"
+        raise SupervisorError(f"supervisord did not come up within {timeout:g}s (see {log})")
+
+    def scale(self, count: int, *, wait: float = 15.0) -> tuple[list[str], list[str]]:
+        """Run exactly `count` workers: start the missing ones, stop (gracefully) the
+        extra ones, leave the others alone.  Returns (started, stopping)."""
+        pool = self.workers()
+        if not 0 <= count <= len(pool):
+            raise InvalidInput(f"--count must be between 1 and {len(pool)} (the pool size in conf/)")
+        self.save_count(count)
+        started, stopping = [], []
+        for i, p in enumerate(pool):
+            if i < count and not p.up:
+                self.call("supervisor.startProcess", p.full_name, False)
+                started.append(p.full_name)
+            elif i >= count and p.up:
+                self.call("supervisor.stopProcess", p.full_name, False)
+                stopping.append(p.full_name)
+        want = {p.full_name for p in pool[:count]}
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            states = {p.full_name: p.state for p in self.workers()}
+            if all(states.get(n) == "RUNNING" for n in want):
+                break
+            bad = [n for n in want if states.get(n) == "FATAL"]
+            if bad:
+                raise SupervisorError(f"{', '.join(bad)} could not start (see logs/ in {self.paths.home})")
+            time.sleep(0.05)
+        return started, stopping
+
+    def stop_workers(self, *, wait: float | None = None) -> list[str]:
+        """Stop every worker gracefully (each finishes its job); wait until they are down."""
+        self.save_count(0)
+        up = [p for p in self.workers() if p.up]
+        for p in up:
+            with contextlib.suppress(SupervisorError):
+                self.call("supervisor.stopProcess", p.full_name, False)
+        limit = wait if wait is not None else 120.0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not any(p.state not in DOWN_STATES for p in self.workers()):
+                break
+            time.sleep(0.1)
+        return [p.full_name for p in up]
+
+    def signal_workers(self, sig: str) -> None:
+        """Send a signal to every running worker (a second TERM is a cold stop)."""
+        with contextlib.suppress(SupervisorError):
+            self.call("supervisor.signalProcessGroup", GROUP, sig)
+
+    def shutdown(self, *, wait: float = 120.0) -> None:
+        pid = self.pid()
+        with contextlib.suppress(SupervisorError):
+            self.call("supervisor.shutdown")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not self.is_running() and (pid is None or not _alive(pid)):
+                return
+            time.sleep(0.1)
+        raise SupervisorError(f"supervisord (pid {pid}) did not exit within {wait:g}s")
+
+    # --- desired count -------------------------------------------------------------
+
+    @property
+    def _count_file(self) -> Path:
+        return self.paths.run / "workers.count"
+
+    def save_count(self, count: int) -> None:
+        self.paths.run.mkdir(mode=0o700, exist_ok=True)
+        tmp = self._count_file.with_suffix(".tmp")
+        tmp.write_text(f"{count}\n")
+        os.replace(tmp, self._count_file)
+
+    def saved_count(self) -> int | None:
+        try:
+            return int(self._count_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _child_setup(foreground: bool) -> Any:
+    def setup() -> None:
+        # Everything supervisord creates (socket, logs, pid file) is owner-only.
+        os.umask(0o077)
+        if foreground:
+            # SIGTERM (supervisord's graceful shutdown) when the `worker start` that
+            # launched it dies, even by SIGKILL.
+            from queuectl.signals import die_with_parent
+
+            die_with_parent(signal.SIGTERM)
+
+    return setup
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output (see logs/supervisord.log)"
+
+
+def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> int:
+    """`worker start` in the foreground: supervisord as our child with `count` workers.
+
+    First SIGINT/SIGTERM: stop the workers gracefully, then supervisord, exit 0.
+    Second: a cold stop (workers kill their jobs and record the attempts).
+    `worker stop` from elsewhere sets the count to 0: we notice and shut down too.
+    """
+    import select
+    import threading
+
+    from queuectl.signals import StopSignals
+
+    signals = StopSignals()
+    signals.install()
+    proc = sv.launch(foreground=True, db_url=db_url)
+    sv.scale(count)
+    say(f"supervisord running (pid {proc.pid}) with {count} worker(s) and the monitor; Ctrl+C stops")
+    stopper: threading.Thread | None = None
+    cold_sent = False
+    while proc.poll() is None:
+        with contextlib.suppress(InterruptedError):
+            select.select([signals.fd], [], [], 0.25)
+        signals.drain()
+        if stopper is None and (signals.warm or sv.saved_count() == 0):
+            say("stopping workers gracefully (running jobs finish; Ctrl+C again to kill them)")
+            stopper = threading.Thread(target=_stop_all, args=(sv,), daemon=True)
+            stopper.start()
+        if signals.cold and not cold_sent:
+            say("second signal: workers kill their running jobs now")
+            sv.signal_workers("TERM")
+            cold_sent = True
+    rc = proc.wait()
+    if stopper is None:
+        say(f"supervisord exited unexpectedly (code {rc})")
+        return 1
+    say("stopped")
+    return 0
+
+
+def _stop_all(sv: Supervisor) -> None:
+    """Stop the workers (waiting while they finish their jobs), then supervisord."""
+    with contextlib.suppress(SupervisorError):
+        sv.stop_workers(wait=3600)
+    with contextlib.suppress(SupervisorError):
+        sv.shutdown()
