@@ -90,16 +90,12 @@ class Supervisor:
         self.paths = paths
         self.sock = socket_path(paths)
 
-    def _proxy(self, timeout: float | None = None) -> Any:
+    def call(self, method: str, *args: Any) -> Any:
+        """One XML-RPC call over the unix socket (a fresh connection, closed after)."""
         from supervisor.xmlrpc import SupervisorTransport
 
         transport = SupervisorTransport(None, None, serverurl=f"unix://{self.sock}")
-        if timeout is not None:
-            transport.timeout = timeout
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
-    def call(self, method: str, *args: Any) -> Any:
-        target = self._proxy()
+        target: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         for part in method.split("."):
             target = getattr(target, part)
         try:
@@ -108,6 +104,8 @@ class Supervisor:
             raise SupervisorError(f"supervisord refused {method}: {exc.faultString}") from None
         except OSError as exc:
             raise SupervisorError(f"supervisord for {self.paths.home} is not reachable: {exc}") from None
+        finally:
+            transport.close()
 
     def is_running(self) -> bool:
         if not self.sock.exists():
