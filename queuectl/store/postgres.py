@@ -1,0 +1,794 @@
+"""The PostgreSQL store, through psycopg 3: one queue for workers on many hosts.
+
+Same semantics as the SQLite store (see store/__init__.py), with these choices:
+
+* Times are epoch seconds in `double precision` columns, so a value round-trips
+  exactly (remove_worker is a compare-and-set on heartbeat_at).  `now=None` means
+  the database clock (`now()`: one instant per transaction), so host clocks do not
+  matter; an explicit `now` is always honoured.
+* Tables live in the connection's current schema (the first of its search_path),
+  never a hard-coded one.  The schema is created and migrated on first use inside
+  one transaction under `pg_advisory_xact_lock`, so concurrent first opens do not
+  race; the applied versions are rows of `queuectl_schema`.
+* History is written by triggers in the same transaction as every state change.
+* The claim is one autocommit statement with `FOR UPDATE SKIP LOCKED`: claimers on
+  any number of hosts never get the same row and never wait for each other.
+* Enqueue and `dlq retry` send `pg_notify` in their transaction; an idle worker
+  LISTENs on a second, autocommit connection.  The claim stays the truth: a missed
+  notification costs one poll.
+* A lost connection is dropped and re-opened on the next call with capped,
+  jittered backoff.  Reads are retried once on a fresh connection; a write whose
+  connection broke mid-statement is not (it may have committed): it raises
+  StoreUnavailable and the caller decides (the worker retries its fenced finish).
+* Nothing `psycopg.*` escapes this module, and no message carries the URL's
+  password (see redact_url).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import re
+import select
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from queuectl.errors import (
+    DuplicateJob,
+    InvalidInput,
+    QueuectlError,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+)
+from queuectl.models import JOB_COLUMNS, Event, Job, JobState, NewJob, WorkerInfo
+
+#: Connection attempts per call before StoreUnavailable, and the backoff between
+#: them: doubling from BACKOFF_FIRST up to BACKOFF_CAP, each scaled by a random
+#: 0.5-1.0 so that many workers do not reconnect in lockstep (about 3 s in all).
+CONNECT_TRIES = 6
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 2.0
+#: Advisory lock class for migrations ("QCTL"); the key is the schema's hash.
+LOCK_CLASS = 0x5143544C
+#: Rows per INSERT statement in a bulk enqueue (all in one transaction).
+ENQUEUE_CHUNK = 10_000
+#: Connection settings applied unless the URL gives its own: fail fast when the
+#: server is gone, and notice a silently dead peer (network cut) within ~30 s.
+CONNECT_DEFAULTS = {
+    "connect_timeout": "5",
+    "application_name": "queuectl",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+_COLS = ", ".join(JOB_COLUMNS)
+_EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
+#: The database clock as epoch seconds; one value for the whole transaction.
+_DB_NOW = "extract(epoch FROM now())::float8"
+_T = f"COALESCE(%(now)s::float8, {_DB_NOW})"
+
+# Each step moves the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id          text COLLATE "C" PRIMARY KEY,   -- byte order, as in SQLite
+        command     text NOT NULL,
+        state       text NOT NULL
+                    CHECK (state IN ('pending','processing','completed','failed','dead')),
+        attempts    bigint NOT NULL DEFAULT 0,
+        max_retries bigint NOT NULL,
+        priority    bigint NOT NULL DEFAULT 0,
+        timeout     double precision NOT NULL,
+        lease       bigint NOT NULL DEFAULT 0,      -- +1 per claim, never reset: the fence
+        created_at  double precision NOT NULL,      -- epoch seconds, as in the API
+        updated_at  double precision NOT NULL,
+        run_at      double precision NOT NULL,      -- earliest start, as enqueued
+        next_run_at double precision,               -- when a pending/failed job is due
+        started_at  double precision,
+        finished_at double precision,
+        worker_id   text,
+        exit_code   bigint,
+        error       text,
+        stdout      text,
+        stderr      text,
+        reason      text                            -- why the last change was made
+    );
+    -- The claim walks this index from its first entry: cost is flat in queue size.
+    CREATE INDEX jobs_due ON jobs (priority DESC, next_run_at, id)
+        WHERE state IN ('pending', 'failed');
+    -- When the next retry or delayed job falls due: an idle worker sleeps until then.
+    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE state IN ('pending', 'failed');
+    CREATE INDEX jobs_state ON jobs (state, created_at, id);
+    CREATE INDEX jobs_worker ON jobs (worker_id) WHERE state = 'processing';
+
+    CREATE TABLE job_events (
+        seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id     text COLLATE "C" NOT NULL,
+        at         double precision NOT NULL,
+        from_state text,
+        to_state   text NOT NULL,
+        attempt    bigint NOT NULL,
+        worker_id  text,
+        exit_code  bigint,
+        error      text,
+        reason     text
+    );
+    CREATE INDEX job_events_job ON job_events (job_id, seq);
+
+    -- One set-based insert per statement, so a bulk enqueue stays fast.
+    CREATE FUNCTION jobs_history_insert() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt)
+        SELECT id, updated_at, NULL, state, attempts FROM new_jobs ORDER BY id;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_history_insert AFTER INSERT ON jobs
+        REFERENCING NEW TABLE AS new_jobs
+        FOR EACH STATEMENT EXECUTE FUNCTION jobs_history_insert();
+
+    CREATE FUNCTION jobs_history_update() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker_id,
+                                exit_code, error, reason)
+        VALUES (NEW.id, NEW.updated_at, OLD.state, NEW.state, NEW.attempts, NEW.worker_id,
+                NEW.exit_code, NEW.error, NEW.reason);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_history_update AFTER UPDATE OF state ON jobs
+        FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+        EXECUTE FUNCTION jobs_history_update();
+
+    CREATE TABLE config (
+        key   text PRIMARY KEY,
+        value text NOT NULL
+    );
+
+    CREATE TABLE workers (
+        id           text COLLATE "C" PRIMARY KEY,
+        host         text NOT NULL,
+        pid          bigint NOT NULL,
+        proc_start   bigint,            -- /proc/<pid>/stat field 22: tells a reused pid apart
+        started_at   double precision NOT NULL,
+        heartbeat_at double precision NOT NULL
+    );
+    """,
+)
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+
+# --- passwords never leave this module ------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***: safe to print or log."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, hosts = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{hosts}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            pairs = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
+            query = urlencode(pairs, safe="*", quote_via=quote)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url.split("?", 1)[0])
+
+
+def _secrets(url: str) -> list[str]:
+    """Every spelling of the URL's password(s), to scrub from driver messages."""
+    found: set[str] = set()
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.password:
+            found.update({parts.password, unquote(parts.password)})
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            if k.lower() == "password" and v:
+                found.add(v)
+    return sorted(found, key=len, reverse=True)
+
+
+def _channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of one queue (one schema of one database)."""
+    name = f"queuectl.{schema}"
+    if len(name.encode()) <= 63:
+        return name
+    return "queuectl." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+def _clean(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL; a job's output may.  Keep the rest as is."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+_TRANSIENT_FATAL = ("starting up", "shutting down", "in recovery", "too many", "terminating", "timeout")
+_LOST_STATES = ("57P01", "57P02", "57P03")
+_BUSY_STATES = ("40001", "40P01", "55P03", "57014")
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    """Worth connecting again: the server is unreachable or restarting, not refusing us."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    msg = str(exc).lower()
+    if "fatal" in msg:
+        return any(s in msg for s in _TRANSIENT_FATAL)
+    return True
+
+
+def _is_lost(conn: Conn, exc: psycopg.Error) -> bool:
+    """Did this error break the connection (as opposed to failing one statement)?"""
+    if conn.closed or conn.broken:
+        return True
+    state = exc.sqlstate or ""
+    return state.startswith("08") or state in _LOST_STATES
+
+
+def _usable(conn: Conn | None) -> bool:
+    """An idle connection whose socket is readable has been told something we did
+    not ask for: in practice the server closing it (restart, pg_terminate_backend).
+    Checking first means a write is not sent down a dead connection."""
+    if conn is None or conn.closed:
+        return False
+    try:
+        ready, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not ready
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, connect_tries: int = CONNECT_TRIES) -> None:
+        self._url = url
+        #: The URL without its password: the only form that may be shown.
+        self.url = redact_url(url)
+        self._secrets = _secrets(url)
+        self._tries = max(1, connect_tries)
+        try:
+            given = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise StoreError(f"invalid PostgreSQL URL {self.url}: {self._reason(exc)}") from None
+        self._kwargs: dict[str, Any] = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
+        self._schema = ""
+        self._channel = ""
+        self._conn: Conn | None = None
+        self._listener: Conn | None = None
+        self._analyzed_at = 0.0
+        self._conn = self._open()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.url!r})"
+
+    # --- connections -----------------------------------------------------------------
+
+    def _reason(self, exc: BaseException) -> str:
+        """One line from a driver error, with every password scrubbed out."""
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text or type(exc).__name__
+
+    def _connect(self, tries: int | None = None) -> Conn:
+        """A new autocommit connection; transient failures are retried with capped,
+        jittered backoff, then reported as StoreUnavailable."""
+        tries = self._tries if tries is None else tries
+        delay = BACKOFF_FIRST
+        for attempt in range(tries):
+            try:
+                return psycopg.connect(self._url, autocommit=True, **self._kwargs)
+            except psycopg.Error as exc:
+                if not _transient(exc):
+                    raise StoreError(f"cannot use PostgreSQL at {self.url}: {self._reason(exc)}") from None
+                if attempt + 1 >= tries:
+                    raise StoreUnavailable(
+                        f"cannot reach PostgreSQL at {self.url}: {self._reason(exc)}"
+                    ) from None
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_CAP)
+        raise AssertionError("unreachable")
+
+    def _open(self) -> Conn:
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._translate(exc) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _ready(self) -> Conn:
+        if not _usable(self._conn):
+            self._drop()
+            self._conn = self._open()
+        assert self._conn is not None
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run(self, fn: Callable[[Conn], T], *, read: bool = False) -> T:
+        """Run fn on a healthy connection, translating errors.  A read that finds the
+        connection broken is retried once on a new one; a write is not, since it may
+        have committed before the connection went."""
+        for attempt in range(2 if read else 1):
+            conn = self._ready()
+            try:
+                return fn(conn)
+            except psycopg.Error as exc:
+                if not _is_lost(conn, exc):
+                    raise self._translate(exc) from None
+                self._drop()
+                if attempt == 1 or not read:
+                    raise self._translate(exc) from None
+        raise AssertionError("unreachable")
+
+    def _read(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return self._run(lambda conn: conn.execute(query, params).fetchall(), read=True)
+
+    def _translate(self, exc: psycopg.Error) -> QueuectlError:
+        reason = self._reason(exc)
+        state = exc.sqlstate or ""
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return DuplicateJob()
+        if state in _BUSY_STATES:
+            return StoreBusy(f"PostgreSQL at {self.url} is busy: {reason}")
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return StoreUnavailable(f"lost the connection to PostgreSQL at {self.url}: {reason}")
+        if isinstance(exc, psycopg.DataError):
+            return InvalidInput(f"PostgreSQL cannot store this value: {reason}")
+        return StoreError(f"database error on PostgreSQL at {self.url}: {reason}")
+
+    # --- schema --------------------------------------------------------------------
+
+    def _migrate(self, conn: Conn) -> None:
+        schema = conn.execute("SELECT current_schema()").fetchone()
+        if schema is None or schema[0] is None:
+            raise StoreError(
+                f"PostgreSQL at {self.url}: no schema to create tables in "
+                "(the search_path names no existing schema)"
+            )
+        self._schema = str(schema[0])
+        self._channel = _channel(self._schema)
+        if self._version(conn) == len(MIGRATIONS):
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOCK_CLASS,))
+            version = self._version(conn)
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"PostgreSQL schema {self._schema!r} at {self.url} has schema version {version}, "
+                    f"newer than this queuectl knows ({len(MIGRATIONS)}): upgrade queuectl"
+                )
+            if version == 0:
+                if self._has_table(conn, "jobs"):
+                    raise StoreError(
+                        f"schema {self._schema!r} at {self.url} has a jobs table that is not "
+                        "queuectl's: use another schema (?options=-csearch_path%3D<schema>)"
+                    )
+                conn.execute(
+                    "CREATE TABLE queuectl_schema (version integer PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            for number, step in enumerate(MIGRATIONS[version:], version + 1):
+                conn.execute(step)
+                conn.execute("INSERT INTO queuectl_schema (version) VALUES (%s)", (number,))
+
+    def _version(self, conn: Conn) -> int:
+        if not self._has_table(conn, "queuectl_schema"):
+            return 0
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM queuectl_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _has_table(conn: Conn, name: str) -> bool:
+        row = conn.execute(
+            "SELECT to_regclass(format('%%I.%%I', current_schema(), %s::text)) IS NOT NULL", (name,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    # --- clock -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        return float(self._read("SELECT extract(epoch FROM clock_timestamp())::float8")[0][0])
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
+        ids = [j.id for j in jobs]
+        if not jobs:
+            return []
+
+        def insert(conn: Conn) -> list[str]:
+            with conn.transaction():
+                for i in range(0, len(jobs), ENQUEUE_CHUNK):
+                    chunk = jobs[i : i + ENQUEUE_CHUNK]
+                    # None -> PENDING (the insert trigger writes the first events)
+                    conn.execute(
+                        "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
+                        " created_at, updated_at, run_at, next_run_at)"
+                        f" SELECT u.id, u.command, 'pending', u.max_retries, u.priority, u.timeout,"
+                        f" {_T}, {_T}, u.run_at, u.run_at"
+                        " FROM unnest(%(ids)s::text[], %(cmds)s::text[], %(retries)s::int8[],"
+                        " %(prios)s::int8[], %(timeouts)s::float8[], %(runs)s::float8[])"
+                        " AS u(id, command, max_retries, priority, timeout, run_at)",
+                        {
+                            "now": now,
+                            "ids": [j.id for j in chunk],
+                            "cmds": [j.command for j in chunk],
+                            "retries": [j.max_retries for j in chunk],
+                            "prios": [j.priority for j in chunk],
+                            "timeouts": [j.timeout for j in chunk],
+                            "runs": [j.run_at for j in chunk],
+                        },
+                    )
+                conn.execute("SELECT pg_notify(%s, 'enqueue')", (self._channel,))
+            return ids
+
+        try:
+            return self._run(insert)
+        except DuplicateJob:
+            raise DuplicateJob(self._first_existing(ids)) from None
+        except UnicodeEncodeError:
+            raise InvalidInput("job text is not valid UTF-8") from None
+
+    def _first_existing(self, ids: list[str]) -> str | None:
+        seen: set[str] = set()
+        for job_id in ids:
+            if job_id in seen:
+                return job_id
+            seen.add(job_id)
+        rows = self._read(
+            "SELECT u.id FROM unnest(%s::text[]) WITH ORDINALITY AS u(id, n)"
+            " WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.id) ORDER BY u.n LIMIT 1",
+            (ids,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id = %s", (job_id,))
+        return Job.from_tuple(rows[0]) if rows else None
+
+    def history(self, job_id: str) -> list[Event]:
+        rows = self._read(f"SELECT {_EVENT_COLS} FROM job_events WHERE job_id = %s ORDER BY seq", (job_id,))
+        return [Event.from_tuple(r) for r in rows]
+
+    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
+        lim = None if limit is None else int(limit)
+        if state is None:
+            rows = self._read(f"SELECT {_COLS} FROM jobs ORDER BY created_at, id LIMIT %s", (lim,))
+        else:
+            rows = self._read(
+                f"SELECT {_COLS} FROM jobs WHERE state = %s ORDER BY created_at, id LIMIT %s",
+                (state.value, lim),
+            )
+        return [Job.from_tuple(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobState}
+        for state, n in self._read("SELECT state, count(*) FROM jobs GROUP BY state"):
+            out[str(state)] = int(n)
+        return out
+
+    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+        # PENDING/FAILED -> PROCESSING: one autocommit statement.  SKIP LOCKED makes
+        # concurrent claimers pass over a row another claimer holds instead of waiting
+        # for it; a row changed under us is re-checked against the WHERE (EvalPlanQual).
+        def take(conn: Conn) -> Job | None:
+            row = conn.execute(
+                f"UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
+                f" lease = lease + 1, worker_id = %(w)s, started_at = {_T}, updated_at = {_T},"
+                " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
+                " stderr = NULL, reason = NULL"
+                " WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'failed')"
+                f"             AND next_run_at <= {_T}"
+                "             ORDER BY priority DESC, next_run_at, id LIMIT 1"
+                "             FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {_COLS}",
+                {"w": worker_id, "now": now},
+            ).fetchone()
+            return Job.from_tuple(row) if row else None
+
+        return self._run(take)
+
+    def finish(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+        stderr: str,
+        now: float | None = None,
+    ) -> bool:
+        # PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
+        params = {
+            "state": state.value,
+            "next": next_run_at,
+            "code": exit_code,
+            "error": _clean(error),
+            "out": _clean(stdout),
+            "err": _clean(stderr),
+            "now": now,
+            "id": job_id,
+            "lease": lease,
+        }
+        return self._run(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = %(code)s,"
+                    f" error = %(error)s, stdout = %(out)s, stderr = %(err)s, finished_at = {_T},"
+                    f" updated_at = {_T}, reason = NULL"
+                    " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
+                    params,
+                ).rowcount
+                > 0
+            )
+        )
+
+    def next_due(self) -> float | None:
+        rows = self._read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
+        # DEAD -> PENDING, attempts reset: the job gets a fresh set of retries.
+        update = (
+            f"UPDATE jobs SET state = 'pending', attempts = 0, next_run_at = {_T},"
+            f" updated_at = {_T}, worker_id = NULL, exit_code = NULL, error = NULL,"
+            " reason = 'dlq_retry' WHERE state = 'dead'"
+        )
+        ids = None if job_ids is None else list(dict.fromkeys(job_ids))
+        if ids is None:
+            query = (
+                f"WITH moved AS ({update} RETURNING id, created_at)"
+                " SELECT id FROM moved ORDER BY created_at, id"
+            )
+            params: dict[str, Any] = {"now": now}
+        else:
+            query = f"{update} AND id = ANY(%(ids)s::text[]) RETURNING id"
+            params = {"now": now, "ids": ids}
+
+        def retry(conn: Conn) -> list[str]:
+            with conn.transaction():
+                moved = [str(r[0]) for r in conn.execute(query, params).fetchall()]
+                if moved:
+                    conn.execute("SELECT pg_notify(%s, 'dlq_retry')", (self._channel,))
+            return moved
+
+        moved = self._run(retry)
+        if ids is None:
+            return moved
+        done = set(moved)
+        return [i for i in ids if i in done]
+
+    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+        allowed = {JobState.COMPLETED, JobState.DEAD}
+        if not states or any(s not in allowed for s in states):
+            raise InvalidInput("only completed and dead jobs can be purged")
+        # One statement: the jobs and their history go together, or not at all.
+        query = (
+            "WITH gone AS (DELETE FROM jobs WHERE state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8) RETURNING id),"
+            " events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone))"
+            " SELECT count(*) FROM gone"
+        )
+        params = {"states": [s.value for s in states], "before": before}
+        return self._run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
+
+    # --- recovery ------------------------------------------------------------------
+
+    def processing(self) -> list[Job]:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE state = 'processing' ORDER BY id")
+        return [Job.from_tuple(r) for r in rows]
+
+    def recover(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        reason: str,
+        error: str,
+        now: float | None = None,
+    ) -> bool:
+        # PROCESSING -> FAILED / DEAD on the worker's behalf, fenced by the lease
+        params = {
+            "state": state.value,
+            "next": next_run_at,
+            "error": _clean(error),
+            "now": now,
+            "reason": reason,
+            "id": job_id,
+            "lease": lease,
+        }
+        return self._run(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = NULL,"
+                    f" error = %(error)s, finished_at = {_T}, updated_at = {_T}, reason = %(reason)s"
+                    " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
+                    params,
+                ).rowcount
+                > 0
+            )
+        )
+
+    # --- workers -------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+                " proc_start = excluded.proc_start, started_at = excluded.started_at,"
+                " heartbeat_at = excluded.heartbeat_at",
+                (info.id, info.host, info.pid, info.proc_start, info.started_at, info.heartbeat_at),
+            )
+        )
+
+    def heartbeat(
+        self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
+    ) -> bool:
+        # One statement: refresh the row, and say whether the job's lease still holds.
+        query = (
+            f"WITH beat AS (UPDATE workers SET heartbeat_at = {_T} WHERE id = %(w)s RETURNING 1)"
+            " SELECT EXISTS (SELECT 1 FROM beat),"
+            " %(job)s::text IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s::text"
+            "   AND state = 'processing' AND lease = %(lease)s::int8)"
+        )
+        params = {"now": now, "w": worker_id, "job": job_id, "lease": lease}
+
+        def beat(conn: Conn) -> bool:
+            row = conn.execute(query, params).fetchone()
+            return bool(row and row[0] and row[1])
+
+        return self._run(beat)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._run(lambda conn: conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,)))
+
+    def workers(self) -> list[WorkerInfo]:
+        rows = self._read(
+            "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
+            " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
+            "  ORDER BY j.id LIMIT 1)"
+            " FROM workers w ORDER BY w.started_at, w.id"
+        )
+        return [WorkerInfo.from_tuple(r) for r in rows]
+
+    def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
+        return self._run(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM workers WHERE id = %s AND heartbeat_at = %s::float8",
+                    (worker_id, heartbeat_at),
+                ).rowcount
+                > 0
+            )
+        )
+
+    # --- config --------------------------------------------------------------------
+
+    def config_items(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._read("SELECT key, value FROM config")}
+
+    def config_set(self, items: dict[str, str]) -> None:
+        def store(conn: Conn) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO config (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    list(items.items()),
+                )
+
+        self._run(store)
+
+    # --- waiting -------------------------------------------------------------------
+
+    def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
+        """Wait for a NOTIFY on this queue's channel, the timeout, or wakeup_fd.
+
+        Never raises: without a listening connection it just waits (the caller polls).
+        A listener that was (re)opened just now returns at once, because whatever was
+        enqueued before its LISTEN took effect sent no notification it could see."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        listener, fresh = self._listen()
+        if fresh:
+            return
+        fds = [] if wakeup_fd is None else [wakeup_fd]
+        if listener is not None:
+            fds.append(listener.fileno())
+        while (left := deadline - time.monotonic()) > 0:
+            if not fds:
+                time.sleep(left)
+                return
+            ready, _, _ = select.select(fds, [], [], left)
+            if not ready or wakeup_fd in ready:
+                return
+            if listener is None or self._drained(listener):
+                return
+
+    def _listen(self) -> tuple[Conn | None, bool]:
+        if self._listener is not None and not self._listener.closed:
+            return self._listener, False
+        self._close_listener()
+        try:
+            conn = self._connect(tries=1)
+        except QueuectlError:
+            return None, False
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        except psycopg.Error:
+            conn.close()
+            return None, False
+        self._listener = conn
+        return conn, True
+
+    def _drained(self, listener: Conn) -> bool:
+        """Read what arrived on the listener; True if it holds a notification (or the
+        connection went, which is worth a look at the queue too)."""
+        try:
+            return any(True for _ in listener.notifies(timeout=0))
+        except psycopg.Error:
+            self._close_listener()
+            return True
+
+    def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # --- maintenance ---------------------------------------------------------------
+
+    def integrity_check(self) -> str:
+        """PostgreSQL checks its own pages; this only proves the schema answers."""
+        self._read("SELECT count(*) FROM jobs WHERE false")
+        return "ok"
+
+    def optimize(self) -> None:
+        """Autovacuum keeps statistics fresh; refresh the jobs table's at most hourly."""
+        if time.monotonic() - self._analyzed_at < 3600 and self._analyzed_at:
+            return
+        self._analyzed_at = time.monotonic()
+        with contextlib.suppress(QueuectlError):
+            self._run(lambda conn: conn.execute("ANALYZE jobs"))
+
+    def close(self) -> None:
+        self._close_listener()
+        self._drop()
