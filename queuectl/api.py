@@ -15,7 +15,7 @@ from typing import Any
 from queuectl import config as cfg
 from queuectl.config import Config, Paths
 from queuectl.errors import Conflict, InvalidInput, JobNotFound
-from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo, new_id, parse_time
+from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo, iso, new_id, parse_time
 from queuectl.store import Store, open_store
 
 #: Linux refuses a single exec argument longer than this (MAX_ARG_STRLEN).
@@ -90,12 +90,31 @@ class Queue:
             raise InvalidInput("--limit must be 0 or more")
         return self.store.list_jobs(parse_state(state) if state else None, limit)
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
+        """Counts per state, the total, live workers, and the last recovery pass."""
         counts = self.store.counts()
-        out = {s.value: counts.get(s.value, 0) for s in JobState}
+        out: dict[str, Any] = {s.value: counts.get(s.value, 0) for s in JobState}
         out["total"] = sum(counts.values())
         out["workers"] = len(self.live_workers())
+        out["recovery"] = self.recovery_status()
         return out
+
+    def recovery_status(self) -> dict[str, Any]:
+        """Who ran the last recovery pass and when; `overdue` when none ran for more
+        than three monitor intervals (no monitor and no worker is covering)."""
+        from queuectl.monitor import LEASE
+
+        cfg = self.config()
+        info = self.store.lease_info(LEASE)
+        last = info.last_pass_at if info else None
+        age = None if last is None else max(0.0, self.store.now() - last)
+        return {
+            "last_pass_at": iso(last),
+            "last_pass_by": info.last_pass_by if info else None,
+            "last_pass_kind": info.last_pass_kind if info else None,
+            "age_s": None if age is None else round(age, 3),
+            "overdue": age is None or age > 3 * cfg.monitor_interval,
+        }
 
     def workers(self) -> list[WorkerInfo]:
         return self.store.workers()

@@ -175,6 +175,17 @@ def status(c: Ctx, as_json: bool) -> None:
         return
     for key in ("pending", "processing", "completed", "failed", "dead", "total", "workers"):
         click.echo(f"{key:<11} {counts[key]}")
+    rec = counts["recovery"]
+    if rec["last_pass_at"] is None:
+        click.echo("recovery    no recovery pass has run yet (no monitor or worker has started)")
+    else:
+        by = f"{rec['last_pass_by']} ({rec['last_pass_kind']})"
+        click.echo(f"recovery    last pass {rec['age_s']:.1f}s ago by {by}")
+    if rec["overdue"] and (counts["processing"] or counts["workers"]):
+        click.echo(
+            "warning: no recovery pass for over 3 monitor intervals: is a monitor or worker running?",
+            err=True,
+        )
 
 
 @cli.command("list")
@@ -377,6 +388,7 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
         queue=procs.queue_key(c.paths.db_url),
         signals=signals,
         watch_parent=bool(os.environ.get("SUPERVISOR_ENABLED")),
+        logs_dir=c.paths.logs,
     )
     if poll_interval is not None:
         w.config = replace(w.config, poll_interval=poll_interval)

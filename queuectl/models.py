@@ -244,6 +244,32 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True)
+class LeaseInfo:
+    """The monitor lease: who may run a recovery pass now, and who ran the last one."""
+
+    name: str
+    holder: str
+    kind: str
+    acquired_at: float
+    expires_at: float
+    last_pass_at: float | None
+    last_pass_by: str | None
+    last_pass_kind: str | None
+    last_monitor_pass_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "holder": self.holder,
+            "kind": self.kind,
+            "expires_at": iso(self.expires_at),
+            "last_pass_at": iso(self.last_pass_at),
+            "last_pass_by": self.last_pass_by,
+            "last_pass_kind": self.last_pass_kind,
+            "last_monitor_pass_at": iso(self.last_monitor_pass_at),
+        }
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A validated job ready to insert."""
 

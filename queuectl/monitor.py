@@ -31,7 +31,7 @@ from queuectl import failpoints, procs
 from queuectl.config import Config
 from queuectl.errors import Conflict, JobNotFound, QueuectlError
 from queuectl.logs import json_logger
-from queuectl.models import Job, JobState, Reason, WorkerInfo, decide, iso
+from queuectl.models import Job, JobState, LeaseInfo, Reason, WorkerInfo, decide, iso
 from queuectl.signals import StopSignals
 from queuectl.store import Store
 
@@ -70,6 +70,30 @@ class Monitor:
         self.log = log or json_logger(component="monitor", pid=os.getpid())
         self.signals = signals or StopSignals()
         self.host = procs.hostname()
+
+    # --- the lease: one pass at a time, anywhere ------------------------------------
+
+    def guarded_pass(self, kind: str = "monitor", now: float | None = None) -> list[Recovery] | None:
+        """Run one pass under the monitor lease; None if another process holds it."""
+        cfg = Config.from_stored(self.store.config_items())
+        ttl = lease_ttl(cfg)
+        if not self.store.acquire_lease(LEASE, self.holder(kind), kind, ttl, now):
+            return None
+        passed = False
+        started = time.time()
+        try:
+            done = self.run_once(now)
+            passed = True
+        finally:
+            ended = time.time()  # before the release: the next pass may start right after it
+            with contextlib.suppress(QueuectlError):
+                self.store.release_lease(LEASE, self.holder(kind), passed, now)
+        # Wall-clock bounds of the pass, so an audit can check no two ever overlapped.
+        self.log.info("recovery_pass", kind=kind, started=started, ended=ended, recovered=len(done))
+        return done
+
+    def holder(self, kind: str) -> str:
+        return f"{kind}:{self.host}:{os.getpid()}"
 
     # --- one pass ------------------------------------------------------------------
 
@@ -256,7 +280,9 @@ class Monitor:
             interval = 5.0
             try:
                 interval = Config.from_stored(self.store.config_items()).monitor_interval
-                self.run_once()
+                if self.guarded_pass("monitor") is None:
+                    # A worker's fallback pass holds the lease right now: try again soon.
+                    interval = min(interval, 0.2)
             except QueuectlError as exc:
                 self.log.warning("monitor_store_error", error=str(exc))
             except Exception:
@@ -276,6 +302,22 @@ class Monitor:
             with contextlib.suppress(InterruptedError):
                 select.select([self.signals.fd], [], [], left)
             self.signals.drain()
+
+
+#: The name of the lease every recovery pass runs under.
+LEASE = "monitor"
+
+
+def lease_ttl(cfg: Config) -> float:
+    """How long a pass may hold the lease: far longer than a pass takes, short enough
+    that a monitor killed mid-pass delays the next one by little."""
+    return max(3 * cfg.monitor_interval, 5.0)
+
+
+def monitor_absent(info: LeaseInfo | None, now: float, cfg: Config) -> bool:
+    """No monitor process has completed a pass for two intervals."""
+    last = info.last_monitor_pass_at if info else None
+    return last is None or now - last > 2 * cfg.monitor_interval
 
 
 _ERRORS = {

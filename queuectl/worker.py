@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from queuectl import executor, failpoints, procs
@@ -18,6 +19,7 @@ from queuectl.config import Config
 from queuectl.errors import QueuectlError
 from queuectl.logs import json_logger
 from queuectl.models import Job, Outcome, WorkerInfo, decide
+from queuectl.monitor import LEASE, Monitor, monitor_absent
 from queuectl.signals import StopSignals, die_with_parent
 from queuectl.store import Store
 
@@ -43,6 +45,7 @@ class Worker:
         log: Any = None,
         clock: Callable[[], float] = time.time,
         watch_parent: bool = False,
+        logs_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -59,6 +62,14 @@ class Worker:
         self._stop_requested_at: float | None = None
         self._parent = os.getppid() if watch_parent else None
         self.jobs_done = 0
+        # Recovery fallback: with no monitor around, workers run its passes themselves.
+        self._monitor = (
+            Monitor(store, queue=queue, logs_dir=logs_dir, log=self.log, signals=self.signals)
+            if logs_dir is not None
+            else None
+        )
+        self._next_recovery_check = 0.0
+        self._covering = False
         if watch_parent:
             die_with_parent()
             if self._parent == 1:  # the parent died before we could ask
@@ -139,6 +150,7 @@ class Worker:
     def _check_running(self, job: Job) -> str | None:
         """Called while a job runs: heartbeat when due; say why to kill it, if so."""
         self._watch_parent()
+        self.cover_for_monitor()
         mono = time.monotonic()
         if self.signals.cold:
             return "stopped: the worker got a second stop signal"
@@ -218,15 +230,44 @@ class Worker:
 
     # --- the loop ------------------------------------------------------------------
 
+    def cover_for_monitor(self, *, force: bool = False) -> None:
+        """At most every monitor_interval: if no monitor has completed a pass for two
+        intervals, run one here (under the same lease, so never two at once)."""
+        if self._monitor is None:
+            return
+        mono = time.monotonic()
+        if not force and mono < self._next_recovery_check:
+            return
+        self._next_recovery_check = mono + self.config.monitor_interval
+        try:
+            absent = monitor_absent(self.store.lease_info(LEASE), self.store.now(), self.config)
+            if not (absent or force):
+                if self._covering:
+                    self.log.info("monitor_back", note="a monitor is running passes again")
+                    self._covering = False
+                return
+            done = self._monitor.guarded_pass("worker")
+        except QueuectlError as exc:
+            self.log.warning("fallback_pass_failed", error=str(exc))
+            return
+        except Exception:  # recovery trouble must not stop this worker's own job
+            self.log.exception("fallback_pass_error")
+            return
+        if done is not None and (not self._covering or done):
+            self.log.info("fallback_pass", recovered=len(done), startup=force)
+        self._covering = absent and done is not None
+
     def run(self, *, burst: bool = False) -> int:
         """Work until told to stop (or, in burst mode, until nothing is left)."""
         self.register()
         self.log.info("worker_started", pid=os.getpid(), host=procs.hostname(), burst=burst)
+        self.cover_for_monitor(force=True)  # jobs left by a crash before any monitor ran
         try:
             while not self.signals.warm:
                 self._watch_parent()
                 try:
                     self.refresh_config()
+                    self.cover_for_monitor()
                     job = self.run_once()
                 except QueuectlError as exc:  # a busy or lost database: wait, go on
                     self.log.warning("worker_store_error", error=str(exc))

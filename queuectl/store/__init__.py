@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo
+from queuectl.models import Event, Job, JobState, LeaseInfo, NewJob, WorkerInfo
 
 
 class Store(Protocol):
@@ -120,6 +120,19 @@ class Store(Protocol):
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
         """Delete the row only if its heartbeat is still `heartbeat_at` (monitor)."""
+
+    # --- the monitor lease --------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, kind: str, ttl: float, now: float | None = None) -> bool:
+        """Take or renew the lease `name` for `ttl` seconds.  True if `holder` now holds
+        it: it was free, expired, or already `holder`'s.  At most one holder at a time."""
+
+    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
+        """Give the lease up (if `holder` still holds it).  With passed=True, record that
+        `holder` (of its kind) completed a pass at `now`."""
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        """The lease row, or None if no one ever took it."""
 
     # --- config ------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from queuectl.models import (
     Event,
     Job,
     JobState,
+    LeaseInfo,
     NewJob,
     WorkerInfo,
 )
@@ -111,6 +112,20 @@ MIGRATIONS: tuple[str, ...] = (
         proc_start   INTEGER,             -- /proc/<pid>/stat field 22: tells a reused pid apart
         started_at   REAL NOT NULL,
         heartbeat_at REAL NOT NULL
+    ) STRICT;
+    """,
+    # v2: the monitor lease, so at most one recovery pass runs at a time anywhere.
+    """
+    CREATE TABLE leases (
+        name                 TEXT PRIMARY KEY,
+        holder               TEXT NOT NULL,
+        kind                 TEXT NOT NULL,   -- 'monitor' or 'worker' (a fallback pass)
+        acquired_at          REAL NOT NULL,
+        expires_at           REAL NOT NULL,
+        last_pass_at         REAL,
+        last_pass_by         TEXT,
+        last_pass_kind       TEXT,
+        last_monitor_pass_at REAL
     ) STRICT;
     """,
 )
@@ -509,6 +524,50 @@ class SQLiteStore:
             return bool(conn.changes())
 
         return self._write(remove)
+
+    # --- the monitor lease --------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, kind: str, ttl: float, now: float | None = None) -> bool:
+        t = self._now(now)
+
+        def take(conn: apsw.Connection) -> bool:
+            conn.execute(
+                "INSERT INTO leases (name, holder, kind, acquired_at, expires_at)"
+                " VALUES (:name, :holder, :kind, :now, :exp)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, kind = excluded.kind,"
+                " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
+                " WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at",
+                {"name": name, "holder": holder, "kind": kind, "now": t, "exp": t + ttl},
+            )
+            return bool(conn.changes())
+
+        return self._write(take)
+
+    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
+        t = self._now(now)
+
+        def release(conn: apsw.Connection) -> bool:
+            conn.execute(
+                "UPDATE leases SET expires_at = :now,"
+                " last_pass_at = CASE WHEN :passed THEN :now ELSE last_pass_at END,"
+                " last_pass_by = CASE WHEN :passed THEN holder ELSE last_pass_by END,"
+                " last_pass_kind = CASE WHEN :passed THEN kind ELSE last_pass_kind END,"
+                " last_monitor_pass_at = CASE WHEN :passed AND kind = 'monitor' THEN :now"
+                "                        ELSE last_monitor_pass_at END"
+                " WHERE name = :name AND holder = :holder",
+                {"now": t, "passed": int(passed), "name": name, "holder": holder},
+            )
+            return bool(conn.changes())
+
+        return self._write(release)
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        rows = self._read(
+            "SELECT name, holder, kind, acquired_at, expires_at, last_pass_at, last_pass_by,"
+            " last_pass_kind, last_monitor_pass_at FROM leases WHERE name = ?",
+            (name,),
+        )
+        return LeaseInfo(*rows[0]) if rows else None
 
     # --- config --------------------------------------------------------------------
 
