@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -139,7 +140,7 @@ def test_passes_never_overlap_and_no_job_is_recovered_twice(home: Home, tmp_path
     kinds = {p["kind"] for p in passes}
     assert "monitor" in kinds and len(passes) > 5
     passes.sort(key=lambda p: p["started"])
-    for a, b in zip(passes, passes[1:]):
+    for a, b in itertools.pairwise(passes):
         assert a["ended"] <= b["started"], f"passes overlapped: {a} and {b}"
     recs = [(r["job_id"], r["attempt"]) for r in home.recovery_logs() if r["event"] == "job_recovered"]
     assert len(recs) == len(set(recs)) >= 2
