@@ -1,0 +1,128 @@
+"""executor.py with the real /bin/sh: exit codes, output capture, the job's own
+session, and timeouts that kill the whole process group."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl import executor
+from tests.helpers import alive, group_members, wait_until
+
+
+@pytest.fixture
+def files() -> Iterator[executor.OutputFiles]:
+    f = executor.OutputFiles()
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def run(files: executor.OutputFiles, command: str, timeout: float = 10.0, **kw: object) -> executor.Outcome:
+    job = executor.Job(
+        command=command,
+        timeout=timeout,
+        env={"PATH": os.environ["PATH"], "QUEUECTL_JOB_ID": "j1"},
+        kill_grace=float(kw.pop("kill_grace", 5.0)),  # type: ignore[arg-type]
+        output_limit=int(kw.pop("output_limit", 64 * 1024)),  # type: ignore[call-overload]
+    )
+    return executor.run(job, files, **kw)  # type: ignore[arg-type]
+
+
+def test_success_captures_both_streams(files: executor.OutputFiles) -> None:
+    out = run(files, 'echo "hi $QUEUECTL_JOB_ID"; echo oops >&2')
+    assert out.ok
+    assert (out.exit_code, out.error, out.timed_out) == (0, None, False)
+    assert out.stdout == "hi j1\n"
+    assert out.stderr == "oops\n"
+
+
+def test_output_files_are_reset_between_jobs(files: executor.OutputFiles) -> None:
+    run(files, "echo first")
+    assert run(files, "echo second").stdout == "second\n"
+
+
+def test_nonzero_exit_is_a_failure(files: executor.OutputFiles) -> None:
+    out = run(files, "exit 3")
+    assert not out.ok
+    assert out.exit_code == 3
+    assert out.error == "exited with code 3"
+
+
+def test_command_not_found_is_a_failure(files: executor.OutputFiles) -> None:
+    out = run(files, "no-such-command-queuectl-test")
+    assert not out.ok
+    assert out.exit_code == 127
+    assert out.error is not None and "command not found" in out.error
+    assert "not found" in out.stderr
+
+
+def test_only_the_tail_of_large_output_is_kept(files: executor.OutputFiles) -> None:
+    out = run(files, "head -c 300000 /dev/zero | tr '\\0' a; printf END", output_limit=1024)
+    assert out.ok
+    assert len(out.stdout) == 1024
+    assert out.stdout.endswith("aaaEND")
+
+
+def test_the_job_runs_in_its_own_session_without_stdin(files: executor.OutputFiles, tmp_path: Path) -> None:
+    info = tmp_path / "info"
+    # Fields 5 and 6 of /proc/PID/stat: process group, session.  `cat` would hang on a
+    # terminal or a pipe: stdin is /dev/null.
+    out = run(files, f"read -r _ _ _ _ pgid sid _ < /proc/$$/stat; echo $sid $pgid > {info}; cat")
+    assert out.ok
+    sid, pgid = (int(x) for x in info.read_text().split())
+    assert sid == pgid != os.getsid(0)
+
+
+def test_children_left_behind_by_a_finished_job_are_killed(
+    files: executor.OutputFiles, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "bg.pid"
+    out = run(files, f"sleep 60 & echo $! > {pidfile}")
+    assert out.ok
+    wait_until(lambda: not alive(int(pidfile.read_text())), 5, "the background child to die")
+
+
+def test_timeout_kills_the_whole_process_group(files: executor.OutputFiles, tmp_path: Path) -> None:
+    """The job forks a grandchild that ignores SIGTERM; after the timeout, SIGTERM then
+    SIGKILL reach the whole group, so nothing of the job survives."""
+    gc_pid = tmp_path / "grandchild.pid"
+    sh_pid = tmp_path / "shell.pid"
+    command = (
+        f"echo $$ > {sh_pid}; sh -c 'trap \"\" TERM; echo $$ > {gc_pid}; exec sleep 60' & sleep 60; wait"
+    )
+    started: list[int] = []
+    t = time.monotonic()
+    out = run(files, command, timeout=0.5, kill_grace=0.3, on_start=started.append)
+    elapsed = time.monotonic() - t
+    assert out.timed_out
+    assert not out.ok
+    assert out.error == "timeout after 0.5s"
+    assert 0.5 <= elapsed < 5
+    pgid = started[0]
+    assert int(sh_pid.read_text()) == pgid
+    grandchild = int(gc_pid.read_text())
+    assert grandchild != pgid
+    wait_until(lambda: not group_members(pgid), 5, "every process of the job's group to be gone")
+    assert not alive(grandchild)
+
+
+def test_check_callback_stops_the_job(files: executor.OutputFiles) -> None:
+    calls = []
+
+    def check() -> str | None:
+        calls.append(1)
+        return "lease lost" if len(calls) >= 2 else None
+
+    t = time.monotonic()
+    out = run(files, "sleep 30", check=check, check_interval=0.05)
+    assert time.monotonic() - t < 5
+    assert out.error == "lease lost"
+    assert out.exit_code == 137  # SIGKILL
+    assert not out.ok
+    assert not out.timed_out
