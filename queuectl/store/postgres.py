@@ -48,18 +48,19 @@ from queuectl.errors import (
     StoreError,
     StoreUnavailable,
 )
-from queuectl.models import JOB_COLUMNS, Event, Job, JobState, NewJob, WorkerInfo
+from queuectl.models import JOB_COLUMNS, Event, Job, JobState, LeaseInfo, NewJob, WorkerInfo
 
 #: Connection attempts per call before StoreUnavailable, and the backoff between
 #: them: doubling from BACKOFF_FIRST up to BACKOFF_CAP, each scaled by a random
-#: 0.5-1.0 so that many workers do not reconnect in lockstep (about 3 s in all).
-CONNECT_TRIES = 6
+#: 0.5-1.0 so that many workers do not reconnect in lockstep (2.5-5 s in all,
+#: enough to ride out a server restart).
+CONNECT_TRIES = 7
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
 #: Advisory lock class for migrations ("QCTL"); the key is the schema's hash.
 LOCK_CLASS = 0x5143544C
-#: Rows per INSERT statement in a bulk enqueue (all in one transaction).
-ENQUEUE_CHUNK = 10_000
+#: From this many jobs on, an enqueue uses COPY instead of one INSERT.
+COPY_THRESHOLD = 64
 #: Connection settings applied unless the URL gives its own: fail fast when the
 #: server is gone, and notice a silently dead peer (network cut) within ~30 s.
 CONNECT_DEFAULTS = {
@@ -163,6 +164,20 @@ MIGRATIONS: tuple[str, ...] = (
         proc_start   bigint,            -- /proc/<pid>/stat field 22: tells a reused pid apart
         started_at   double precision NOT NULL,
         heartbeat_at double precision NOT NULL
+    );
+    """,
+    # v2: the monitor lease, so at most one recovery pass runs at a time anywhere.
+    """
+    CREATE TABLE leases (
+        name                 text PRIMARY KEY,
+        holder               text NOT NULL,
+        kind                 text NOT NULL,   -- 'monitor' or 'worker' (a fallback pass)
+        acquired_at          double precision NOT NULL,
+        expires_at           double precision NOT NULL,
+        last_pass_at         double precision,
+        last_pass_by         text,
+        last_pass_kind       text,
+        last_monitor_pass_at double precision
     );
     """,
 )
@@ -433,27 +448,10 @@ class PostgresStore:
 
         def insert(conn: Conn) -> list[str]:
             with conn.transaction():
-                for i in range(0, len(jobs), ENQUEUE_CHUNK):
-                    chunk = jobs[i : i + ENQUEUE_CHUNK]
-                    # None -> PENDING (the insert trigger writes the first events)
-                    conn.execute(
-                        "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
-                        " created_at, updated_at, run_at, next_run_at)"
-                        f" SELECT u.id, u.command, 'pending', u.max_retries, u.priority, u.timeout,"
-                        f" {_T}, {_T}, u.run_at, u.run_at"
-                        " FROM unnest(%(ids)s::text[], %(cmds)s::text[], %(retries)s::int8[],"
-                        " %(prios)s::int8[], %(timeouts)s::float8[], %(runs)s::float8[])"
-                        " AS u(id, command, max_retries, priority, timeout, run_at)",
-                        {
-                            "now": now,
-                            "ids": [j.id for j in chunk],
-                            "cmds": [j.command for j in chunk],
-                            "retries": [j.max_retries for j in chunk],
-                            "prios": [j.priority for j in chunk],
-                            "timeouts": [j.timeout for j in chunk],
-                            "runs": [j.run_at for j in chunk],
-                        },
-                    )
+                if len(jobs) < COPY_THRESHOLD:
+                    self._insert(conn, jobs, now)
+                else:
+                    self._copy(conn, jobs, now)
                 conn.execute("SELECT pg_notify(%s, 'enqueue')", (self._channel,))
             return ids
 
@@ -463,6 +461,49 @@ class PostgresStore:
             raise DuplicateJob(self._first_existing(ids)) from None
         except UnicodeEncodeError:
             raise InvalidInput("job text is not valid UTF-8") from None
+
+    @staticmethod
+    def _insert(conn: Conn, jobs: Sequence[NewJob], now: float | None) -> None:
+        """A few jobs: one INSERT over arrays (fewest round trips)."""
+        # None -> PENDING (the statement trigger writes the first events)
+        conn.execute(
+            "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
+            " created_at, updated_at, run_at, next_run_at)"
+            f" SELECT u.id, u.command, 'pending', u.max_retries, u.priority, u.timeout,"
+            f" {_T}, {_T}, u.run_at, u.run_at"
+            " FROM unnest(%(ids)s::text[], %(cmds)s::text[], %(retries)s::int8[],"
+            " %(prios)s::int8[], %(timeouts)s::float8[], %(runs)s::float8[])"
+            " AS u(id, command, max_retries, priority, timeout, run_at)",
+            {
+                "now": now,
+                "ids": [j.id for j in jobs],
+                "cmds": [j.command for j in jobs],
+                "retries": [j.max_retries for j in jobs],
+                "prios": [j.priority for j in jobs],
+                "timeouts": [j.timeout for j in jobs],
+                "runs": [j.run_at for j in jobs],
+            },
+        )
+
+    @staticmethod
+    def _copy(conn: Conn, jobs: Sequence[NewJob], now: float | None) -> None:
+        """Many jobs: COPY, about twice the rate of INSERT (the statement trigger
+        fires for COPY too, so the history is written all the same)."""
+        if now is None:
+            row = conn.execute(f"SELECT {_DB_NOW}").fetchone()
+            assert row is not None
+            now = float(row[0])
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY jobs (id, command, state, max_retries, priority, timeout,"
+                " created_at, updated_at, run_at, next_run_at) FROM STDIN"
+            ) as copy,
+        ):
+            for j in jobs:
+                # None -> PENDING
+                head = (j.id, j.command, "pending", j.max_retries, j.priority, j.timeout)
+                copy.write_row((*head, now, now, j.run_at, j.run_at))
 
     def _first_existing(self, ids: list[str]) -> str | None:
         seen: set[str] = set()
@@ -701,6 +742,41 @@ class PostgresStore:
                 > 0
             )
         )
+
+    # --- the monitor lease -----------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, kind: str, ttl: float, now: float | None = None) -> bool:
+        # One INSERT ... ON CONFLICT: atomic, so two takers never both win.
+        query = (
+            "INSERT INTO leases (name, holder, kind, acquired_at, expires_at)"
+            f" VALUES (%(name)s, %(holder)s, %(kind)s, {_T}, {_T} + %(ttl)s::float8)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, kind = excluded.kind,"
+            " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
+            " WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at"
+        )
+        params = {"name": name, "holder": holder, "kind": kind, "now": now, "ttl": ttl}
+        return self._run(lambda conn: conn.execute(query, params).rowcount > 0)
+
+    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
+        query = (
+            f"UPDATE leases SET expires_at = {_T},"
+            f" last_pass_at = CASE WHEN %(passed)s THEN {_T} ELSE last_pass_at END,"
+            " last_pass_by = CASE WHEN %(passed)s THEN holder ELSE last_pass_by END,"
+            " last_pass_kind = CASE WHEN %(passed)s THEN kind ELSE last_pass_kind END,"
+            f" last_monitor_pass_at = CASE WHEN %(passed)s AND kind = 'monitor' THEN {_T}"
+            "                        ELSE last_monitor_pass_at END"
+            " WHERE name = %(name)s AND holder = %(holder)s"
+        )
+        params = {"now": now, "passed": bool(passed), "name": name, "holder": holder}
+        return self._run(lambda conn: conn.execute(query, params).rowcount > 0)
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        rows = self._read(
+            "SELECT name, holder, kind, acquired_at, expires_at, last_pass_at, last_pass_by,"
+            " last_pass_kind, last_monitor_pass_at FROM leases WHERE name = %s",
+            (name,),
+        )
+        return LeaseInfo(*rows[0]) if rows else None
 
     # --- config --------------------------------------------------------------------
 
