@@ -212,6 +212,10 @@ def redact_url(url: str) -> str:
 def _secrets(url: str) -> list[str]:
     """Every spelling of the URL's password(s), to scrub from driver messages."""
     found: set[str] = set()
+    # A URL too broken for urlsplit still has its password between "user:" and "@".
+    match = re.search(r"://[^:/@?#]*:([^@]*)@", url)
+    if match and match.group(1):
+        found.update({match.group(1), unquote(match.group(1))})
     with contextlib.suppress(ValueError):
         parts = urlsplit(url)
         if parts.password:
@@ -253,6 +257,8 @@ def _transient(exc: psycopg.Error) -> bool:
     if not isinstance(exc, psycopg.OperationalError):
         return False
     msg = str(exc).lower()
+    if "invalid" in msg:  # a bad option or value in the URL: trying again cannot help
+        return False
     if "fatal" in msg:
         return any(s in msg for s in _TRANSIENT_FATAL)
     return True
@@ -306,6 +312,7 @@ class PostgresStore:
     def _reason(self, exc: BaseException) -> str:
         """One line from a driver error, with every password scrubbed out."""
         text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        text = text.replace(self._url, self.url)
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text or type(exc).__name__
@@ -429,8 +436,14 @@ class PostgresStore:
 
     @staticmethod
     def _has_table(conn: Conn, name: str) -> bool:
+        # A query on pg_class, not to_regclass(): that one reads the backend's catalog
+        # cache, which may still say "no such table" after we waited for the lock while
+        # another process created it (a stale negative entry; found by the race test).
         row = conn.execute(
-            "SELECT to_regclass(format('%%I.%%I', current_schema(), %s::text)) IS NOT NULL", (name,)
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = current_schema() AND c.relname = %s)",
+            (name,),
         ).fetchone()
         return bool(row and row[0])
 

@@ -1,0 +1,303 @@
+"""What only the PostgreSQL store has to prove: its schema lives where the URL says
+and is migrated once under concurrent first opens, claims are exactly-once across
+connections, NOTIFY wakes idle waiters, and its fences and errors hold."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from queuectl.errors import DuplicateJob, StoreError
+from queuectl.models import JobState, NewJob, WorkerInfo
+from queuectl.store.postgres import MIGRATIONS, PostgresStore
+from tests.helpers import T0, clean_env, wait_until
+from tests.pg.conftest import admin, schema_url
+
+pytestmark = pytest.mark.postgres
+
+
+def jobs(n: int, prefix: str = "j", at: float = T0) -> list[NewJob]:
+    return [NewJob(f"{prefix}{i:05d}", f"echo {i}", 3, 0, 60.0, at) for i in range(n)]
+
+
+# --- schema ------------------------------------------------------------------------------
+
+_OPEN_ON_GO = """
+import sys, time
+from pathlib import Path
+from queuectl.store.postgres import PostgresStore
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+PostgresStore(url).close()
+"""
+
+
+def test_concurrent_first_opens_migrate_once(pg_url: str, tmp_path: Path) -> None:
+    """Several processes open an empty schema at the same instant: every one succeeds
+    and each migration is applied exactly once (the advisory lock serializes them)."""
+    go = tmp_path / "go"
+    readies = [tmp_path / f"ready{i}" for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_ON_GO, pg_url, str(r), str(go)],
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for r in readies
+    ]
+    try:
+        wait_until(lambda: all(r.exists() for r in readies), 30, "the openers to start")
+        go.touch()
+        results = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err.decode()
+    store = PostgresStore(pg_url)
+    store.close()
+    with admin() as conn:
+        schema = pg_url.rsplit("%3D", 1)[1]
+        rows = conn.execute(f'SELECT version FROM "{schema}".queuectl_schema ORDER BY version').fetchall()
+    assert [r[0] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_tables_live_in_the_urls_schema(pg_store: PostgresStore, pg_url: str) -> None:
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with admin() as conn:
+        found = conn.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'job_events'"
+        ).fetchall()
+    assert (schema,) in found
+    assert ("public",) not in found
+
+
+def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    PostgresStore(pg_url).close()
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with admin() as conn:
+        conn.execute(f'INSERT INTO "{schema}".queuectl_schema (version) VALUES (99)')
+    with pytest.raises(StoreError, match="version 99, newer than this queuectl knows"):
+        PostgresStore(pg_url)
+
+
+def test_a_foreign_jobs_table_is_refused(pg_url: str) -> None:
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with admin() as conn:
+        conn.execute(f'CREATE TABLE "{schema}".jobs (x int)')
+    with pytest.raises(StoreError, match="not queuectl's"):
+        PostgresStore(pg_url)
+
+
+def test_a_missing_schema_is_a_clear_error(pg_server: str) -> None:
+    with pytest.raises(StoreError, match="no schema to create tables in"):
+        PostgresStore(schema_url("qpg_no_such_schema"))
+
+
+# --- claims and fencing ------------------------------------------------------------------
+
+
+def test_concurrent_claimers_get_each_job_exactly_once(pg_store: PostgresStore, pg_url: str) -> None:
+    """Six threads, each with its own connections, drain 600 jobs: SKIP LOCKED hands
+    every job to exactly one of them."""
+    pg_store.enqueue(jobs(600))
+    claimed: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def drain(n: int) -> None:
+        store = PostgresStore(pg_url)
+        try:
+            start.wait(timeout=30)
+            while (job := store.claim(f"w{n}", now=T0 + 1)) is not None:
+                with lock:
+                    claimed.append((job.id, job.lease))
+                assert store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "", T0 + 2)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=drain, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    ids = Counter(job_id for job_id, _ in claimed)
+    assert sorted(ids) == [j.id for j in jobs(600)]
+    assert max(ids.values()) == 1
+    assert {lease for _, lease in claimed} == {1}
+    assert pg_store.counts()["completed"] == 600
+
+
+def test_a_recovered_job_fences_out_its_old_worker(pg_store: PostgresStore) -> None:
+    pg_store.enqueue(jobs(1))
+    pg_store.register_worker(WorkerInfo("old", "host-a", 1, None, T0, T0))
+    first = pg_store.claim("old", now=T0)
+    assert first is not None
+    # PROCESSING -> FAILED by the monitor of another host
+    assert pg_store.recover(first.id, first.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "gone", T0)
+    assert not pg_store.recover(first.id, first.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "x", T0)
+    second = pg_store.claim("new", now=T0 + 1)
+    assert second is not None and second.lease == first.lease + 1
+    # The old worker wakes up: its heartbeat and its result are both refused.
+    assert not pg_store.heartbeat("old", first.id, first.lease)
+    assert not pg_store.finish(first.id, first.lease, JobState.COMPLETED, None, 0, None, "", "", T0 + 2)
+    assert pg_store.finish(second.id, second.lease, JobState.COMPLETED, None, 0, None, "ok", "", T0 + 2)
+    got = pg_store.get(first.id)
+    assert got is not None and got.state is JobState.COMPLETED and got.stdout == "ok"
+    chain = [(e.from_state, e.to_state, e.worker_id) for e in pg_store.history(first.id)]
+    assert chain == [
+        (None, "pending", None),
+        ("pending", "processing", "old"),
+        ("processing", "failed", "old"),
+        ("failed", "processing", "new"),
+        ("processing", "completed", "new"),
+    ]
+
+
+# --- enqueue -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 500], ids=["insert", "copy"])
+def test_duplicate_ids_are_named_and_nothing_is_inserted(pg_store: PostgresStore, n: int) -> None:
+    pg_store.enqueue([NewJob("taken", "true", 0, 0, 1.0, T0)])
+    batch = jobs(n)
+    with pytest.raises(DuplicateJob) as exc:
+        pg_store.enqueue([*batch[:-1], NewJob("taken", "true", 0, 0, 1.0, T0)])
+    assert exc.value.job_id == "taken"
+    with pytest.raises(DuplicateJob) as exc:
+        pg_store.enqueue([*batch, batch[1]])
+    assert exc.value.job_id == batch[1].id
+    assert pg_store.counts()["pending"] == 1
+    assert pg_store.get(batch[0].id) is None
+
+
+def test_bulk_enqueue_writes_every_first_event(pg_store: PostgresStore) -> None:
+    ids = pg_store.enqueue(jobs(2000), now=T0)
+    assert len(ids) == 2000
+    assert pg_store.counts()["pending"] == 2000
+    assert [(e.from_state, e.to_state, e.at) for e in pg_store.history(ids[-1])] == [(None, "pending", T0)]
+
+
+def test_enqueue_without_now_uses_the_database_clock(pg_store: PostgresStore) -> None:
+    with admin() as conn:
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    assert row is not None
+    assert abs(pg_store.now() - row[0]) < 5
+    before = pg_store.now()
+    pg_store.enqueue([NewJob("a", "true", 0, 0, 1.0, before)])
+    job = pg_store.get("a")
+    assert job is not None and before <= job.created_at <= pg_store.now()
+
+
+def test_output_with_nul_bytes_is_stored(pg_store: PostgresStore) -> None:
+    pg_store.enqueue(jobs(1))
+    job = pg_store.claim("w", now=T0)
+    assert job is not None
+    assert pg_store.finish(job.id, job.lease, JobState.FAILED, T0 + 2, 1, "bad\x00", "a\x00b", "\udcff", T0)
+    got = pg_store.get(job.id)
+    assert got is not None
+    assert (got.stdout, got.error) == ("a\ufffdb", "bad\ufffd")
+    assert got.stderr is not None and "\x00" not in got.stderr
+
+
+# --- NOTIFY --------------------------------------------------------------------------------
+
+
+def _waiter(store: PostgresStore, timeout: float) -> tuple[threading.Thread, list[float]]:
+    """wait_for_change(timeout) in a thread; the list gets its duration."""
+    took: list[float] = []
+
+    def wait() -> None:
+        t0 = time.monotonic()
+        store.wait_for_change(timeout)
+        took.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, took
+
+
+def _listening(store: PostgresStore) -> None:
+    """The first wait opens the LISTEN connection and returns at once."""
+    t0 = time.monotonic()
+    store.wait_for_change(30)
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("change", ["enqueue", "dlq_retry"])
+def test_notify_wakes_an_idle_waiter(pg_url: str, change: str) -> None:
+    waiter, other = PostgresStore(pg_url), PostgresStore(pg_url)
+    try:
+        if change == "dlq_retry":
+            other.enqueue([NewJob("d", "false", 0, 0, 1.0, T0)])
+            job = other.claim("w", now=T0)
+            assert job is not None
+            other.finish(job.id, job.lease, JobState.DEAD, None, 1, None, "", "", T0)
+        _listening(waiter)
+        thread, took = _waiter(waiter, 30)
+        if change == "enqueue":
+            other.enqueue([NewJob("n", "true", 0, 0, 1.0, T0)])
+        else:
+            assert other.dlq_retry(None) == ["d"]
+        thread.join(timeout=20)
+        assert took and took[0] < 10, "the waiter slept through the notification"
+    finally:
+        waiter.close()
+        other.close()
+
+
+def test_notifications_do_not_cross_schemas(pg_schemas: Callable[[], str]) -> None:
+    waiter = PostgresStore(schema_url(pg_schemas()))
+    other = PostgresStore(schema_url(pg_schemas()))
+    try:
+        _listening(waiter)
+        thread, took = _waiter(waiter, 0.5)
+        other.enqueue(jobs(1))
+        thread.join(timeout=20)
+        assert took and took[0] >= 0.5
+    finally:
+        waiter.close()
+        other.close()
+
+
+def test_wakeup_fd_ends_the_wait(pg_store: PostgresStore) -> None:
+    _listening(pg_store)
+    r, w = os.pipe()
+    try:
+        thread, took = _waiter_fd(pg_store, r)
+        os.write(w, b"x")
+        thread.join(timeout=20)
+        assert took and took[0] < 10
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _waiter_fd(store: PostgresStore, fd: int) -> tuple[threading.Thread, list[float]]:
+    took: list[float] = []
+
+    def wait() -> None:
+        t0 = time.monotonic()
+        store.wait_for_change(30, fd)
+        took.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, took
