@@ -43,7 +43,7 @@ class Worker:
         signals: StopSignals | None = None,
         worker_id: str | None = None,
         log: Any = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         watch_parent: bool = False,
         logs_dir: Path | None = None,
     ) -> None:
@@ -78,7 +78,9 @@ class Worker:
     # --- lifecycle -----------------------------------------------------------------
 
     def register(self) -> None:
-        now = self.clock()
+        # The store's clock (the database server's, for PostgreSQL), like every other
+        # heartbeat: a host whose clock lags would otherwise look stale at once.
+        now = self.clock() if self.clock is not None else self.store.now()
         pid = os.getpid()
         self.store.register_worker(
             WorkerInfo(
@@ -268,20 +270,19 @@ class Worker:
                 try:
                     self.refresh_config()
                     self.cover_for_monitor()
-                    job = self.run_once()
+                    if self.run_once() is not None:
+                        continue
+                    if burst and self._drained():
+                        break
+                    # Inside the try too: an outage between two claims must not end us.
+                    timeout = self._idle_timeout()
                 except QueuectlError as exc:  # a busy or lost database: wait, go on
                     self.log.warning("worker_store_error", error=str(exc))
-                    self._idle(self.config.poll_interval)
-                    continue
+                    timeout = self.config.poll_interval
                 except Exception:  # one bad job must not kill the worker
                     self.log.exception("worker_error")
-                    self._idle(self.config.poll_interval)
-                    continue
-                if job is not None:
-                    continue
-                if burst and self._drained():
-                    break
-                self._idle(self._idle_timeout())
+                    timeout = self.config.poll_interval
+                self._idle(timeout)
         finally:
             self.unregister()
             self.log.info("worker_stopped", jobs=self.jobs_done, signals=self.signals.count)
