@@ -6,6 +6,7 @@ nothing.  Sees only the Store protocol.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import unicodedata
@@ -14,7 +15,7 @@ from typing import Any
 
 from queuectl import config as cfg
 from queuectl.config import Config, Paths
-from queuectl.errors import Conflict, InvalidInput, JobNotFound
+from queuectl.errors import Conflict, InvalidInput, JobNotFound, StoreError
 from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo, iso, new_id, parse_time
 from queuectl.store import Store, open_store
 
@@ -31,6 +32,9 @@ INITIAL_FIELDS = {"state", "attempts", "created_at", "updated_at"}
 
 
 class Queue:
+    # Annotations after `def list` below say `builtins.list`: inside the class body
+    # the bare name means that method.
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -116,29 +120,38 @@ class Queue:
             "overdue": age is None or age > 3 * cfg.monitor_interval,
         }
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         return self.store.workers()
 
-    def live_workers(self) -> list[WorkerInfo]:
+    def live_workers(self) -> builtins.list[WorkerInfo]:
         cutoff = self.store.now() - self.config().heartbeat_timeout
         return [w for w in self.store.workers() if w.heartbeat_at >= cutoff]
 
     # --- dead-letter queue ---------------------------------------------------------
 
-    def dlq_list(self, limit: int | None = None) -> list[Job]:
+    def dlq_list(self, limit: int | None = None) -> builtins.list[Job]:
         return self.store.list_jobs(JobState.DEAD, limit)
 
     def dlq_retry(self, job_id: str) -> str:
-        moved = self.store.dlq_retry([job_id])
-        if not moved:
-            job = self.get(job_id)  # raises JobNotFound
-            raise Conflict(f"job {job_id!r} is {job.state.value}, not dead: only dead jobs can be retried")
-        return moved[0]
+        return self.dlq_retry_many([job_id])[0]
 
-    def dlq_retry_all(self) -> list[str]:
+    def dlq_retry_many(self, job_ids: Iterable[str]) -> builtins.list[str]:
+        """Move these DEAD jobs back to PENDING, all or none: an unknown id or one that
+        is not dead is reported before anything changes."""
+        ids = list(dict.fromkeys(job_ids))
+        for job_id in ids:
+            job = self.get(job_id)  # raises JobNotFound
+            if job.state is not JobState.DEAD:
+                raise Conflict(
+                    f"job {job_id!r} is {job.state.value}, not dead: only dead jobs can be retried"
+                )
+        # One transaction; a job another process retried in the meantime is left out.
+        return self.store.dlq_retry(ids)
+
+    def dlq_retry_all(self) -> builtins.list[str]:
         return self.store.dlq_retry(None)
 
-    def purge(self, states: list[str], older_than: float | None = None) -> int:
+    def purge(self, states: builtins.list[str], older_than: float | None = None) -> int:
         parsed = [parse_state(s) for s in states]
         before = None if older_than is None else self.store.now() - older_than
         return self.store.purge(parsed, before)
@@ -168,8 +181,8 @@ def _make_private_dir(path: Any) -> None:
     p = Path(path)
     try:
         p.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise InvalidInput(f"cannot create {p}: {exc.strerror}") from None
+    except OSError as exc:  # the home is fine; its database folder cannot be made
+        raise StoreError(f"cannot create the database folder {p}: {exc.strerror}") from None
 
 
 def parse_state(text: str) -> JobState:

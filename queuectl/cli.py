@@ -290,7 +290,7 @@ def dlq_retry(c: Ctx, job_ids: tuple[str, ...], all_: bool) -> None:
     """Move dead jobs back to pending with attempts reset."""
     if all_ == bool(job_ids):
         raise InvalidInput("give job ids or --all (not both)")
-    ids = c.queue.dlq_retry_all() if all_ else [c.queue.dlq_retry(j) for j in job_ids]
+    ids = c.queue.dlq_retry_all() if all_ else c.queue.dlq_retry_many(job_ids)
     if ids:
         click.echo("\n".join(ids))
     elif all_:
@@ -321,7 +321,7 @@ def config_get(c: Ctx, key: str | None, as_json: bool) -> None:
             click.echo(f"{k:<19} {_fmt(v)}")
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})  # so "-1" is a value
 @click.argument("key")
 @click.argument("value")
 @pass_ctx
