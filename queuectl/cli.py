@@ -152,7 +152,9 @@ def _read_json_lines(stream: Any) -> Iterable[dict[str, Any]]:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidInput(f"stdin is not valid UTF-8 (byte {exc.start})") from None
-    for n, line in enumerate(data.splitlines(), 1):
+    # JSON Lines are split on "\n" only: str.splitlines() would also cut at U+2028,
+    # U+0085 and other separators that JSON allows raw inside a string.
+    for n, line in enumerate(data.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -137,6 +137,17 @@ def test_bulk_enqueue_from_stdin(qhome: QHome) -> None:
     assert [j["id"] for j in qhome.json("list", "--state", "pending")][-50:] == generated
 
 
+def test_bulk_enqueue_splits_only_on_newlines(qhome: QHome) -> None:
+    """JSON allows U+2028, U+0085 and friends raw inside strings: they are not line ends.
+    CRLF line ends are accepted."""
+    commands = ["echo a\u2028b", "echo c\x85d", "echo e\x1cf"]
+    lines = [json.dumps({"id": f"s{i}", "command": c}, ensure_ascii=False) for i, c in enumerate(commands)]
+    proc = qhome.run("enqueue", "-", input="\r\n".join(lines) + "\r\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["s0", "s1", "s2"]
+    assert [qhome.job(f"s{i}")["command"] for i in range(3)] == commands
+
+
 def test_bulk_enqueue_is_all_or_nothing(qhome: QHome) -> None:
     qhome.enqueue("true", "--id", "exists")
     before = qhome.dump()

@@ -4,6 +4,7 @@ Run through `python -m queuectl`, so main()'s exit codes are the real ones."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,10 @@ CASES = [
     (["enqueue", '{"command": "true", "run_at": "tomorrow"}'], None, USAGE, "run_at"),
     (["enqueue", '{"command": "true", "id": 5}'], None, USAGE, "id"),
     (["enqueue", '{"command": "true", "id": ""}'], None, USAGE, "id"),
+    (["enqueue", '{"command": "true", "id": "a\\u0001b"}'], None, USAGE, "control characters"),
+    (["enqueue", '{"command": "echo \\u0000"}'], None, USAGE, "NUL"),
+    (["enqueue", '{"command": "echo \\ud800"}'], None, USAGE, "UTF-8"),
+    (["enqueue", "-"], json.dumps({"command": "x" * 200_000}) + "\n", USAGE, "longer than"),
     (["enqueue", '{"command": "true", "priority": 1e400}'], None, USAGE, "priority"),
     (["enqueue", "true", "--priority", "high"], None, USAGE, "--priority"),
     (["enqueue", "true", "--timeout", "abc"], None, USAGE, "--timeout"),
