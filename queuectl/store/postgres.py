@@ -872,7 +872,7 @@ class PostgresStore:
 
     def optimize(self) -> None:
         """Autovacuum keeps statistics fresh; refresh the jobs table's at most hourly."""
-        if time.monotonic() - self._analyzed_at < 3600 and self._analyzed_at:
+        if self._analyzed_at and time.monotonic() - self._analyzed_at < 3600:
             return
         self._analyzed_at = time.monotonic()
         with contextlib.suppress(QueuectlError):
