@@ -6,9 +6,12 @@ and time is always passed explicitly, so both backends are checked at fixed inst
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +19,7 @@ from queuectl.errors import DuplicateJob, InvalidInput
 from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo
 from queuectl.store import Store
 from tests.conftest import StoreFactory
-from tests.helpers import T0
+from tests.helpers import T0, wait_until
 
 
 def new(
@@ -209,6 +212,56 @@ def test_no_two_claimers_get_the_same_job(stores: StoreFactory) -> None:
     assert sorted(got) == [(f"j{i:02d}", 1) for i in range(40)]
     assert a.claim("w0", now=T0) is None
     assert b.claim("w1", now=T0) is None
+
+
+CLAIMER = """
+import os, sys, time
+from queuectl.store import open_store
+url, me, ready, go = sys.argv[1:5]
+store = open_store(url)
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+taken = []
+while (job := store.claim(me, now=float(sys.argv[5]))) is not None:
+    taken.append(job.id)
+store.close()
+print("\\n".join(taken))
+"""
+
+
+def test_claimers_in_four_processes_never_share_a_job(stores: StoreFactory, tmp_path: Path) -> None:
+    """One connection per process, as workers run: four processes claim at once (a
+    start line holds them back until all are connected); every job goes to one."""
+    first = stores.open()
+    first.enqueue([new(f"j{i:03d}") for i in range(300)], now=T0)
+    go = tmp_path / "go"
+    procs = []
+    for n in range(4):
+        args = [stores.url, f"w{n}", str(tmp_path / f"ready{n}"), str(go), repr(T0)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", CLAIMER, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        wait_until(
+            lambda: all((tmp_path / f"ready{n}").exists() for n in range(4)), 60, "the claimers to connect"
+        )
+    finally:
+        go.touch()
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err for _, err in outputs]
+    taken = [job_id for out, _ in outputs for job_id in out.split()]
+    assert sorted(taken) == [f"j{i:03d}" for i in range(300)]
+    assert first.counts()["processing"] == 300
+    owners = {j.id: j.worker_id for j in first.processing()}
+    for n, (out, _) in enumerate(outputs):
+        assert all(owners[job_id] == f"w{n}" for job_id in out.split())
+    assert {j.lease for j in first.processing()} == {1}
 
 
 # --- finish and fencing -----------------------------------------------------------------
@@ -456,13 +509,7 @@ def test_remove_worker_is_a_compare_and_set_on_the_heartbeat(store: Store) -> No
 # --- the monitor lease ---------------------------------------------------------------
 
 
-def _needs_lease(store: Store) -> None:
-    if not hasattr(store, "acquire_lease"):  # issue 7 added these to SQLite first
-        pytest.xfail(f"{type(store).__name__} lacks the monitor lease methods of the Store protocol")
-
-
 def test_lease_has_one_holder_at_a_time_until_it_expires(store: Store) -> None:
-    _needs_lease(store)
     assert store.lease_info("monitor") is None
     assert store.acquire_lease("monitor", "h1", "monitor", 10, now=T0)
     info = store.lease_info("monitor")
@@ -487,7 +534,6 @@ def test_lease_has_one_holder_at_a_time_until_it_expires(store: Store) -> None:
 
 
 def test_release_lease_records_the_pass(store: Store) -> None:
-    _needs_lease(store)
     assert not store.release_lease("monitor", "h1", True, now=T0)
     assert store.acquire_lease("monitor", "h1", "monitor", 10, now=T0)
     assert not store.release_lease("monitor", "h2", True, now=T0 + 1)  # not the holder
