@@ -47,6 +47,12 @@ def test_four_workers_run_200_jobs_each_exactly_once(qhome: QHome, tmp_path: Pat
     assert len({j["worker_id"] for j in jobs}) >= 2, "the work was not shared"
     status = qhome.json("status")
     assert (status["completed"], status["total"], status["workers"]) == (200, 200, 0)
+    # Every state change left its event: pending, processing, completed for each job.
+    events: dict[str, list[tuple[str | None, str]]] = {}
+    for row in qhome.dump()["job_events"]:  # (seq, job_id, at, from, to, ...), in seq order
+        events.setdefault(row[1], []).append((row[3], row[4]))
+    life = [(None, "pending"), ("pending", "processing"), ("processing", "completed")]
+    assert events == {job_id: life for job_id in ids}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
