@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class Worker:
         clock: Callable[[], float] | None = None,
         watch_parent: bool = False,
         logs_dir: Path | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -53,7 +55,10 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.log = log or json_logger(worker_id=self.id)
         self.clock = clock
-        self.config = Config.from_stored(store.config_items())
+        # Settings given to this one worker (e.g. `worker run --poll-interval`) win
+        # over the config table, also after every refresh.
+        self._overrides = dict(overrides or {})
+        self.config = self._load_config()
         self._config_at = time.monotonic()
         self._files: executor.OutputFiles | None = None
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_FAILPOINT")}
@@ -108,9 +113,12 @@ class Worker:
             self._files = executor.OutputFiles()
         return self._files
 
+    def _load_config(self) -> Config:
+        return replace(Config.from_stored(self.store.config_items()), **self._overrides)
+
     def refresh_config(self, force: bool = False) -> None:
         if force or time.monotonic() - self._config_at >= CONFIG_TTL:
-            self.config = Config.from_stored(self.store.config_items())
+            self.config = self._load_config()
             self._config_at = time.monotonic()
 
     # --- one job -------------------------------------------------------------------
