@@ -62,8 +62,11 @@ def queue_key(db_url: str) -> str:
     """A short name for one queue (its database), put in each job's environment so
     that a monitor touches only its own queue's job processes."""
     import hashlib
+    import re
 
-    return hashlib.sha256(db_url.encode()).hexdigest()[:16]
+    # Without a password: two spellings of one PostgreSQL URL name one queue.
+    bare = re.sub(r"(//[^/@:]*):[^/@]*@", r"\1@", db_url)
+    return hashlib.sha256(bare.encode()).hexdigest()[:16]
 
 
 def job_processes(queue: str) -> list[JobProcess]:

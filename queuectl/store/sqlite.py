@@ -266,7 +266,7 @@ class SQLiteStore:
     def _ids(self) -> tuple[int, int]:
         app_id = self.conn.execute("PRAGMA application_id").fetchall()[0][0]
         version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
-        return int(app_id), int(version)
+        return int(str(app_id)), int(str(version))
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -450,11 +450,11 @@ class SQLiteStore:
 
         def retry(conn: apsw.Connection) -> list[str]:
             if ids is None:
-                return [r[0] for r in conn.execute(sql + " RETURNING id", {"now": t}).fetchall()]
-            moved = []
+                return [str(r[0]) for r in conn.execute(sql + " RETURNING id", {"now": t}).fetchall()]
+            moved: list[str] = []
             for job_id in ids:
                 rows = conn.execute(sql + " AND id = :id RETURNING id", {"now": t, "id": job_id})
-                moved.extend(r[0] for r in rows.fetchall())
+                moved.extend(str(r[0]) for r in rows.fetchall())
             return moved
 
         return self._write(retry)
