@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from queuectl.cli import Ctx, cli, emit_json, json_option, pass_ctx
+from queuectl.cli import Ctx, cli, emit_json, json_option, pass_ctx, table
 from queuectl.errors import InvalidInput
 
 # --- workers and the monitor ---------------------------------------------------------
@@ -48,6 +48,129 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
         overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
     )
     sys.exit(w.run(burst=burst))
+
+
+def _supervisor(c: Ctx) -> Any:
+    from queuectl.supervisor import Supervisor
+
+    return Supervisor(c.paths)
+
+
+@worker.command("start")
+@click.option("--count", type=int, help="Number of workers (default: the last count, or 1).")
+@click.option("--detach", is_flag=True, help="Start supervisord in the background and return.")
+@pass_ctx
+def worker_start(c: Ctx, count: int | None, detach: bool) -> None:
+    """Run N workers and the monitor under supervisord.
+
+    In the foreground it blocks until Ctrl+C, SIGTERM or `queuectl worker stop`,
+    then stops every worker gracefully (running jobs finish) and exits 0.  If
+    supervisord already runs for this home, it only brings the pool to N and returns.
+    """
+    from queuectl.supervisor import prepare_home, run_foreground
+
+    if count is not None and count < 1:
+        raise InvalidInput("--count must be at least 1 (use `queuectl worker stop` to stop all)")
+    sv = _supervisor(c)
+    n = count if count is not None else (sv.saved_count() or 1)
+    if sv.is_running():
+        started, stopping = sv.scale(n)
+        click.echo(f"{n} worker(s) running (started {len(started)}, stopping {len(stopping)})")
+        return
+    prepare_home(c.paths)
+    c.queue  # noqa: B018 - open (and migrate) the database before any worker does
+    db = c.paths.db_url if (c.paths.db_url != str(c.paths.db_dir / "queue.db")) else None
+    if detach:
+        sv.launch(foreground=False, db_url=db)
+        sv.scale(n)
+        click.echo(f"supervisord started in the background with {n} worker(s) and the monitor")
+        return
+
+    def say(msg: str) -> None:
+        click.echo(f"queuectl: {msg}", err=True)
+
+    sys.exit(run_foreground(sv, n, db, say))
+
+
+@worker.command("stop")
+@pass_ctx
+def worker_stop(c: Ctx) -> None:
+    """Stop all workers of this home gracefully (each finishes its current job)."""
+    _stop_workers(c)
+
+
+@cli.command("stop-workers")
+@pass_ctx
+def stop_workers(c: Ctx) -> None:
+    """Same as `worker stop`."""
+    _stop_workers(c)
+
+
+def _stop_workers(c: Ctx) -> None:
+    from queuectl import procs
+
+    sv = _supervisor(c)
+    stopped = sv.stop_workers() if sv.is_running() else []
+    # Workers started by hand (`worker run`) on this host get the same warm stop.
+    bare = procs.signal_local_workers(c.queue.workers())
+    total = len(stopped) + len(bare)
+    click.echo(f"stopped {total} worker(s)" if total else "no workers were running")
+
+
+@worker.command("status")
+@json_option
+@pass_ctx
+def worker_status(c: Ctx, as_json: bool) -> None:
+    """Each worker's process state (supervisord) beside its heartbeat (database)."""
+    sv = _supervisor(c)
+    procs_ = [p for p in sv.processes() if p.up or p.group != "workers"] if sv.is_running() else []
+    rows_db = {w.pid: w for w in c.queue.workers()}
+    now = c.queue.store.now()
+    out = []
+    for p in procs_:
+        w = rows_db.pop(p.pid, None) if p.pid else None
+        out.append(_worker_row(p.full_name, p.state, p.pid or None, w, now))
+    for w in rows_db.values():  # workers not under this supervisord (bare or other hosts)
+        out.append(_worker_row(None, None, w.pid, w, now))
+    if as_json:
+        emit_json(out)
+        return
+    if not out:
+        click.echo("no workers")
+        return
+    rows = [
+        (r["name"] or "-", r["process_state"] or "-", r["pid"], r["host"], r["heartbeat_age_s"], r["job_id"])
+        for r in out
+    ]
+    table(rows, ("name", "process", "pid", "host", "heartbeat_age_s", "job"))
+
+
+def _worker_row(name: str | None, state: str | None, pid: int | None, w: Any, now: float) -> dict[str, Any]:
+    from queuectl.models import iso
+
+    return {
+        "name": name,
+        "process_state": state,
+        "pid": pid,
+        "worker_id": w.id if w else None,
+        "host": w.host if w else None,
+        "heartbeat_at": iso(w.heartbeat_at) if w else None,
+        "heartbeat_age_s": round(now - w.heartbeat_at, 1) if w else None,
+        "job_id": w.job_id if w else None,
+    }
+
+
+@cli.command()
+@pass_ctx
+def shutdown(c: Ctx) -> None:
+    """Stop the workers gracefully, then supervisord itself (and the monitor)."""
+    sv = _supervisor(c)
+    if not sv.is_running():
+        click.echo("supervisord is not running for this home")
+        return
+    stopped = sv.stop_workers()
+    sv.shutdown()
+    click.echo(f"stopped {len(stopped)} worker(s) and supervisord")
 
 
 @cli.group()
