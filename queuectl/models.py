@@ -222,7 +222,10 @@ class WorkerInfo:
     proc_start: int | None
     started_at: float
     heartbeat_at: float
+    #: The PROCESSING job assigned to this worker (from the jobs table).
     job_id: str | None = None
+    #: The job the worker said it runs in its last heartbeat (None: it was idle).
+    holding: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:

@@ -143,7 +143,12 @@ class Monitor:
     ) -> Reason | None:
         if job.worker_id in stale or job.worker_id not in workers:
             return Reason.HEARTBEAT_LOST
+        w = workers[job.worker_id]
         started = job.started_at if job.started_at is not None else job.updated_at
+        if w.heartbeat_at > started and w.holding != job.id:
+            # Its worker heartbeated after the claim without this job: the claim
+            # committed but never reached it (a connection cut mid-reply).
+            return Reason.HEARTBEAT_LOST
         if now > started + job.timeout + cfg.kill_grace + cfg.timeout_grace:
             return Reason.TIMEOUT
         return None

@@ -180,6 +180,12 @@ MIGRATIONS: tuple[str, ...] = (
         last_monitor_pass_at double precision
     );
     """,
+    # v3: the job a worker says it runs, from its heartbeats (NULL while idle), so the
+    # monitor can tell a claim whose worker never received it (connection cut after
+    # the commit) from one that is running.
+    """
+    ALTER TABLE workers ADD COLUMN holding text;
+    """,
 )
 
 T = TypeVar("T")
@@ -720,7 +726,8 @@ class PostgresStore:
     ) -> bool:
         # One statement: refresh the row, and say whether the job's lease still holds.
         query = (
-            f"WITH beat AS (UPDATE workers SET heartbeat_at = {_T} WHERE id = %(w)s RETURNING 1)"
+            f"WITH beat AS (UPDATE workers SET heartbeat_at = {_T}, holding = %(job)s::text"
+            " WHERE id = %(w)s RETURNING 1)"
             " SELECT EXISTS (SELECT 1 FROM beat),"
             " %(job)s::text IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s::text"
             "   AND state = 'processing' AND lease = %(lease)s::int8)"
@@ -740,7 +747,7 @@ class PostgresStore:
         rows = self._read(
             "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
             " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
-            "  ORDER BY j.id LIMIT 1)"
+            "  ORDER BY j.id LIMIT 1), w.holding"
             " FROM workers w ORDER BY w.started_at, w.id"
         )
         return [WorkerInfo.from_tuple(r) for r in rows]

@@ -141,6 +141,12 @@ MIGRATIONS: tuple[str, ...] = (
         last_monitor_pass_at REAL
     ) STRICT;
     """,
+    # v3: the job a worker says it runs, from its heartbeats (NULL while idle), so the
+    # monitor can tell a claim whose worker never received it (connection cut after
+    # the commit) from one that is running.
+    """
+    ALTER TABLE workers ADD COLUMN holding TEXT;
+    """,
 )
 
 T = TypeVar("T")
@@ -533,7 +539,9 @@ class SQLiteStore:
         t = self._now(now)
 
         def beat(conn: apsw.Connection) -> bool:
-            conn.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (t, worker_id))
+            conn.execute(
+                "UPDATE workers SET heartbeat_at = ?, holding = ? WHERE id = ?", (t, job_id, worker_id)
+            )
             if not conn.changes():
                 return False
             if job_id is None:
@@ -553,7 +561,7 @@ class SQLiteStore:
         rows = self._read(
             "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
             " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
-            "  LIMIT 1)"
+            "  LIMIT 1), w.holding"
             " FROM workers w ORDER BY w.started_at, w.id"
         )
         return [WorkerInfo.from_tuple(r) for r in rows]
