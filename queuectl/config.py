@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,3 @@ def check_combination(values: Mapping[str, Any]) -> None:
             f"heartbeat_interval ({_num(hb)}) must be at most half of heartbeat_timeout "
             f"({_num(hb_timeout)}), or a busy worker would be declared dead"
         )
-
-
-Validator = Callable[[str], Any]

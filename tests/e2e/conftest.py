@@ -11,14 +11,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from queuectl import procs
+from tests.helpers import wait_until
+
+__all__ = ["FAST", "Home", "wait_until"]
 
 #: Short intervals so recovery happens in about a second (the defaults are 3/15/5 s).
 FAST = {
@@ -31,18 +33,6 @@ FAST = {
     "kill_grace": "1",
     "poll_interval": "0.2",
 }
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Home:

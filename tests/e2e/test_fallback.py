@@ -54,7 +54,7 @@ def test_bare_workers_recover_a_killed_workers_job(home: Home, tmp_path: Path) -
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     wait_until(lambda: home.job(job)["attempts"] == 2, 15, "a worker to recover the job")
-    assert time.monotonic() - t0 < 5  # within a few (0.3 s) monitor intervals
+    assert time.monotonic() - t0 < 10  # a few 0.3 s monitor intervals, with slack for a loaded machine
     wait_until(lambda: home.job(job)["state"] == "completed", 20, "the retry to complete")
     assert lines(out) == [f"start {job} 1", f"start {job} 2", f"end {job} 2"]
     recs = [r for r in home.recovery_logs() if r["event"] == "job_recovered"]
@@ -77,8 +77,8 @@ def test_a_worker_starting_up_recovers_at_once(home: Home, tmp_path: Path) -> No
     first.wait(timeout=10)
     t0 = time.monotonic()
     bare_worker(home, tmp_path / "second.log")
-    wait_until(lambda: home.job(job)["attempts"] == 2, 10, "the new worker's start-up pass")
-    assert time.monotonic() - t0 < 5
+    wait_until(lambda: home.job(job)["attempts"] == 2, 12, "the new worker's start-up pass")
+    assert time.monotonic() - t0 < 10  # well before heartbeat_timeout (15 s) could matter
     for p in home.background:
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
