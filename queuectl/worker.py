@@ -184,6 +184,7 @@ class Worker:
         self._last_beat_ok = mono
         if not held:
             self.log.warning("lease_lost", job_id=job.id, lease=job.lease)
+            self._last_beat = 0.0  # heartbeat (and re-register if removed) before the next claim
             return "lease lost: the job was recovered by the monitor"
         return None
 
@@ -278,6 +279,9 @@ class Worker:
                 try:
                     self.refresh_config()
                     self.cover_for_monitor()
+                    # Between jobs too: a worker draining jobs shorter than a check
+                    # interval never idles, and would otherwise never heartbeat.
+                    self._beat()
                     if self.run_once() is not None:
                         continue
                     if burst and self._drained():
@@ -311,15 +315,20 @@ class Worker:
         if timeout > 0:
             self.store.wait_for_change(timeout, self.signals.fd)
             self.signals.drain()
-        if time.monotonic() - self._last_beat >= self.config.heartbeat_interval:
-            self._last_beat = time.monotonic()
-            try:
-                if not self.store.heartbeat(self.id, None, None):
-                    # The monitor took us for dead (we were stopped or starved): come back.
-                    self.log.warning("worker_reregistered")
-                    self.register()
-            except QueuectlError as exc:
-                self.log.warning("heartbeat_failed", error=str(exc))
+        self._beat()
+
+    def _beat(self) -> None:
+        """The heartbeat of a worker between jobs, when due; re-register if the
+        monitor took us for dead (we were stopped or starved)."""
+        if time.monotonic() - self._last_beat < self.config.heartbeat_interval:
+            return
+        self._last_beat = time.monotonic()
+        try:
+            if not self.store.heartbeat(self.id, None, None):
+                self.log.warning("worker_reregistered")
+                self.register()
+        except QueuectlError as exc:
+            self.log.warning("heartbeat_failed", error=str(exc))
 
     def _watch_parent(self) -> None:
         if self._parent is not None and not self.signals.warm and os.getppid() != self._parent:
