@@ -16,7 +16,7 @@ from typing import Any
 from queuectl import config as cfg
 from queuectl.config import Config, Paths
 from queuectl.errors import Conflict, InvalidInput, JobNotFound, StoreError
-from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo, iso, new_id, parse_time
+from queuectl.models import MONITOR_LEASE, Event, Job, JobState, NewJob, WorkerInfo, iso, new_id, parse_time
 from queuectl.store import Store, open_store
 
 #: Linux refuses a single exec argument longer than this (MAX_ARG_STRLEN).
@@ -106,10 +106,8 @@ class Queue:
     def recovery_status(self) -> dict[str, Any]:
         """Who ran the last recovery pass and when; `overdue` when none ran for more
         than three monitor intervals (no monitor and no worker is covering)."""
-        from queuectl.monitor import LEASE
-
         cfg = self.config()
-        info = self.store.lease_info(LEASE)
+        info = self.store.lease_info(MONITOR_LEASE)
         last = info.last_pass_at if info else None
         age = None if last is None else max(0.0, self.store.now() - last)
         return {

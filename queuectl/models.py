@@ -246,6 +246,11 @@ class WorkerInfo:
         }
 
 
+#: The lease every recovery pass runs under (monitor.py); here, so that reading it
+#: (`queuectl status`) does not import the monitor.
+MONITOR_LEASE = "monitor"
+
+
 @dataclass(frozen=True)
 class LeaseInfo:
     """The monitor lease: who may run a recovery pass now, and who ran the last one."""

@@ -31,7 +31,7 @@ from queuectl import failpoints, procs
 from queuectl.config import Config
 from queuectl.errors import Conflict, JobNotFound, QueuectlError
 from queuectl.logs import json_logger
-from queuectl.models import Job, JobState, LeaseInfo, Reason, WorkerInfo, decide, iso
+from queuectl.models import MONITOR_LEASE, Job, JobState, LeaseInfo, Reason, WorkerInfo, decide, iso
 from queuectl.signals import StopSignals
 from queuectl.store import Store
 
@@ -310,7 +310,7 @@ class Monitor:
 
 
 #: The name of the lease every recovery pass runs under.
-LEASE = "monitor"
+LEASE = MONITOR_LEASE
 
 
 def lease_ttl(cfg: Config) -> float:

@@ -68,6 +68,23 @@ class Store(Protocol):
         is dropped.
         """
 
+    def finish_and_claim(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+        stderr: str,
+        worker_id: str,
+        now: float | None = None,
+    ) -> tuple[bool, Job | None]:
+        """finish() and then claim() for `worker_id`, in one transaction (one commit
+        per job in a busy worker).  Returns (finish held, the next job or None); the
+        claim is made whether or not the finish held."""
+
     def next_due(self) -> float | None:
         """The earliest next_run_at among runnable jobs, or None."""
 

@@ -192,6 +192,64 @@ T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 
 
+# --- the worker's two statements (claim(), finish(), finish_and_claim()) ----------------
+
+
+def _claim(conn: Conn, worker_id: str, now: float | None) -> Job | None:
+    # PENDING/FAILED -> PROCESSING: one statement.  SKIP LOCKED makes concurrent
+    # claimers pass over a row another claimer holds instead of waiting for it; a row
+    # changed under us is re-checked against the WHERE (EvalPlanQual).
+    row = conn.execute(
+        f"UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
+        f" lease = lease + 1, worker_id = %(w)s, started_at = {_T}, updated_at = {_T},"
+        " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
+        " stderr = NULL, reason = NULL"
+        " WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'failed')"
+        f"             AND next_run_at <= {_T}"
+        "             ORDER BY priority DESC, next_run_at, id LIMIT 1"
+        "             FOR UPDATE SKIP LOCKED)"
+        f" RETURNING {_COLS}",
+        {"w": worker_id, "now": now},
+    ).fetchone()
+    return Job.from_tuple(row) if row else None
+
+
+def _finish_params(
+    job_id: str,
+    lease: int,
+    state: JobState,
+    next_run_at: float | None,
+    exit_code: int | None,
+    error: str | None,
+    stdout: str,
+    stderr: str,
+    now: float | None,
+) -> dict[str, Any]:
+    return {
+        "state": state.value,
+        "next": next_run_at,
+        "code": exit_code,
+        "error": _clean(error),
+        "out": _clean(stdout),
+        "err": _clean(stderr),
+        "now": now,
+        "id": job_id,
+        "lease": lease,
+    }
+
+
+def _finish(conn: Conn, params: dict[str, Any]) -> bool:
+    # PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
+    cur = conn.execute(
+        "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = %(code)s,"
+        f" error = %(error)s, stdout = %(out)s, stderr = %(err)s, finished_at = {_T},"
+        f" updated_at = {_T}, reason = NULL"
+        " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
+        params,
+    )
+    return cur.rowcount > 0
+
+
 # --- passwords never leave this module ------------------------------------------------
 
 
@@ -563,25 +621,7 @@ class PostgresStore:
         return out
 
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        # PENDING/FAILED -> PROCESSING: one autocommit statement.  SKIP LOCKED makes
-        # concurrent claimers pass over a row another claimer holds instead of waiting
-        # for it; a row changed under us is re-checked against the WHERE (EvalPlanQual).
-        def take(conn: Conn) -> Job | None:
-            row = conn.execute(
-                f"UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
-                f" lease = lease + 1, worker_id = %(w)s, started_at = {_T}, updated_at = {_T},"
-                " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
-                " stderr = NULL, reason = NULL"
-                " WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'failed')"
-                f"             AND next_run_at <= {_T}"
-                "             ORDER BY priority DESC, next_run_at, id LIMIT 1"
-                "             FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {_COLS}",
-                {"w": worker_id, "now": now},
-            ).fetchone()
-            return Job.from_tuple(row) if row else None
-
-        return self._run(take)
+        return self._run(lambda conn: _claim(conn, worker_id, now))
 
     def finish(
         self,
@@ -595,30 +635,30 @@ class PostgresStore:
         stderr: str,
         now: float | None = None,
     ) -> bool:
-        # PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
-        params = {
-            "state": state.value,
-            "next": next_run_at,
-            "code": exit_code,
-            "error": _clean(error),
-            "out": _clean(stdout),
-            "err": _clean(stderr),
-            "now": now,
-            "id": job_id,
-            "lease": lease,
-        }
-        return self._run(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = %(code)s,"
-                    f" error = %(error)s, stdout = %(out)s, stderr = %(err)s, finished_at = {_T},"
-                    f" updated_at = {_T}, reason = NULL"
-                    " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
-                    params,
-                ).rowcount
-                > 0
-            )
-        )
+        params = _finish_params(job_id, lease, state, next_run_at, exit_code, error, stdout, stderr, now)
+        return self._run(lambda conn: _finish(conn, params))
+
+    def finish_and_claim(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+        stderr: str,
+        worker_id: str,
+        now: float | None = None,
+    ) -> tuple[bool, Job | None]:
+        params = _finish_params(job_id, lease, state, next_run_at, exit_code, error, stdout, stderr, now)
+
+        def both(conn: Conn) -> tuple[bool, Job | None]:
+            # One transaction, one commit per job; the finish stays fenced by the lease.
+            with conn.transaction():
+                return _finish(conn, params), _claim(conn, worker_id, now)
+
+        return self._run(both)
 
     def next_due(self) -> float | None:
         rows = self._read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")

@@ -151,6 +151,61 @@ MIGRATIONS: tuple[str, ...] = (
 
 T = TypeVar("T")
 
+# The two statements of a worker's loop, shared by claim(), finish() and
+# finish_and_claim() (which runs both in one transaction: one commit per job).
+
+# PENDING/FAILED -> PROCESSING: one statement, so no two claimers can both match the
+# row.  INDEXED BY: without statistics the planner prefers jobs_state (state=?) plus a
+# sort of every runnable job, O(queue) per claim (145 ms at 1M pending,
+# bench/scale.py); jobs_due answers from its first entry.
+_CLAIM = (
+    "UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
+    " lease = lease + 1, worker_id = :w, started_at = :now, updated_at = :now,"
+    " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
+    " stderr = NULL, reason = NULL"
+    " WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due"
+    "             WHERE state IN ('pending', 'failed')"
+    "             AND next_run_at <= :now"
+    "             ORDER BY priority DESC, next_run_at, id LIMIT 1)"
+    f" RETURNING {_COLS}"
+)
+
+# PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
+_FINISH = (
+    "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = :code,"
+    " error = :error, stdout = :out, stderr = :err, finished_at = :now,"
+    " updated_at = :now, reason = NULL"
+    " WHERE id = :id AND state = 'processing' AND lease = :lease"
+)
+
+_Result = tuple[JobState, float | None, int | None, str | None, str, str]
+
+
+def _claim(conn: apsw.Connection, worker_id: str, now: float) -> Job | None:
+    # The RETURNING cursor is read to its end (fetchall) so the statement completes
+    # inside the transaction.
+    rows = conn.execute(_CLAIM, {"w": worker_id, "now": now}).fetchall()
+    return Job.from_tuple(rows[0]) if rows else None
+
+
+def _finish(conn: apsw.Connection, job_id: str, lease: int, result: _Result, now: float) -> bool:
+    state, next_run_at, exit_code, error, stdout, stderr = result
+    conn.execute(
+        _FINISH,
+        {
+            "state": state.value,
+            "next": next_run_at,
+            "code": exit_code,
+            "error": error,
+            "out": stdout,
+            "err": stderr,
+            "now": now,
+            "id": job_id,
+            "lease": lease,
+        },
+    )
+    return bool(conn.changes())
+
 
 def _busy_handler(timeout: float) -> Callable[[int], bool]:
     """What SQLite calls while another connection holds a lock we need, with the number
@@ -376,29 +431,7 @@ class SQLiteStore:
 
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
         t = self._now(now)
-
-        def take(conn: apsw.Connection) -> Job | None:
-            # PENDING/FAILED -> PROCESSING: one statement, so no two claimers can both
-            # match the row; the RETURNING cursor is read to its end (fetchall) so the
-            # statement completes inside this transaction.  INDEXED BY: without
-            # statistics the planner prefers jobs_state (state=?) plus a sort of every
-            # runnable job, O(queue) per claim (145 ms at 1M pending, bench/scale.py);
-            # jobs_due answers from its first entry.
-            rows = conn.execute(
-                "UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
-                " lease = lease + 1, worker_id = :w, started_at = :now, updated_at = :now,"
-                " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
-                " stderr = NULL, reason = NULL"
-                " WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due"
-                "             WHERE state IN ('pending', 'failed')"
-                "             AND next_run_at <= :now"
-                "             ORDER BY priority DESC, next_run_at, id LIMIT 1)"
-                f" RETURNING {_COLS}",
-                {"w": worker_id, "now": t},
-            ).fetchall()
-            return Job.from_tuple(rows[0]) if rows else None
-
-        return self._write(take)
+        return self._write(lambda conn: _claim(conn, worker_id, t))
 
     def finish(
         self,
@@ -413,29 +446,25 @@ class SQLiteStore:
         now: float | None = None,
     ) -> bool:
         t = self._now(now)
+        result = (state, next_run_at, exit_code, error, stdout, stderr)
+        return self._write(lambda conn: _finish(conn, job_id, lease, result, t))
 
-        def end(conn: apsw.Connection) -> bool:
-            # PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
-            conn.execute(
-                "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = :code,"
-                " error = :error, stdout = :out, stderr = :err, finished_at = :now,"
-                " updated_at = :now, reason = NULL"
-                " WHERE id = :id AND state = 'processing' AND lease = :lease",
-                {
-                    "state": state.value,
-                    "next": next_run_at,
-                    "code": exit_code,
-                    "error": error,
-                    "out": stdout,
-                    "err": stderr,
-                    "now": t,
-                    "id": job_id,
-                    "lease": lease,
-                },
-            )
-            return bool(conn.changes())
-
-        return self._write(end)
+    def finish_and_claim(
+        self,
+        job_id: str,
+        lease: int,
+        state: JobState,
+        next_run_at: float | None,
+        exit_code: int | None,
+        error: str | None,
+        stdout: str,
+        stderr: str,
+        worker_id: str,
+        now: float | None = None,
+    ) -> tuple[bool, Job | None]:
+        t = self._now(now)
+        result = (state, next_run_at, exit_code, error, stdout, stderr)
+        return self._write(lambda conn: (_finish(conn, job_id, lease, result, t), _claim(conn, worker_id, t)))
 
     def next_due(self) -> float | None:
         # INDEXED BY, as in claim(): otherwise a scan of every runnable job per idle poll.

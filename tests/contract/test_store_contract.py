@@ -666,3 +666,35 @@ def test_wait_for_change_wakes_when_another_connection_enqueues(stores: StoreFac
         timer.join()
     assert time.monotonic() - t < 10
     assert waiter.get("a") is not None
+
+
+# --- finish and claim in one transaction --------------------------------------------------
+
+
+def test_finish_and_claim_finishes_then_takes_the_next_job(store: Store) -> None:
+    store.enqueue([new("a"), new("b")], now=T0)
+    a = store.claim("w1", now=T0)
+    assert a is not None and a.id == "a"
+    held, nxt = store.finish_and_claim(
+        "a", a.lease, JobState.COMPLETED, None, 0, None, "out", "", "w1", now=T0 + 1
+    )
+    assert held and nxt is not None and nxt.id == "b" and nxt.state is JobState.PROCESSING
+    assert nxt.worker_id == "w1" and nxt.attempts == 1 and nxt.lease == 1
+    done = store.get("a")
+    assert done is not None and done.state is JobState.COMPLETED and done.stdout == "out"
+    assert [e.to_state for e in store.history("a")] == ["pending", "processing", "completed"]
+    held, nxt = store.finish_and_claim("b", 1, JobState.COMPLETED, None, 0, None, "", "", "w1", now=T0 + 2)
+    assert held and nxt is None
+
+
+def test_finish_and_claim_is_fenced_and_still_claims(store: Store) -> None:
+    store.enqueue([new("a"), new("b")], now=T0)
+    a = store.claim("w1", now=T0)
+    assert a is not None
+    assert store.recover("a", a.lease, JobState.FAILED, T0 + 100, "heartbeat_lost", "gone", now=T0 + 1)
+    held, nxt = store.finish_and_claim(
+        "a", a.lease, JobState.COMPLETED, None, 0, None, "", "", "w1", now=T0 + 2
+    )
+    assert not held and nxt is not None and nxt.id == "b"
+    after = store.get("a")
+    assert after is not None and after.state is JobState.FAILED and after.exit_code is None
