@@ -67,6 +67,8 @@ class Worker:
         self._stop_requested_at: float | None = None
         self._parent = os.getppid() if watch_parent else None
         self.jobs_done = 0
+        #: A job claimed together with the last finish, to be run next.
+        self._next: Job | None = None
         # Recovery fallback: with no monitor around, workers run its passes themselves.
         self._monitor = (
             Monitor(store, queue=queue, logs_dir=logs_dir, log=self.log, signals=self.signals)
@@ -123,14 +125,20 @@ class Worker:
 
     # --- one job -------------------------------------------------------------------
 
-    def run_once(self, now: float | None = None) -> Job | None:
-        """Claim the best due job, run it, record the outcome.  None if none was due."""
-        job = self.store.claim(self.id, now)
+    def run_once(self, now: float | None = None, *, chain: bool = False) -> Job | None:
+        """Claim the best due job, run it, record the outcome.  None if none was due.
+
+        With chain=True the outcome is written together with the claim of the next
+        job (one transaction per job); that job is run by the next call.
+        """
+        job, self._next = self._next, None
         if job is None:
-            return None
+            job = self.store.claim(self.id, now)
+            if job is None:
+                return None
         failpoints.hit("after_claim_commit")
         outcome = self.execute(job)
-        self.record(job, outcome, now)
+        self.record(job, outcome, now, claim_next=chain and not self.signals.warm)
         self.jobs_done += 1
         return job
 
@@ -188,9 +196,12 @@ class Worker:
             return "lease lost: the job was recovered by the monitor"
         return None
 
-    def record(self, job: Job, outcome: Outcome, now: float | None = None) -> bool:
-        """Write the attempt's outcome, fenced by the lease.  Busy or unreachable
-        stores are retried until heartbeat_timeout; after that the monitor owns it."""
+    def record(
+        self, job: Job, outcome: Outcome, now: float | None = None, *, claim_next: bool = False
+    ) -> bool:
+        """Write the attempt's outcome, fenced by the lease (and with claim_next, claim
+        the next job in the same transaction).  Busy or unreachable stores are retried
+        until heartbeat_timeout; after that the monitor owns the job."""
         cfg = self.config
         t = self.store.now() if now is None else now
         move = decide(
@@ -205,18 +216,14 @@ class Worker:
         give_up = time.monotonic() + cfg.heartbeat_timeout
         delay = 0.05
         while True:
+            result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
             try:
-                held = self.store.finish(
-                    job.id,
-                    job.lease,
-                    move.state,
-                    move.next_run_at,
-                    outcome.exit_code,
-                    outcome.error,
-                    outcome.stdout,
-                    outcome.stderr,
-                    now,
-                )
+                if claim_next:
+                    held, self._next = self.store.finish_and_claim(
+                        job.id, job.lease, *result, outcome.stderr, self.id, now
+                    )
+                else:
+                    held = self.store.finish(job.id, job.lease, *result, outcome.stderr, now)
                 break
             except QueuectlError as exc:
                 if time.monotonic() > give_up or self.signals.cold:
@@ -274,7 +281,9 @@ class Worker:
         self.log.info("worker_started", pid=os.getpid(), host=procs.hostname(), burst=burst)
         self.cover_for_monitor(force=True)  # jobs left by a crash before any monitor ran
         try:
-            while not self.signals.warm:
+            # A job already claimed (with the last finish) is run even after a warm
+            # stop: it is this worker's current job.
+            while not self.signals.warm or self._next is not None:
                 self._watch_parent()
                 try:
                     self.refresh_config()
@@ -282,7 +291,7 @@ class Worker:
                     # Between jobs too: a worker draining jobs shorter than a check
                     # interval never idles, and would otherwise never heartbeat.
                     self._beat()
-                    if self.run_once() is not None:
+                    if self.run_once(chain=True) is not None:
                         continue
                     if burst and self._drained():
                         break
@@ -323,8 +332,13 @@ class Worker:
         if time.monotonic() - self._last_beat < self.config.heartbeat_interval:
             return
         self._last_beat = time.monotonic()
+        held = self._next
         try:
-            if not self.store.heartbeat(self.id, None, None):
+            if not self.store.heartbeat(self.id, held.id if held else None, held.lease if held else None):
+                if held is not None:
+                    # Recovered before it even started: not ours any more.
+                    self.log.warning("lease_lost", job_id=held.id, lease=held.lease)
+                    self._next = None
                 self.log.warning("worker_reregistered")
                 self.register()
         except QueuectlError as exc:
