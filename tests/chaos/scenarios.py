@@ -348,3 +348,41 @@ def pg_terminate(c: Cluster, *, jobs: int = 150, every: float = 1.0, faults: boo
             time.sleep(every)
     _settle(c, 60)
     return _finish(c, w, "pg_terminate_backend of the workers", log, started)
+
+
+# --- soak: random kills for minutes --------------------------------------------------
+
+
+def soak(c: Cluster, *, minutes: float, workers: int = 3, every: float = 1.0, seed: int = 7) -> Result:
+    """Keep the queue busy (batches of 200 jobs, 1 in 25 failing) for `minutes`,
+    SIGKILLing a random worker every `every` seconds and the monitor every tenth
+    time; then drain and check every invariant over everything that ran."""
+    c.fast()
+    w = Workload(c.path / "runs")
+    rng = random.Random(seed)
+    c.start(workers)
+    log = FaultLog()
+    started = time.monotonic()
+    end = started + minutes * 60
+    batch = 0
+    n = 0
+    while time.monotonic() < end:
+        if c.counts()["pending"] < 100:
+            w.enqueue(c, w.specs(200, fail_every=25, seed=seed + batch))
+            batch += 1
+        n += 1
+        pid = c.monitor_pid() if n % 10 == 0 else None
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                log.other.append(time.time())
+        else:
+            pool = sorted(c.running_workers().values())
+            if pool:
+                victim = rng.choice(pool)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+                    log.kills.append((time.time(), victim))
+        time.sleep(every)  # the fault rate itself, not a wait for a condition
+    _settle(c, 120)
+    return _finish(c, w, f"soak: random SIGKILLs for {minutes:g} min", log, started)

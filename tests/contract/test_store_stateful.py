@@ -1,0 +1,243 @@
+"""A Hypothesis state machine drives a Store through random interleavings of enqueue,
+claim, finish, a stale-lease finish, clock ticks, monitor passes and `dlq retry`,
+and compares it after every step with a dict model (issue 5).  Both backends; each
+example gets a fresh database (a file, or a PostgreSQL schema)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from queuectl.config import Config
+from queuectl.logs import json_logger
+from queuectl.models import RUNNABLE, JobState, NewJob, decide
+from queuectl.monitor import Monitor
+from queuectl.store import Store, open_store
+from queuectl.store.sqlite import SQLiteStore
+from tests.conftest import PG_SERVER, _unavailable
+from tests.helpers import T0
+
+CFG = Config()
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """`model` maps id -> the fields a store must agree on; `held` are the (id, lease)
+    pairs claims handed out and not yet finished; `old` the ones whose lease is gone."""
+
+    open_store: Callable[[], tuple[Store, Callable[[], None]]]
+    logs: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store, self._close = self.open_store()
+        self.monitor = Monitor(
+            self.store, queue=f"sm-{uuid.uuid4().hex}", logs_dir=self.logs, log=json_logger(io.StringIO())
+        )
+        self.now = T0
+        self.n = 0
+        self.model: dict[str, dict[str, Any]] = {}
+        self.held: dict[str, int] = {}
+        self.old: list[tuple[str, int]] = []
+
+    def teardown(self) -> None:
+        self._close()
+
+    # --- the model's rules ----------------------------------------------------------
+
+    def _due(self) -> list[str]:
+        due = [
+            (-m["priority"], m["next_run_at"], jid)
+            for jid, m in self.model.items()
+            if m["state"] in RUNNABLE and m["next_run_at"] <= self.now
+        ]
+        return [jid for *_, jid in sorted(due)]
+
+    def _end(self, jid: str, ok: bool) -> tuple[JobState, float | None]:
+        m = self.model[jid]
+        move = decide(
+            ok=ok,
+            attempts=m["attempts"],
+            max_retries=m["max_retries"],
+            backoff_base=CFG.backoff_base,
+            backoff_max=CFG.backoff_max,
+            now=self.now,
+        )
+        m["state"] = move.state
+        if move.next_run_at is not None:
+            m["next_run_at"] = move.next_run_at
+        self.old.append((jid, m["lease"]))
+        del self.held[jid]
+        return move.state, move.next_run_at
+
+    # --- rules -------------------------------------------------------------------------
+
+    @initialize()
+    def start(self) -> None:
+        assert self.store.counts()["pending"] == 0
+
+    @rule(
+        jobs=st.lists(
+            st.tuples(
+                st.integers(0, 2), st.integers(-1, 1), st.sampled_from(["x", "x'); DROP TABLE jobs;--", "é"])
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def enqueue(self, jobs: list[tuple[int, int, str]]) -> None:
+        new = []
+        for retries, priority, tag in jobs:
+            self.n += 1
+            jid = f"{tag}-{self.n:03d}"
+            new.append(NewJob(jid, "true", retries, priority, 60.0, self.now))
+        assert self.store.enqueue(new, self.now) == [j.id for j in new]
+        for j in new:
+            self.model[j.id] = {
+                "state": JobState.PENDING,
+                "attempts": 0,
+                "lease": 0,
+                "max_retries": j.max_retries,
+                "priority": j.priority,
+                "next_run_at": self.now,
+            }
+
+    @rule(worker=st.sampled_from(["w1", "w2"]))
+    def claim(self, worker: str) -> None:
+        due = self._due()
+        job = self.store.claim(worker, self.now)
+        if not due:
+            assert job is None
+            return
+        assert job is not None and job.id == due[0], (job, due[:3])
+        m = self.model[job.id]
+        m["state"] = JobState.PROCESSING
+        m["attempts"] += 1
+        m["lease"] += 1
+        assert (job.attempts, job.lease, job.worker_id) == (m["attempts"], m["lease"], worker)
+        self.held[job.id] = job.lease
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), ok=st.booleans())
+    def finish(self, data: st.DataObject, ok: bool) -> None:
+        jid = data.draw(st.sampled_from(sorted(self.held)))
+        lease = self.held[jid]
+        state, nxt = self._end(jid, ok)
+        code = 0 if ok else 1
+        assert self.store.finish(jid, lease, state, nxt, code, None, "out", "", self.now)
+
+    @precondition(lambda self: self.old)
+    @rule(data=st.data(), state=st.sampled_from([JobState.COMPLETED, JobState.FAILED, JobState.DEAD]))
+    def stale_finish(self, data: st.DataObject, state: JobState) -> None:
+        jid, lease = data.draw(st.sampled_from(self.old))
+        nxt = self.now + 1 if state is JobState.FAILED else None
+        assert not self.store.finish(jid, lease, state, nxt, 0, None, "late", "", self.now)
+
+    @rule(seconds=st.sampled_from([0.5, 2.0, 5.0, 30.0, 100.0]))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def monitor_pass(self) -> None:
+        # No worker is registered, so every processing job has lost its worker.
+        done = self.monitor.run_once(now=self.now)
+        recovered = {r.job_id for r in done if r.event == "job_recovered"}
+        assert recovered == set(self.held)
+        for jid in list(self.held):
+            self._end(jid, ok=False)
+
+    @rule(data=st.data(), everything=st.booleans())
+    def dlq_retry(self, data: st.DataObject, everything: bool) -> None:
+        dead = sorted(j for j, m in self.model.items() if m["state"] is JobState.DEAD)
+        if everything:
+            ids = None
+        else:
+            ids = data.draw(st.lists(st.sampled_from(sorted(self.model)), max_size=2)) if self.model else []
+        moved = self.store.dlq_retry(ids, self.now)
+        want = dead if ids is None else sorted(set(ids) & set(dead))
+        assert sorted(moved) == want
+        for jid in want:
+            self.model[jid].update(state=JobState.PENDING, attempts=0, next_run_at=self.now)
+
+    # --- the comparison ----------------------------------------------------------------
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        jobs = {j.id: j for j in self.store.list_jobs()}
+        assert jobs.keys() == self.model.keys()
+        for jid, m in self.model.items():
+            j = jobs[jid]
+            assert (j.state, j.attempts, j.lease) == (m["state"], m["attempts"], m["lease"]), jid
+            assert j.attempts <= j.max_retries + 1
+            if m["state"] in RUNNABLE:
+                assert j.next_run_at == pytest.approx(m["next_run_at"]), jid
+        counts = self.store.counts()
+        for s in JobState:
+            assert counts[s.value] == sum(1 for m in self.model.values() if m["state"] is s)
+
+
+def _sqlite_factory(folder: Path) -> Callable[[], tuple[Store, Callable[[], None]]]:
+    def make() -> tuple[Store, Callable[[], None]]:
+        db = Path(tempfile.mkdtemp(dir=folder)) / "queue.db"
+        store = SQLiteStore(str(db))
+        return store, store.close
+
+    return make
+
+
+def _pg_factory() -> Callable[[], tuple[Store, Callable[[], None]]]:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=3).close()
+    except Exception as exc:  # no driver or no server: skip (or fail under CI)
+        _unavailable(f"PostgreSQL is not available at {PG_SERVER}: {type(exc).__name__}")
+
+    def make() -> tuple[Store, Callable[[], None]]:
+        schema = f"qsm_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+        store = open_store(f"{PG_SERVER}?options=-csearch_path%3D{schema}")
+
+        def close() -> None:
+            store.close()
+            with psycopg.connect(PG_SERVER, autocommit=True) as admin:
+                admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+        return store, close
+
+    return make
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_store_matches_the_model(backend: str, tmp_path: Path) -> None:
+    StoreMachine.open_store = staticmethod(
+        _sqlite_factory(tmp_path) if backend == "sqlite" else _pg_factory()
+    )  # type: ignore[assignment]
+    StoreMachine.logs = tmp_path / "logs"
+    examples = int(os.environ.get("QUEUECTL_STATEFUL_EXAMPLES", "25" if backend == "sqlite" else "15"))
+    run_state_machine_as_test(
+        StoreMachine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
