@@ -13,7 +13,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -62,6 +61,55 @@ class Job:
     output_limit: int = 64 * 1024
 
 
+#: Signals the child gets back at their defaults: Python ignores SIGPIPE and SIGXFSZ,
+#: and the worker handles SIGTERM/SIGINT (an ignored signal would stay ignored).
+_DEFAULT_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+)
+
+
+class _Child:
+    """A job's shell, started with posix_spawn in a session of its own.
+
+    posix_spawn (vfork + exec in glibc) does what `subprocess.Popen(start_new_session=
+    True, stdin=DEVNULL, close_fds=True)` does here at a fraction of the Python work
+    per job: every descriptor queuectl opens is close-on-exec already (PEP 446;
+    SQLite and libpq set it too), so only stdin/stdout/stderr reach the job.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def spawn(cls, command: str, env: Mapping[str, str], files: OutputFiles) -> _Child:
+        pid = os.posix_spawn(
+            "/bin/sh",
+            ["/bin/sh", "-c", command],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, files.out.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, files.err.fileno(), 2),
+            ],
+            setsid=True,
+            setsigdef=_DEFAULT_SIGNALS,
+            setsigmask=(),
+        )
+        return cls(pid)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
 def kill_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; False if it is already gone."""
     try:
@@ -91,15 +139,7 @@ def run(
     """
     files.reset()
     try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", job.command],
-            stdin=subprocess.DEVNULL,
-            stdout=files.out,
-            stderr=files.err,
-            env=dict(job.env),
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = _Child.spawn(job.command, job.env, files)
     except OSError as exc:
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
     if on_start is not None:
@@ -114,7 +154,7 @@ def run(
         kill_group(proc.pid, signal.SIGKILL)
         if proc.returncode is None:
             proc.wait()
-    code = proc.returncode
+    code = proc.wait()
     stdout, stderr = files.tails(job.output_limit)
     exit_code: int | None
     if code < 0:
@@ -139,7 +179,7 @@ def _signame(sig: int) -> str:
 
 
 def _wait(
-    proc: subprocess.Popen[bytes],
+    proc: _Child,
     job: Job,
     check: Callable[[], str | None] | None,
     check_interval: float,
