@@ -67,7 +67,7 @@ def worker_start(c: Ctx, count: int | None, detach: bool) -> None:
     then stops every worker gracefully (running jobs finish) and exits 0.  If
     supervisord already runs for this home, it only brings the pool to N and returns.
     """
-    from queuectl.supervisor import prepare_home, run_foreground
+    from queuectl.supervisor import pool_size, prepare_home, run_foreground
 
     if count is not None and count < 1:
         raise InvalidInput("--count must be at least 1 (use `queuectl worker stop` to stop all)")
@@ -77,7 +77,9 @@ def worker_start(c: Ctx, count: int | None, detach: bool) -> None:
         started, stopping = sv.scale(n)
         click.echo(f"{n} worker(s) running (started {len(started)}, stopping {len(stopping)})")
         return
-    prepare_home(c.paths)
+    size = pool_size(prepare_home(c.paths))
+    if n > size:  # before supervisord starts: a refused count must leave nothing running
+        raise InvalidInput(f"--count must be between 1 and {size} (the pool size in conf/)")
     c.queue  # noqa: B018 - open (and migrate) the database before any worker does
     db = c.paths.db_url if (c.paths.db_url != str(c.paths.db_dir / "queue.db")) else None
     if detach:

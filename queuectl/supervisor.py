@@ -298,6 +298,19 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no output (see logs/supervisord.log)"
 
 
+def pool_size(conf: Path) -> int:
+    """numprocs of [program:workers] in `conf`: the most workers `scale()` can run.
+    Read before supervisord starts, so a count it cannot reach starts nothing."""
+    import configparser
+
+    parser = configparser.RawConfigParser(strict=False)
+    parser.read(conf)
+    try:
+        return int(parser.get(f"program:{GROUP}", "numprocs", fallback="1"))
+    except ValueError:
+        return 1
+
+
 def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> int:
     """`worker start` in the foreground: supervisord as our child with `count` workers.
 
