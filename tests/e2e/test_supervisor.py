@@ -254,3 +254,30 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+def test_two_homes_have_their_own_supervisord(home: Home, tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    from tests.e2e.conftest import Home as H
+
+    other = H(Path(tempfile.mkdtemp(prefix="qe", dir="/tmp")))
+    try:
+        home.fast()
+        other.fast()
+        home.run("worker", "start", "--detach", "--count", "2")
+        other.run("worker", "start", "--detach", "--count", "1")
+        wait_until(lambda: home.status()["workers"] == 2 and other.status()["workers"] == 1, 20, "both pools")
+        a = home.enqueue("echo a")
+        b = other.enqueue("echo b")
+        wait_until(lambda: home.job(a)["state"] == "completed", 15, "home's job")
+        wait_until(lambda: other.job(b)["state"] == "completed", 15, "the other home's job")
+        # Stopping one home leaves the other running.
+        home.run("shutdown")
+        assert other.status()["workers"] == 1
+        assert len(other.running_workers()) == 1
+        other.run("shutdown")
+    finally:
+        other.cleanup()
+        shutil.rmtree(other.path, ignore_errors=True)
