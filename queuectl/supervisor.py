@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +60,12 @@ def prepare_home(paths: Paths) -> Path:
         d.mkdir(mode=0o700, exist_ok=True)
     conf = conf_file(paths)
     if not conf.is_file():
-        paths.conf.mkdir(mode=0o755, exist_ok=True)
-        shutil.copyfile(default_conf_dir() / "supervisord.conf", conf)
+        # Owner-only whatever the umask: whoever can edit the conf runs commands as us.
+        paths.conf.mkdir(mode=0o700, exist_ok=True)
+        data = (default_conf_dir() / "supervisord.conf").read_bytes()
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
     return conf
 
 
