@@ -563,16 +563,22 @@ class FaultLog:
 
 
 def recovery_delays(c: Cluster, faults: FaultLog) -> list[float]:
-    """For each killed worker that held a job: seconds from the kill to the recovery
-    of its job (from the recovery logs, which name the dead worker's pid)."""
+    """For each killed (or stopped) worker that held a job: seconds from the fault to
+    the first recovery of a job of that pid logged after it (the recovery logs name
+    the dead worker's pid)."""
     from datetime import datetime
 
-    first: dict[int, float] = {}
-    for r in c.recovery_logs():
-        if r.get("event") == "job_recovered" and r.get("pid"):
-            t = datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
-            first[r["pid"]] = min(first.get(r["pid"], t), t)
-    return [first[pid] - at for at, pid in faults.kills if pid in first]
+    logged = sorted(
+        (datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp(), r["pid"])
+        for r in c.recovery_logs()
+        if r.get("event") == "job_recovered" and r.get("pid")
+    )
+    out = []
+    for at, pid in faults.kills:
+        after = [t for t, p in logged if p == pid and t >= at]
+        if after:
+            out.append(after[0] - at)
+    return out
 
 
 def kill_random_workers(

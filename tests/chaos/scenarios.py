@@ -123,9 +123,14 @@ def failpoint(c: Cluster, point: str, *, jobs: int = 30, crashes: int = 4) -> Re
         log.other.append(time.time())
         if point == "monitor_after_cas":
             log_gaps += 1
-    drainers = [c.spawn("worker", "run", "--burst", "--poll-interval", "0.05") for _ in range(2)]
-    for d in drainers:
-        assert d.wait(timeout=120) == 0
+    # Burst workers exit when nothing is due, even with a retry waiting out its
+    # backoff: start them again until the queue is drained.
+    deadline = time.monotonic() + 120
+    while not c.drained():
+        assert time.monotonic() < deadline, f"no drain: {c.counts()}"
+        drainers = [c.spawn("worker", "run", "--burst", "--poll-interval", "0.05") for _ in range(2)]
+        for d in drainers:
+            assert d.wait(timeout=120) == 0
     _settle(c)
     res = _finish(c, w, f"failpoint {point}", log, started, log_gaps=log_gaps)
     if log_gaps:
@@ -164,7 +169,9 @@ def sigstop(c: Cluster, *, jobs: int = 40, rounds: int = 2) -> Result:
 # --- the monitor killed mid-pass, and extra monitors at once ----------------------------
 
 
-def monitor_chaos(c: Cluster, *, jobs: int = 150, every: float = 0.7, seed: int = 3) -> Result:
+def monitor_chaos(
+    c: Cluster, *, jobs: int = 150, every: float = 0.7, seed: int = 3, faults: bool = True
+) -> Result:
     """Two extra bare monitors beside supervisord's; random SIGKILLs of workers and of
     the supervised monitor, alternately."""
     c.fast()
@@ -182,7 +189,9 @@ def monitor_chaos(c: Cluster, *, jobs: int = 150, every: float = 0.7, seed: int 
         assert time.monotonic() < deadline, f"no drain: {c.counts()}"
         turn += 1
         pid = c.monitor_pid() if turn % 2 else None
-        if pid is None:
+        if not faults:
+            pid, target = None, "none"
+        elif pid is None:
             pool = sorted(c.running_workers().values())
             pid = rng.choice(pool) if pool else None
             target = "worker"
@@ -203,7 +212,7 @@ def monitor_chaos(c: Cluster, *, jobs: int = 150, every: float = 0.7, seed: int 
 # --- supervisord SIGKILLed with its process group, then started again -----------------
 
 
-def supervisord_kill(c: Cluster, *, jobs: int = 120, everything: bool = True) -> Result:
+def supervisord_kill(c: Cluster, *, jobs: int = 120, everything: bool = True, faults: bool = True) -> Result:
     """SIGKILL supervisord's process group mid-drain (with `everything`, also every
     worker's and the monitor's, as a `kill -9` of the whole tree would), then `worker
     start` again: every job completes, none runs twice unexplained."""
@@ -214,6 +223,9 @@ def supervisord_kill(c: Cluster, *, jobs: int = 120, everything: bool = True) ->
     c.start(2)
     wait_until(lambda: c.counts()["completed"] >= jobs // 4, 60, "a quarter of the jobs done")
     log = FaultLog()
+    if not faults:
+        _settle(c, 60)
+        return _finish(c, w, "supervisord (no fault)", log, started)
     sv = c.supervisord_pid()
     assert sv
     members = list(c.processes().values())
