@@ -367,8 +367,16 @@ from queuectl import cli_workers  # noqa: E402, F401
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"queuectl: error: {message}", err=True)
+    click.echo(f"queuectl: error: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+def one_line(text: str) -> str:
+    """Escape what would break an error message over lines or hide in a terminal
+    (newlines, control and separator characters that users' input can carry)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
