@@ -7,9 +7,11 @@ the same workload with the same number of processes, interleaved with the baseli
 in each round, and is reported as a ratio to it.
 
 To compare another system (issue 6: huey, RQ, task-spooler, queuectl under
-supervisord or on PostgreSQL), write a class with `key`, `title` and `drain()` like
-`QueuectlBare` and add it to the `drainers` passed to `run()`; to add a workload,
-add a `Workload`.
+supervisord), write a class with `key`, `title` and `drain()` like `QueuectlBare`
+(optionally `worker_counts`, the counts it runs, and `backend`, a PostgreSQL one
+making its runs redone when the shared server restarts) and add it to the
+`drainers` passed to `run()`; to add a workload, add a `Workload`.  queuectl on
+PostgreSQL is `QueuectlBare(postgres(url))`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,24 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from harness import BENCH, PYTHON, ROOT, Procs, Results, Sample, Subject, interleave, temp_dir
-from report import Doc, Target, table
+from harness import (
+    BENCH,
+    PYTHON,
+    ROOT,
+    SQLITE,
+    Backend,
+    Procs,
+    QueueHome,
+    Results,
+    Sample,
+    ServerCPU,
+    Subject,
+    interleave,
+    steady,
+)
+from report import Doc, Section, Target, table
 
 
 @dataclass(frozen=True)
@@ -90,26 +105,31 @@ class SpawnLimit:
 
 
 class QueuectlBare:
-    """queuectl on SQLite: W bare `python -m queuectl worker run --burst` processes."""
+    """queuectl: W bare `python -m queuectl worker run --burst` processes, on SQLite
+    (the home's database) or on PostgreSQL (`--db URL`, a fresh schema each run);
+    `worker_counts` limits the counts it runs (None: all)."""
 
-    key = "queuectl"
-    title = "queuectl, SQLite, `worker run --burst`"
+    def __init__(self, backend: Backend = SQLITE, worker_counts: Sequence[int] | None = None) -> None:
+        self.backend = backend
+        if worker_counts is not None:
+            self.worker_counts = tuple(worker_counts)
+        self.key = "queuectl" if backend.key == "sqlite" else f"queuectl-{backend.key}"
+        self.title = f"queuectl, {backend.title}, `worker run --burst`"
 
     def drain(self, workload: Workload, jobs: int, workers: int) -> Sample:
-        from queuectl.api import Queue
-        from queuectl.config import resolve_paths
-
-        with temp_dir("d") as home:
-            paths = resolve_paths(str(home))
-            q = Queue.open(paths)
+        with self.backend.fresh("d") as qh:
+            q = qh.open()
             try:
                 q.enqueue_many([{"command": workload.command} for _ in range(jobs)])
             finally:
                 q.close()
+            server = ServerCPU(self.backend.pg_url) if self.backend.pg_url else None
+            server0 = server.seconds() if server else 0.0
             cpu0 = _children_cpu()
-            wall = self._run_workers(home, workers, timeout=max(60.0, jobs * 0.05))
+            wall = self._run_workers(qh, workers, timeout=max(60.0, jobs * 0.05))
             cpu_us = (_children_cpu() - cpu0) / jobs * 1e6
-            q = Queue.open(paths)
+            server_us = (server.seconds() - server0) / jobs * 1e6 if server else None
+            q = qh.open()
             try:
                 done = q.list()
             finally:
@@ -118,12 +138,15 @@ class QueuectlBare:
         if len(done) != jobs or bad:
             raise RuntimeError(f"queuectl drain: {len(done)} jobs, {len(bad)} not completed in 1 attempt")
         span = max(j.finished_at or 0.0 for j in done) - min(j.started_at or 0.0 for j in done)
-        return {"rate": jobs / span, "wall_rate": jobs / wall, "cpu_us": cpu_us}
+        out = {"rate": jobs / span, "wall_rate": jobs / wall, "cpu_us": cpu_us}
+        if server_us is not None:
+            out["server_cpu_us"] = server_us
+        return out
 
     @staticmethod
-    def _run_workers(home: Path, workers: int, timeout: float) -> float:
-        argv = [PYTHON, "-m", "queuectl", "--home", str(home), "worker", "run", "--burst"]
-        logs = home / "logs"
+    def _run_workers(qh: QueueHome, workers: int, timeout: float) -> float:
+        argv = [PYTHON, "-m", "queuectl", *qh.cli, "worker", "run", "--burst"]
+        logs = qh.home / "logs"
         logs.mkdir(mode=0o700, exist_ok=True)
         with contextlib.ExitStack() as stack, Procs() as ps:
             files = [stack.enter_context(open(logs / f"worker{i}.log", "wb")) for i in range(workers)]
@@ -136,6 +159,11 @@ class QueuectlBare:
             tail = (logs / "worker0.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"queuectl worker exited with {codes}; worker0.log ends:\n{tail}")
         return wall
+
+
+def _runs_with(d: Drainer, n: int) -> bool:
+    """A drainer may run only some worker counts (`worker_counts`; default: all)."""
+    return n in getattr(d, "worker_counts", (n,))
 
 
 def run(
@@ -152,7 +180,11 @@ def run(
     for wl in workloads:
         for n in worker_counts:
             for d in (base, *drainers):
-                subjects[f"{d.key}/{wl.name}/{n}"] = functools.partial(d.drain, wl, jobs, n)
+                if _runs_with(d, n):
+                    key = f"{d.key}/{wl.name}/{n}"
+                    fn = functools.partial(d.drain, wl, jobs, n)
+                    backend = getattr(d, "backend", None)
+                    subjects[key] = steady(backend, fn, f"drain {key}") if backend else fn
     res = interleave(subjects, rounds, label="drain")
     _report(doc, res, jobs, rounds, worker_counts, workloads, drainers, base)
     return res.as_json()
@@ -188,38 +220,18 @@ def _report(
         "- **CPU per job**: user + system CPU time of all those processes and the jobs' "
         "shells (`RUSAGE_CHILDREN`), start-up included, per job. It is the least disturbed "
         "by other load: on 2 cores, 2 busy workers cannot beat the spawn limit by more than "
-        "its CPU per job ÷ theirs."
+        "its CPU per job ÷ theirs. For PostgreSQL it leaves out the server's own processes, "
+        "which run on the same 2 cores: see the note under the table.\n"
+        "- **PostgreSQL**: the workers get `--db postgresql://...` with a fresh schema per run "
+        "(`?options=-csearch_path%3D<schema>`), created and dropped by the benchmark; the "
+        "jobs are enqueued with `Queue.enqueue_many` before the workers start, as for SQLite."
     )
     for wl in workloads:
         rows = []
         for n in worker_counts:
             b = f"{base.key}/{wl.name}/{n}"
-            rows.append(
-                (
-                    base.title,
-                    str(n),
-                    res.stat(b, "rate").fmt(",.0f"),
-                    "1 (baseline)",
-                    res.stat(b, "wall_rate").fmt(",.0f"),
-                    "1 (baseline)",
-                    res.stat(b, "cpu_us").fmt(",.0f"),
-                    "1 (baseline)",
-                )
-            )
-            for d in drainers:
-                k = f"{d.key}/{wl.name}/{n}"
-                rows.append(
-                    (
-                        d.title,
-                        str(n),
-                        res.stat(k, "rate").fmt(",.0f"),
-                        "**" + res.ratio(k, b, "rate").fmt(".2f") + "**",
-                        res.stat(k, "wall_rate").fmt(",.0f"),
-                        res.ratio(k, b, "wall_rate").fmt(".2f"),
-                        res.stat(k, "cpu_us").fmt(",.0f"),
-                        res.ratio(k, b, "cpu_us").fmt(".2f"),
-                    )
-                )
+            rows.append(_row(res, base.title, n, b, None))
+            rows += [_row(res, d.title, n, f"{d.key}/{wl.name}/{n}", b) for d in drainers if _runs_with(d, n)]
         sec.add(f"Workload `{wl.command}`, median (min–max) over {rounds} runs:")
         sec.add(
             table(
@@ -236,6 +248,7 @@ def _report(
                 rows,
             )
         )
+        _compare_stores(sec, res, wl, worker_counts, drainers)
     if 1 in worker_counts and 2 in worker_counts:
         one, two = f"{base.key}/{TRUE.name}/1", f"{base.key}/{TRUE.name}/2"
         sec.add(
@@ -255,3 +268,50 @@ def _report(
                         spec=".2f",
                     )
                 )
+
+
+def _row(res: Results, title: str, n: int, key: str, base: str | None) -> tuple[str, ...]:
+    def ratio(metric: str, bold: bool = False) -> str:
+        if base is None:
+            return "1 (baseline)"
+        text = res.ratio(key, base, metric).fmt(".2f")
+        return f"**{text}**" if bold else text
+
+    return (
+        title,
+        str(n),
+        res.stat(key, "rate").fmt(",.0f"),
+        ratio("rate", bold=True),
+        res.stat(key, "wall_rate").fmt(",.0f"),
+        ratio("wall_rate"),
+        res.stat(key, "cpu_us").fmt(",.0f"),
+        ratio("cpu_us"),
+    )
+
+
+def _compare_stores(
+    sec: Section, res: Results, wl: Workload, worker_counts: Sequence[int], drainers: Sequence[Drainer]
+) -> None:
+    """queuectl on PostgreSQL beside queuectl on SQLite, paired in each round."""
+    sqlite = next((d for d in drainers if d.key == "queuectl"), None)
+    for d in drainers:
+        backend = getattr(d, "backend", None)
+        if sqlite is None or backend is None or backend.pg_url is None:
+            continue
+        for n in worker_counts:
+            k, s = f"{d.key}/{wl.name}/{n}", f"{sqlite.key}/{wl.name}/{n}"
+            if not (_runs_with(d, n) and _runs_with(sqlite, n)):
+                continue
+            note = (
+                f"queuectl on {backend.title} ÷ on SQLite, {n} worker{'s' if n > 1 else ''}, "
+                f"same round: rate {res.ratio(k, s, 'rate').fmt('.2f')}, "
+                f"CPU per job {res.ratio(k, s, 'cpu_us').fmt('.2f')}."
+            )
+            if "server_cpu_us" in res.samples[k][0]:
+                note += (
+                    " The PostgreSQL server's own CPU per job (its postmaster and every process "
+                    "under it, from `/proc`; the whole server, so other users' queries on it count "
+                    f"too): {res.stat(k, 'server_cpu_us').fmt(',.0f')} µs, beside the workers' "
+                    f"{res.stat(k, 'cpu_us').fmt(',.0f')} µs."
+                )
+            sec.add(note)

@@ -1,11 +1,16 @@
-"""Bulk enqueue rate: the CLI from stdin and the library API, next to SQLite itself.
+"""Bulk enqueue rate: the CLI from stdin and the library API, next to the database itself,
+on SQLite and on PostgreSQL.
 
-Every run inserts N jobs into a fresh, already created database.  The baseline is
-what SQLite does with the same rows and nothing else: one APSW `executemany` into a
+Every run inserts N jobs into a fresh, already created queue (SQLite: a new database
+file; PostgreSQL: a new schema).  The baseline is what the database does with the
+same rows and nothing else, in one transaction: SQLite, one APSW `executemany` into a
 table with the jobs table's columns but no index and no history trigger, with the
-store's settings (WAL, synchronous=NORMAL, one transaction).  `store.enqueue` adds
-the indexes and the history; `Queue.enqueue_many` adds validation and id generation;
-`queuectl enqueue -` adds the interpreter, JSON parsing and printing the ids.
+store's settings (WAL, synchronous=NORMAL); PostgreSQL, one `COPY` into such a table.
+`store.enqueue` adds the indexes and the history (PostgreSQL: by COPY too, from 64
+jobs on, plus the `pg_notify`); `Queue.enqueue_many` adds validation and id
+generation; `queuectl enqueue -` adds the interpreter, JSON parsing and printing the
+ids.  Each PostgreSQL path is also reported as a ratio to the same path on SQLite,
+paired in each round.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from harness import PYTHON, ROOT, Results, Sample, interleave, temp_dir
+from harness import PYTHON, ROOT, SQLITE, Backend, QueueHome, Results, Sample, interleave, steady, temp_dir
 from report import Doc, table
 
 _BARE_TABLE = """
@@ -28,6 +33,20 @@ CREATE TABLE jobs (
     started_at REAL, finished_at REAL, worker_id TEXT, exit_code INTEGER, error TEXT,
     stdout TEXT, stderr TEXT, reason TEXT
 ) STRICT
+"""
+
+#: The PostgreSQL store's jobs table (queuectl/store/postgres.py) without its indexes
+#: (the primary key aside, as in SQLite's bare table) and without the history trigger.
+_PG_BARE_TABLE = """
+CREATE TABLE jobs (
+    id text COLLATE "C" PRIMARY KEY, command text NOT NULL, state text NOT NULL,
+    attempts bigint NOT NULL DEFAULT 0, max_retries bigint NOT NULL,
+    priority bigint NOT NULL DEFAULT 0, timeout double precision NOT NULL,
+    lease bigint NOT NULL DEFAULT 0, created_at double precision NOT NULL,
+    updated_at double precision NOT NULL, run_at double precision NOT NULL,
+    next_run_at double precision, started_at double precision, finished_at double precision,
+    worker_id text, exit_code bigint, error text, stdout text, stderr text, reason text
+)
 """
 
 
@@ -67,19 +86,45 @@ def bare_sqlite(n: int) -> Sample:
     return {"rate": n / elapsed}
 
 
-def _with_queue(fn: Callable[[Any, int, Any], float]) -> Callable[[int], Sample]:
-    """Run fn(queue, n, paths) on a fresh home whose database already exists; fn
-    returns the seconds its timed part took."""
+def bare_postgres(backend: Backend) -> Callable[[int], Sample]:
+    def run(n: int) -> Sample:
+        import psycopg
+
+        # created_at, updated_at, run_at, next_run_at: one instant, as the store writes them
+        rows = [
+            (j.id, j.command, "pending", j.max_retries, j.priority, j.timeout, *[j.run_at] * 4)
+            for j in _new_jobs(n)
+        ]
+        with backend.fresh("e") as qh:
+            assert qh.db is not None
+            with psycopg.connect(qh.db, autocommit=True) as conn:
+                conn.execute(_PG_BARE_TABLE)
+                t0 = time.perf_counter()
+                with (
+                    conn.transaction(),
+                    conn.cursor() as cur,
+                    cur.copy(
+                        "COPY jobs (id, command, state, max_retries, priority, timeout,"
+                        " created_at, updated_at, run_at, next_run_at) FROM STDIN"
+                    ) as copy,
+                ):
+                    for r in rows:
+                        copy.write_row(r)
+                elapsed = time.perf_counter() - t0
+        return {"rate": n / elapsed}
+
+    return run
+
+
+def _with_queue(fn: Callable[[Any, int, QueueHome], float], backend: Backend) -> Callable[[int], Sample]:
+    """Run fn(queue, n, home) on a fresh queue whose database (or schema) already
+    exists; fn returns the seconds its timed part took."""
 
     def run(n: int) -> Sample:
-        from queuectl.api import Queue
-        from queuectl.config import resolve_paths
-
-        with temp_dir("e") as home:
-            paths = resolve_paths(str(home))
-            q = Queue.open(paths)
+        with backend.fresh("e") as qh:
+            q = qh.open()
             try:
-                elapsed = fn(q, n, paths)
+                elapsed = fn(q, n, qh)
             finally:
                 q.close()
         return {"rate": n / elapsed}
@@ -87,14 +132,14 @@ def _with_queue(fn: Callable[[Any, int, Any], float]) -> Callable[[int], Sample]
     return run
 
 
-def _store(q: Any, n: int, paths: Any) -> float:
+def _store(q: Any, n: int, qh: QueueHome) -> float:
     jobs = _new_jobs(n)
     t0 = time.perf_counter()
     q.store.enqueue(jobs)
     return time.perf_counter() - t0
 
 
-def _api(q: Any, n: int, paths: Any) -> float:
+def _api(q: Any, n: int, qh: QueueHome) -> float:
     specs = _specs(n)
     t0 = time.perf_counter()
     ids = q.enqueue_many(specs)
@@ -103,10 +148,10 @@ def _api(q: Any, n: int, paths: Any) -> float:
     return elapsed
 
 
-def _cli(q: Any, n: int, paths: Any) -> float:
+def _cli(q: Any, n: int, qh: QueueHome) -> float:
     data = "".join(json.dumps(s) + "\n" for s in _specs(n)).encode()
     q.close()  # the CLI process is the only one with the database open
-    argv = [PYTHON, "-m", "queuectl", "--home", str(paths.home), "enqueue", "-"]
+    argv = [PYTHON, "-m", "queuectl", *qh.cli, "enqueue", "-"]
     t0 = time.perf_counter()
     out = subprocess.run(argv, cwd=ROOT, input=data, capture_output=True, timeout=600)
     elapsed = time.perf_counter() - t0
@@ -115,31 +160,60 @@ def _cli(q: Any, n: int, paths: Any) -> float:
     return elapsed
 
 
-SUBJECTS: dict[str, tuple[str, Callable[[int], Sample]]] = {
-    "bare": ("SQLite alone: `executemany` into a bare table (baseline)", bare_sqlite),
-    "store": ("`SQLiteStore.enqueue` (indexes + history trigger)", _with_queue(_store)),
-    "api": ("`Queue.enqueue_many` (library API: + validation, ids)", _with_queue(_api)),
-    "cli": ("`queuectl enqueue -` from stdin (whole process)", _with_queue(_cli)),
-}
+#: The paths measured: key, title, and the run for a backend.
+PATHS: tuple[tuple[str, str, Callable[[Backend], Callable[[int], Sample]]], ...] = (
+    (
+        "bare",
+        "The database alone, bare table (baseline)",
+        lambda b: bare_postgres(b) if b.pg_url else bare_sqlite,
+    ),
+    ("store", "`store.enqueue` (indexes + history trigger)", lambda b: _with_queue(_store, b)),
+    ("api", "`Queue.enqueue_many` (library API: + validation, ids)", lambda b: _with_queue(_api, b)),
+    ("cli", "`queuectl enqueue -` from stdin (whole process)", lambda b: _with_queue(_cli, b)),
+)
 
 
-def run(doc: Doc, *, jobs: int, rounds: int) -> dict[str, object]:
-    subjects = {k: (lambda fn=fn: fn(jobs)) for k, (_, fn) in SUBJECTS.items()}
+def _key(backend: Backend, path: str) -> str:
+    return path if backend.key == "sqlite" else f"{backend.key}-{path}"
+
+
+def run(doc: Doc, *, jobs: int, rounds: int, backends: Sequence[Backend] = (SQLITE,)) -> dict[str, object]:
+    subjects = {}
+    for b in backends:
+        for path, _, make in PATHS:
+            fn = make(b)
+            subjects[_key(b, path)] = steady(b, lambda fn=fn: fn(jobs), f"enqueue {_key(b, path)}")
     res = interleave(subjects, rounds, label="enqueue")
-    _report(doc, res, jobs, rounds)
+    _report(doc, res, jobs, rounds, backends)
     return res.as_json()
 
 
-def _report(doc: Doc, res: Results, jobs: int, rounds: int) -> None:
+def _report(doc: Doc, res: Results, jobs: int, rounds: int, backends: Sequence[Backend]) -> None:
     sec = doc.section("Bulk enqueue")
+    names = " and ".join(b.title for b in backends)
+    schema = " (PostgreSQL: a new schema per run)" if any(b.pg_url for b in backends) else ""
     sec.add(
-        f'{jobs:,} jobs (`{{"command": "echo job N"}}`) per run into a fresh database, '
-        f"{rounds} rounds, the four paths interleaved. The API and store rows time the call "
-        "alone; the CLI row times the whole `queuectl enqueue -` process (start-up, reading "
-        "and parsing the JSON lines, one transaction, printing the ids). Median (min–max):"
+        f'{jobs:,} jobs (`{{"command": "echo job N"}}`) per run into a fresh queue on {names}'
+        f"{schema}, {rounds} rounds, all the paths interleaved. The "
+        "API and store rows time the call alone; the CLI row times the whole `queuectl enqueue -` "
+        "process (`--db URL` for PostgreSQL; start-up, reading and parsing the JSON lines, one "
+        "transaction, printing the ids). The baseline is each database alone, with the same rows "
+        "in one transaction: SQLite, APSW `executemany` into a table with the jobs table's columns "
+        "but no index and no trigger; PostgreSQL, one `COPY` into such a table. Median (min–max):"
     )
+    headers = ["Path"]
+    for b in backends:
+        headers += [f"{b.title}, jobs/s", f"÷ {b.title} alone"]
+    if len(backends) > 1:
+        headers += [f"{b.title} ÷ {backends[0].title}" for b in backends[1:]]
     rows = []
-    for key, (title, _) in SUBJECTS.items():
-        ratio = "1 (baseline)" if key == "bare" else res.ratio(key, "bare", "rate").fmt(".2f")
-        rows.append((title, res.stat(key, "rate").fmt(",.0f"), ratio))
-    sec.add(table(("Path", "Jobs/s", "÷ SQLite alone"), rows))
+    for path, title, _ in PATHS:
+        row = [title]
+        for b in backends:
+            k, base = _key(b, path), _key(b, "bare")
+            ratio = "1 (baseline)" if k == base else res.ratio(k, base, "rate").fmt(".2f")
+            row += [res.stat(k, "rate").fmt(",.0f"), ratio]
+        for b in backends[1:]:
+            row.append(res.ratio(_key(b, path), _key(backends[0], path), "rate").fmt(".2f"))
+        rows.append(row)
+    sec.add(table(headers, rows))

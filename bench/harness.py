@@ -1,4 +1,4 @@
-"""Shared machinery: interleaved runs, statistics, temporary homes, the machine.
+"""Shared machinery: interleaved runs, statistics, temporary queues, the machine.
 
 A *subject* is anything measured: a zero-argument callable that does one run and
 returns its metrics (a dict of floats).  `interleave()` runs a set of subjects in
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import statistics
@@ -23,6 +25,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -58,6 +62,15 @@ class Stat:
 
     def fmt(self, spec: str) -> str:
         return f"{self.median:{spec}} ({self.lo:{spec}}–{self.hi:{spec}})"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least p% of the values
+    at or below it (p99 of 200 values is the 198th smallest)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 @dataclass
@@ -133,6 +146,14 @@ class Procs:
             codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
         return codes
 
+    def stop_all(self, timeout: float) -> list[int]:
+        """SIGTERM every process still running (a worker's warm stop), then wait."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+        return self.wait_all(timeout)
+
     def __enter__(self) -> Procs:
         return self
 
@@ -142,6 +163,186 @@ class Procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+# --- fresh queues: SQLite or PostgreSQL -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueHome:
+    """One fresh queue: a temporary home, and for PostgreSQL the URL of its schema."""
+
+    home: Path
+    db: str | None = None  # a postgresql:// URL; None: the home's db/queue.db
+
+    @property
+    def cli(self) -> list[str]:
+        """The global options that point a `queuectl` process at this queue."""
+        return ["--home", str(self.home), *(["--db", self.db] if self.db else [])]
+
+    def open(self) -> Any:
+        """A `queuectl.api.Queue` on this queue (its schema is created on first open)."""
+        from queuectl.api import Queue
+        from queuectl.config import resolve_paths
+
+        return Queue.open(resolve_paths(str(self.home), self.db))
+
+
+#: The benchmark's PostgreSQL connections (its own and its workers') call themselves
+#: this instead of `queuectl`, so a test elsewhere that terminates every `queuectl`
+#: backend on the shared server (tests/chaos: pg_terminate) leaves them alone.
+PG_APPLICATION = "queuectl-bench"
+
+
+def schema_url(base: str, schema: str) -> str:
+    """`base` with its search_path set to `schema` (as the README tells users to)."""
+    parts = urlsplit(base)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    if not any(k == "application_name" for k, _ in query):
+        query.append(("application_name", PG_APPLICATION))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _pg_admin(base: str, sql: str, tries: int = 30) -> Any:
+    """One statement on a new connection, and its first row; waits out a server
+    restart (about 30 s)."""
+    import psycopg
+
+    for attempt in range(tries):
+        try:
+            with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+                cur = conn.execute(sql)
+                return cur.fetchone() if cur.description else None
+        except psycopg.OperationalError:
+            if attempt + 1 == tries:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def pg_schema(base: str) -> Iterator[str]:
+    """A new, empty schema on the server at `base`; yields its URL; dropped after."""
+    name = f"qb_{os.getpid()}_{secrets.token_hex(4)}"
+    _pg_admin(base, f"CREATE SCHEMA {name}")
+    try:
+        yield schema_url(base, name)
+    finally:
+        _pg_admin(base, f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def pg_started_at(base: str) -> float:
+    """When the server (re)started."""
+    return float(_pg_admin(base, "SELECT extract(epoch FROM pg_postmaster_start_time())::float8")[0])
+
+
+#: PostgreSQL runs done again, and why (reported in the document).
+REDONE: list[str] = []
+
+
+def steady(backend: Backend, fn: Subject, what: str, tries: int = 3) -> Subject:
+    """For PostgreSQL, redo a run that failed or during which the server restarted
+    (the server is shared: other engineers' tests restart it), up to `tries` times."""
+    if backend.pg_url is None:
+        return fn
+    url = backend.pg_url
+
+    def run() -> Sample:
+        for attempt in range(1, tries + 1):
+            before = pg_started_at(url)
+            try:
+                sample = fn()
+            except Exception as exc:
+                if attempt == tries:
+                    raise
+                why = " ".join(str(exc).split())[:200]
+            else:
+                if pg_started_at(url) == before:
+                    return sample
+                why = "the server restarted during the run"
+            REDONE.append(f"{what}: {why}")
+            say(f"{what}: run redone ({why})")
+        raise RuntimeError(f"{what}: the server restarted during {tries} runs in a row")
+
+    return run
+
+
+class ServerCPU:
+    """CPU seconds used by a local PostgreSQL server: its postmaster and every process
+    under it, live (utime + stime) or exited and reaped (the postmaster's cutime +
+    cstime), from /proc.  The whole server: other users' queries count too."""
+
+    def __init__(self, base: str) -> None:
+        self.postmaster = _stat(int(_pg_admin(base, "SELECT pg_backend_pid()")[0]))[1]  # its parent
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(self) -> float:
+        ticks = sum(_stat(self.postmaster)[2:6])
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    st = _stat(int(entry.name))
+                    if st[1] == self.postmaster:
+                        ticks += st[2] + st[3]
+        return ticks / self.tick
+
+
+def _stat(pid: int) -> tuple[int, ...]:
+    """(pid, ppid, utime, stime, cutime, cstime) of a process, from /proc/<pid>/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    f = text[text.rindex(")") + 2 :].split()  # f[0] is field 3 (state)
+    return (pid, int(f[1]), int(f[11]), int(f[12]), int(f[13]), int(f[14]))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A store to measure: `key` names it in the raw samples, `title` in the tables."""
+
+    key: str
+    title: str
+    pg_url: str | None = None  # the server's base URL, for PostgreSQL
+
+    @contextlib.contextmanager
+    def fresh(self, tag: str = "") -> Iterator[QueueHome]:
+        with temp_dir(tag) as home:
+            if self.pg_url is None:
+                yield QueueHome(home)
+            else:
+                with pg_schema(self.pg_url) as url:
+                    yield QueueHome(home, url)
+
+
+SQLITE = Backend("sqlite", "SQLite")
+PG_DEFAULT_URL = "postgresql://127.0.0.1:5432/test"
+
+
+def postgres(url: str) -> Backend:
+    return Backend("pg", "PostgreSQL", url)
+
+
+def postgres_info(url: str) -> str:
+    """The server's version and durability settings, for the machine table; raises
+    if the server does not answer."""
+    import psycopg
+
+    keys = ("server_version", "synchronous_commit", "fsync")
+    show = {k: str(_pg_admin(url, f"SHOW {k}", tries=1)[0]) for k in keys}
+    parts = urlsplit(url)  # host and port only: never print a password
+    where = f"{parts.hostname}:{parts.port or 5432}" if parts.hostname else "the local socket"
+    return (
+        f"{show['server_version'].split()[0]} at {where} (synchronous_commit={show['synchronous_commit']}, "
+        f"fsync={show['fsync']}); psycopg {psycopg.__version__}"
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll `predicate` until it holds; RuntimeError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def use_this_checkout() -> None:

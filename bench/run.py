@@ -5,7 +5,9 @@
 
 Every figure is the median and the min-max of several runs; the things compared run
 interleaved in the same invocation and are reported as ratios to a baseline measured
-in that same run (the spawn limit, SQLite alone, `python -c pass`, the small queue).
+in that same run (the spawn limit, the database alone, SQLite, `python -c pass`, the
+small queue).  The PostgreSQL store is measured beside SQLite on the server at --pg
+(default: the local test server), each run in a fresh schema; `--pg none` leaves it out.
 """
 
 from __future__ import annotations
@@ -16,16 +18,30 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import drain
 import enqueue
+import harness
+import latency
 import scale
-from harness import ROOT, load_now, machine, say, use_this_checkout
+from harness import (
+    PG_DEFAULT_URL,
+    ROOT,
+    SQLITE,
+    Backend,
+    load_now,
+    machine,
+    postgres,
+    postgres_info,
+    say,
+    use_this_checkout,
+)
 from report import Doc, table
 
-SECTIONS = ("drain", "enqueue", "scale")
+SECTIONS = ("drain", "enqueue", "latency", "scale")
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,9 @@ class Mode:
     claims: int
     claim_rounds: int
     status_rounds: int
+    latency_samples: int
+    latency_rounds: int
+    latency_workers: int
 
 
 FULL = Mode(
@@ -48,6 +67,9 @@ FULL = Mode(
     drain_rounds=15,
     enqueue_jobs=50_000,
     enqueue_rounds=7,
+    latency_samples=200,
+    latency_rounds=5,
+    latency_workers=2,
     small_queue=1_000,
     big_queue=1_000_000,
     claims=5_000,
@@ -60,6 +82,9 @@ QUICK = Mode(
     drain_rounds=5,
     enqueue_jobs=10_000,
     enqueue_rounds=5,
+    latency_samples=40,
+    latency_rounds=5,
+    latency_workers=2,
     small_queue=1_000,
     big_queue=100_000,
     claims=1_000,
@@ -83,6 +108,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--json", type=Path, help="Also write every raw sample as JSON (default: bench/results/)."
     )
+    ap.add_argument(
+        "--pg",
+        default=PG_DEFAULT_URL,
+        metavar="URL",
+        help=f"PostgreSQL server to measure beside SQLite, each run in a fresh schema it creates "
+        f"and drops (default: {PG_DEFAULT_URL}); 'none' leaves PostgreSQL out.",
+    )
     return ap.parse_args(argv)
 
 
@@ -97,7 +129,9 @@ def main(argv: list[str]) -> int:
         if args.rounds < 5:
             sys.exit("bench: --rounds must be at least 5")
         r = args.rounds
-        mode = replace(mode, drain_rounds=r, enqueue_rounds=r, claim_rounds=r, status_rounds=r)
+        mode = replace(
+            mode, drain_rounds=r, enqueue_rounds=r, claim_rounds=r, status_rounds=r, latency_rounds=r
+        )
     only = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -108,14 +142,57 @@ def main(argv: list[str]) -> int:
 
     command = shlex.join([_rel(sys.executable), "bench/run.py", *argv])
     info = machine()
+    backends = [SQLITE]
+    if args.pg.lower() != "none":
+        try:
+            pg_row = postgres_info(args.pg)
+        except Exception as exc:
+            why = " ".join(str(exc).split())
+            sys.exit(f"bench: PostgreSQL at --pg does not answer ({why}); give another URL or --pg none")
+        rows = list(info.items())
+        at = next(i for i, (k, _) in enumerate(rows) if k == "APSW") + 1
+        info = dict([*rows[:at], ("PostgreSQL", pg_row), *rows[at:]])
+        backends.append(postgres(args.pg))
     say(f"bench: {mode.name} mode; sections {', '.join(only)}; writing {out}")
     doc = Doc()
     raw: dict[str, object] = {"mode": asdict(mode), "machine": info, "command": command}
     t0 = time.monotonic()
+    raw.update(run_sections(doc, only, mode, backends))
+    minutes = (time.monotonic() - t0) / 60
+    info["Load average at end"] = load_now()
+    info["Duration"] = f"{minutes:.1f} min"
+    if len(backends) > 1:
+        info["PostgreSQL runs redone"] = _redone()
+    raw["redone"] = list(harness.REDONE)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc.render(_head(command, mode, info)))
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path.write_text(json.dumps(raw, indent=1))
+    say(f"bench: wrote {out} and {raw_path} in {minutes:.1f} min")
+    return 0
+
+
+def run_sections(doc: Doc, only: Sequence[str], mode: Mode, backends: Sequence[Backend]) -> dict[str, object]:
+    """Run the chosen sections in order; returns their raw samples by section."""
+    raw: dict[str, object] = {}
+    pg = backends[1:]
     if "drain" in only:
-        raw["drain"] = drain.run(doc, jobs=mode.drain_jobs, rounds=mode.drain_rounds)
+        # PostgreSQL with 2 workers only (the issues' figure), to keep the run short.
+        drainers = [drain.QueuectlBare(), *(drain.QueuectlBare(b, worker_counts=(2,)) for b in pg)]
+        raw["drain"] = drain.run(doc, jobs=mode.drain_jobs, rounds=mode.drain_rounds, drainers=drainers)
     if "enqueue" in only:
-        raw["enqueue"] = enqueue.run(doc, jobs=mode.enqueue_jobs, rounds=mode.enqueue_rounds)
+        raw["enqueue"] = enqueue.run(
+            doc, jobs=mode.enqueue_jobs, rounds=mode.enqueue_rounds, backends=backends
+        )
+    if "latency" in only:
+        raw["latency"] = latency.run(
+            doc,
+            backends=backends,
+            samples=mode.latency_samples,
+            rounds=mode.latency_rounds,
+            workers=mode.latency_workers,
+        )
     if "scale" in only:
         raw["scale"] = scale.run(
             doc,
@@ -125,16 +202,14 @@ def main(argv: list[str]) -> int:
             claim_rounds=mode.claim_rounds,
             status_rounds=mode.status_rounds,
         )
-    minutes = (time.monotonic() - t0) / 60
-    info["Load average at end"] = load_now()
-    info["Duration"] = f"{minutes:.1f} min"
+    return raw
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc.render(_head(command, mode, info)))
-    raw_path.parent.mkdir(parents=True, exist_ok=True)
-    raw_path.write_text(json.dumps(raw, indent=1))
-    say(f"bench: wrote {out} and {raw_path} in {minutes:.1f} min")
-    return 0
+
+def _redone() -> str:
+    """Runs on the shared PostgreSQL server that were done again, and why."""
+    if not harness.REDONE:
+        return "none (no run failed and the server did not restart during one)"
+    return f"{len(harness.REDONE)}: " + "; ".join(harness.REDONE)
 
 
 def _rel(path: str) -> str:
@@ -175,9 +250,14 @@ commit, e.g. `git worktree add`, keeps others' work in progress out of the figur
   runs each of them once, in the same order. A ratio is computed inside each round (paired:
   the two runs were seconds apart) and then summarised, so it is far steadier than the
   absolute numbers.
-- This machine is shared: another engineer runs test suites on the same 2 cores, so absolute
-  rates move from run to run (see the load averages above and the min–max ranges). Read the
-  **ratios**; the absolute numbers are secondary.
+- This machine is shared: other engineers run test suites on the same 2 cores (and on the
+  same PostgreSQL server), so absolute rates move from run to run (see the load averages
+  above and the min–max ranges). Read the **ratios**; the absolute numbers are secondary.
+- PostgreSQL is the server in the machine table, on this host; every PostgreSQL run uses a
+  schema of its own, created before it and dropped after it, and connections named
+  `queuectl-bench`. A PostgreSQL run that fails, or during which the server restarts (other
+  engineers' tests restart it), is done again, up to 3 times; the machine table says how
+  many were.
 - Temporary homes live under `/tmp` and are removed afterwards. Targets are judged on the
   median; "(not in every run)" marks a median that meets its target while a run did not.
 """
