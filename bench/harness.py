@@ -274,7 +274,12 @@ class ServerCPU:
     cstime), from /proc.  The whole server: other users' queries count too."""
 
     def __init__(self, base: str) -> None:
-        self.postmaster = _stat(int(_pg_admin(base, "SELECT pg_backend_pid()")[0]))[1]  # its parent
+        import psycopg
+
+        # A backend's parent is the postmaster; read it while the backend still exists.
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            self.postmaster = _stat(int(row[0]))[1] if row else 0
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def seconds(self) -> float:
