@@ -135,16 +135,18 @@ def test_enqueue_json_is_stored_right_or_rejected_cleanly(home: QHome, obj: Any)
         assert_clean_failure(code, out, err)
         assert dump_db(home.db) == before
         return
-    (job_id,) = out.split()
+    assert out.endswith("\n") and out.count("\n") == 1, repr(out)  # the id alone (ids may hold spaces)
+    job_id = out[:-1]
     job = home.json("inspect", job_id)
     assert isinstance(obj, dict)
     assert job["command"] == obj["command"] and job["state"] == "pending"
-    if "id" in obj:
+    # A null field means "the default" (config or generated), as documented.
+    if obj.get("id") is not None:
         assert job["id"] == obj["id"]
     for key in ("max_retries", "priority"):
-        if key in obj:
+        if obj.get(key) is not None:
             assert job[key] == obj[key]
-    if "timeout" in obj:
+    if obj.get("timeout") is not None:
         assert math.isclose(job["timeout"], obj["timeout"])
 
 
@@ -162,7 +164,7 @@ def test_bulk_enqueue_bytes_all_or_nothing(home: QHome, data: bytes) -> None:
         assert_clean_failure(code, out, err)
         assert dump_db(home.db) == before
         return
-    ids = out.split()
+    ids = out.split("\n")[:-1]  # one id per line; ids may hold spaces
     assert ids and len(set(ids)) == len(ids)
     lines = [ln for ln in data.split(b"\n") if ln.strip()]
     assert len(ids) == len(lines)
