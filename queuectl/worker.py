@@ -19,7 +19,7 @@ from queuectl import executor, failpoints, procs
 from queuectl.config import Config
 from queuectl.errors import QueuectlError
 from queuectl.logs import json_logger
-from queuectl.models import Job, Outcome, WorkerInfo, decide
+from queuectl.models import Job, JobState, Outcome, WorkerInfo, decide
 from queuectl.monitor import LEASE, Monitor, monitor_absent
 from queuectl.signals import StopSignals, die_with_parent
 from queuectl.store import Store
@@ -234,7 +234,10 @@ class Worker:
                 delay = min(delay * 2, 2.0)
         failpoints.hit("after_finish_commit")
         if held:
-            self.log.info(
+            # A completed job is a debug event (QUEUECTL_LOG_LEVEL=debug); any other
+            # outcome is worth a line at info.
+            emit = self.log.debug if move.state is JobState.COMPLETED else self.log.info
+            emit(
                 "job_finished",
                 job_id=job.id,
                 attempt=job.attempts,

@@ -147,6 +147,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workers ADD COLUMN holding TEXT;
     """,
+    # v4: no index on the worker of processing jobs: maintaining it cost every claim and
+    # finish two index updates, and the few processing jobs are found by state anyway.
+    """
+    DROP INDEX IF EXISTS jobs_worker;
+    """,
 )
 
 T = TypeVar("T")
