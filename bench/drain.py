@@ -109,17 +109,27 @@ class QueuectlBare:
     (the home's database) or on PostgreSQL (`--db URL`, a fresh schema each run);
     `worker_counts` limits the counts it runs (None: all)."""
 
-    def __init__(self, backend: Backend = SQLITE, worker_counts: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend = SQLITE,
+        worker_counts: Sequence[int] | None = None,
+        config: dict[str, str] | None = None,
+    ) -> None:
         self.backend = backend
         if worker_counts is not None:
             self.worker_counts = tuple(worker_counts)
-        self.key = "queuectl" if backend.key == "sqlite" else f"queuectl-{backend.key}"
-        self.title = f"queuectl, {backend.title}, `worker run --burst`"
+        self.config = dict(config or {})
+        suffix = "".join(f"-{k}={v}" for k, v in self.config.items())
+        self.key = ("queuectl" if backend.key == "sqlite" else f"queuectl-{backend.key}") + suffix
+        settings = "".join(f", `{k}={v}`" for k, v in self.config.items())
+        self.title = f"queuectl, {backend.title}, `worker run --burst`{settings}"
 
     def drain(self, workload: Workload, jobs: int, workers: int) -> Sample:
         with self.backend.fresh("d") as qh:
             q = qh.open()
             try:
+                for key, value in self.config.items():
+                    q.config_set(key, value)
                 q.enqueue_many([{"command": workload.command} for _ in range(jobs)])
             finally:
                 q.close()

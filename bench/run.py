@@ -179,7 +179,12 @@ def run_sections(doc: Doc, only: Sequence[str], mode: Mode, backends: Sequence[B
     pg = backends[1:]
     if "drain" in only:
         # PostgreSQL with 2 workers only (the issues' figure), to keep the run short.
-        drainers = [drain.QueuectlBare(), *(drain.QueuectlBare(b, worker_counts=(2,)) for b in pg)]
+        drainers = [
+            drain.QueuectlBare(),
+            # The opt-in worker pinning (config cpu_affinity=auto), beside the default.
+            drain.QueuectlBare(config={"cpu_affinity": "auto"}),
+            *(drain.QueuectlBare(b, worker_counts=(2,)) for b in pg),
+        ]
         raw["drain"] = drain.run(doc, jobs=mode.drain_jobs, rounds=mode.drain_rounds, drainers=drainers)
     if "enqueue" in only:
         raw["enqueue"] = enqueue.run(

@@ -140,7 +140,22 @@ SYNC_KEY = Key(
     "SQLite durability: normal (survives process crashes) or full (also power loss)",
     ("normal", "full"),
 )
-ALL_KEYS: Mapping[str, Key] = {**KEYS, SYNC_KEY.name: SYNC_KEY}
+# auto: each worker keeps to one CPU of those it may use (worker k on CPU k mod n);
+# its job's shell starts there and is then allowed on every CPU, but what the shell
+# forks in its first microseconds may stay on the worker's CPU.  A busy worker
+# alternates with its job's process; left to migrate, two workers draining short jobs
+# on two cores got in each other's way (about 25% slower in docs/benchmarks.md).
+# off (the default): the kernel places workers and jobs freely.
+AFFINITY_KEY = Key(
+    "cpu_affinity",
+    str,
+    "off",
+    0,
+    0,
+    "auto: each worker keeps to one CPU (faster short jobs); off: no pinning",
+    ("auto", "off"),
+)
+ALL_KEYS: Mapping[str, Key] = {**KEYS, SYNC_KEY.name: SYNC_KEY, AFFINITY_KEY.name: AFFINITY_KEY}
 
 
 def normalize_key(name: str) -> str:
@@ -194,6 +209,7 @@ class Config:
     poll_interval: float = 1.0
     stop_timeout: float = 80.0
     synchronous: str = "normal"
+    cpu_affinity: str = "off"
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, str]) -> Config:

@@ -59,6 +59,8 @@ class Job:
     env: Mapping[str, str]
     kill_grace: float = 5.0
     output_limit: int = 64 * 1024
+    #: The CPUs the job may use, when the worker keeps itself to one (cpu_affinity).
+    cpus: frozenset[int] | None = None
 
 
 #: Signals the child gets back at their defaults: Python ignores SIGPIPE and SIGXFSZ,
@@ -110,6 +112,17 @@ class _Child:
         return self.returncode
 
 
+def _spawn(job: Job, files: OutputFiles) -> _Child:
+    child = _Child.spawn(job.command, job.env, files)
+    if job.cpus is not None:
+        # Started on the worker's CPU (posix_spawn has no affinity attribute): let it
+        # use the others from now on.  What its shell forks before this call stays on
+        # the worker's CPU, which is why cpu_affinity is opt-in.
+        with contextlib.suppress(OSError):  # it may have exited already
+            os.sched_setaffinity(child.pid, job.cpus)
+    return child
+
+
 def kill_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; False if it is already gone."""
     try:
@@ -139,7 +152,7 @@ def run(
     """
     files.reset()
     try:
-        proc = _Child.spawn(job.command, job.env, files)
+        proc = _spawn(job, files)
     except OSError as exc:
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
     if on_start is not None:

@@ -69,6 +69,8 @@ class Worker:
         self.jobs_done = 0
         #: A job claimed together with the last finish, to be run next.
         self._next: Job | None = None
+        #: The CPUs jobs may use when this worker is pinned to one (see pin()).
+        self._job_cpus: frozenset[int] | None = None
         # Recovery fallback: with no monitor around, workers run its passes themselves.
         self._monitor = (
             Monitor(store, queue=queue, logs_dir=logs_dir, log=self.log, signals=self.signals)
@@ -101,6 +103,31 @@ class Worker:
         )
         self._last_beat = time.monotonic()
         self._last_beat_ok = self._last_beat
+
+    def pin(self) -> int | None:
+        """With cpu_affinity=auto, keep this worker to one CPU; return it (or None)."""
+        if self.config.cpu_affinity != "auto" or not hasattr(os, "sched_setaffinity"):
+            return None
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < 2:
+            return None
+        # supervisord's workers_NN gives a stable index; a bare worker takes its rank
+        # among the workers registered on this host (it registered itself first, so
+        # two starting at once still get different ranks).
+        name = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
+        digits = name.rsplit("_", 1)[-1]
+        if digits.isdigit():
+            index = int(digits)
+        else:
+            local = [w.id for w in self.store.workers() if w.host == procs.hostname()]
+            index = local.index(self.id) if self.id in local else len(local)
+        cpu = allowed[index % len(allowed)]
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            return None
+        self._job_cpus = frozenset(allowed)
+        return cpu
 
     def unregister(self) -> None:
         with contextlib.suppress(QueuectlError):
@@ -155,6 +182,7 @@ class Worker:
             env=env,
             kill_grace=cfg.kill_grace,
             output_limit=cfg.output_limit * 1024,
+            cpus=self._job_cpus,
         )
         self._last_beat_ok = time.monotonic()
         return executor.run(
@@ -281,7 +309,8 @@ class Worker:
     def run(self, *, burst: bool = False) -> int:
         """Work until told to stop (or, in burst mode, until nothing is left)."""
         self.register()
-        self.log.info("worker_started", pid=os.getpid(), host=procs.hostname(), burst=burst)
+        cpu = self.pin()
+        self.log.info("worker_started", pid=os.getpid(), host=procs.hostname(), burst=burst, cpu=cpu)
         self.cover_for_monitor(force=True)  # jobs left by a crash before any monitor ran
         try:
             # A job already claimed (with the last finish) is run even after a warm
