@@ -11,6 +11,7 @@ import json
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from queuectl import config as cfg
@@ -42,12 +43,8 @@ class Queue:
     def open(cls, paths: Paths) -> Queue:
         if not paths.home.is_dir():
             raise InvalidInput(f"queuectl home {paths.home} does not exist or is not a folder")
-        if paths.is_sqlite:
-            from pathlib import Path
-
-            db_dir = Path(paths.db_url).parent
-            if db_dir == paths.db_dir:
-                _make_private_dir(db_dir)
+        if paths.is_sqlite and Path(paths.db_url).parent == paths.db_dir:
+            _make_private_dir(paths.db_dir)
         return cls(open_store(paths.db_url))
 
     def close(self) -> None:
@@ -173,14 +170,11 @@ class Queue:
         return name, parsed
 
 
-def _make_private_dir(path: Any) -> None:
-    from pathlib import Path
-
-    p = Path(path)
+def _make_private_dir(path: Path) -> None:
     try:
-        p.mkdir(mode=0o700, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:  # the home is fine; its database folder cannot be made
-        raise StoreError(f"cannot create the database folder {p}: {exc.strerror}") from None
+        raise StoreError(f"cannot create the database folder {path}: {exc.strerror}") from None
 
 
 def parse_state(text: str) -> JobState:
