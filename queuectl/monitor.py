@@ -18,6 +18,7 @@ A pass, in order:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -124,8 +125,10 @@ class Monitor:
                     )
                 )
         done.extend(self._sweep_orphans(dry_run))
-        if done and not dry_run:
-            self.write_log(done)
+        if not dry_run:
+            # Job recoveries are in the outbox already (written with their CAS);
+            # removed workers and killed orphans are not job history: logged directly.
+            self.flush_audit([r for r in done if r.event != "job_recovered"])
         return done
 
     def _is_stale(self, w: WorkerInfo, now: float, cfg: Config) -> bool:
@@ -191,8 +194,11 @@ class Monitor:
         mine = [p for p in local if p.job_id == job.id and p.lease in (job.lease, None)]
         rec.killed_pids = procs.kill_job_processes(mine)
         error = _ERRORS[reason].format(timeout=job.timeout, worker=job.worker_id)
-        # PROCESSING -> FAILED / DEAD (recovery)
-        if not self.store.recover(job.id, job.lease, move.state, move.next_run_at, reason.value, error, now):
+        audit = json.dumps(self.audit_record(rec))
+        # PROCESSING -> FAILED / DEAD (recovery), its audit record in the same transaction
+        if not self.store.recover(
+            job.id, job.lease, move.state, move.next_run_at, reason.value, error, now, audit=audit
+        ):
             return None
         failpoints.hit("monitor_after_cas")
         self.log.warning("job_recovered", **_compact(rec))
@@ -241,14 +247,32 @@ class Monitor:
         rec = self._recover(job, Reason.MANUAL, workers.get(job.worker_id or ""), local, t, cfg, False)
         if rec is None:
             raise Conflict(f"job {job_id!r} changed while it was being recovered; try again")
-        self.write_log([rec])
+        self.flush_audit([])
         return rec
 
     # --- the audit log -------------------------------------------------------------
 
-    def write_log(self, recoveries: list[Recovery]) -> Path:
-        """logs/recovered_jobs_<UTC timestamp>.json: JSON Lines, owner-only, created
-        with O_EXCL after the database commit (so it names only what happened)."""
+    def audit_record(self, rec: Recovery) -> dict[str, Any]:
+        """The recovery log's line for `rec`, stamped now (the time of the recovery)."""
+        fields = asdict(rec)
+        return {"time": iso(time.time()), **fields, "recovered_by": f"{self.host}:{os.getpid()}"}
+
+    def flush_audit(self, direct: list[Recovery]) -> Path | None:
+        """Write every pending audit record (this pass's recoveries, and any a killed
+        monitor left in the outbox) and `direct` ones to a new recovery log, then
+        drop them from the outbox.  A crash between the two writes them again on the
+        next pass: the same record (same `time`, job and attempt) twice, never none."""
+        pending = self.store.audit_pending()
+        records = [json.loads(text) for _, text in pending] + [self.audit_record(r) for r in direct]
+        if not records:
+            return None
+        path = self.write_log(records)
+        self.store.audit_clear([i for i, _ in pending])
+        return path
+
+    def write_log(self, records: list[dict[str, Any]]) -> Path:
+        """logs/recovered_jobs_<UTC timestamp>.json: JSON Lines through structlog's
+        renderer, owner-only, created with O_EXCL after the database commit."""
         self.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = self.logs_dir / f"recovered_jobs_{stamp}.json"
@@ -263,16 +287,12 @@ class Monitor:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             logger = structlog.wrap_logger(
                 structlog.PrintLogger(f),
-                processors=[
-                    structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
-                    structlog.processors.JSONRenderer(),
-                ],
+                processors=[structlog.processors.JSONRenderer()],
                 context_class=dict,
             )
-            for rec in recoveries:
-                fields = asdict(rec)
-                event = fields.pop("event")
-                logger.info(event, recovered_by=f"{self.host}:{os.getpid()}", **fields)
+            for record in records:
+                fields = dict(record)
+                logger.info(fields.pop("event"), **fields)
             f.flush()
             os.fsync(f.fileno())
         return path

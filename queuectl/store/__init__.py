@@ -114,8 +114,17 @@ class Store(Protocol):
         reason: str,
         error: str,
         now: float | None = None,
+        audit: str | None = None,
     ) -> bool:
-        """End an attempt on the worker's behalf (monitor), guarded like finish()."""
+        """End an attempt on the worker's behalf (monitor), guarded like finish().
+        When it changes the job and `audit` is given, that text (the recovery's log
+        record) is added to the audit outbox in the same transaction."""
+
+    def audit_pending(self) -> list[tuple[int, str]]:
+        """Audit records not yet written to a recovery log, oldest first: (id, text)."""
+
+    def audit_clear(self, ids: Sequence[int]) -> None:
+        """Drop these audit records: they are in a recovery log now."""
 
     # --- workers -----------------------------------------------------------------
 

@@ -191,6 +191,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX IF EXISTS jobs_worker;
     """,
+    # v5: the audit outbox.  A recovery's log record is written in the transaction
+    # that recovers the job, and moved to logs/recovered_jobs_*.json after the commit;
+    # a monitor killed in between leaves it here for the next pass to write.
+    """
+    CREATE TABLE audit_outbox (
+        id         bigserial PRIMARY KEY,
+        record     text NOT NULL,
+        created_at double precision NOT NULL
+    );
+    """,
 )
 
 T = TypeVar("T")
@@ -729,6 +739,7 @@ class PostgresStore:
         reason: str,
         error: str,
         now: float | None = None,
+        audit: str | None = None,
     ) -> bool:
         # PROCESSING -> FAILED / DEAD on the worker's behalf, fenced by the lease
         params = {
@@ -740,17 +751,34 @@ class PostgresStore:
             "id": job_id,
             "lease": lease,
         }
-        return self._run(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = NULL,"
-                    f" error = %(error)s, finished_at = {_T}, updated_at = {_T}, reason = %(reason)s"
-                    " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
-                    params,
-                ).rowcount
-                > 0
-            )
-        )
+        params["audit"] = audit
+
+        def take_back(conn: Conn) -> bool:
+            with conn.transaction():
+                changed = (
+                    conn.execute(
+                        "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = NULL,"
+                        f" error = %(error)s, finished_at = {_T}, updated_at = {_T}, reason = %(reason)s"
+                        " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
+                        params,
+                    ).rowcount
+                    > 0
+                )
+                if changed and audit is not None:
+                    conn.execute(
+                        f"INSERT INTO audit_outbox (record, created_at) VALUES (%(audit)s, {_T})", params
+                    )
+            return changed
+
+        return self._run(take_back)
+
+    def audit_pending(self) -> list[tuple[int, str]]:
+        rows = self._read("SELECT id, record FROM audit_outbox ORDER BY id")
+        return [(int(i), str(r)) for i, r in rows]
+
+    def audit_clear(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._run(lambda conn: conn.execute("DELETE FROM audit_outbox WHERE id = ANY(%s)", (list(ids),)))
 
     # --- workers -------------------------------------------------------------------
 

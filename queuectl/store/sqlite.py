@@ -152,6 +152,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX IF EXISTS jobs_worker;
     """,
+    # v5: the audit outbox.  A recovery's log record is written in the transaction
+    # that recovers the job, and moved to logs/recovered_jobs_*.json after the commit;
+    # a monitor killed in between leaves it here for the next pass to write.
+    """
+    CREATE TABLE audit_outbox (
+        id         INTEGER PRIMARY KEY,
+        record     TEXT NOT NULL,
+        created_at REAL NOT NULL
+    ) STRICT;
+    """,
 )
 
 T = TypeVar("T")
@@ -533,6 +543,7 @@ class SQLiteStore:
         reason: str,
         error: str,
         now: float | None = None,
+        audit: str | None = None,
     ) -> bool:
         t = self._now(now)
 
@@ -552,9 +563,23 @@ class SQLiteStore:
                     "lease": lease,
                 },
             )
-            return bool(conn.changes())
+            if not conn.changes():
+                return False
+            if audit is not None:
+                conn.execute("INSERT INTO audit_outbox (record, created_at) VALUES (?, ?)", (audit, t))
+            return True
 
         return self._write(take_back)
+
+    def audit_pending(self) -> list[tuple[int, str]]:
+        rows = self._read("SELECT id, record FROM audit_outbox ORDER BY id")
+        return [(int(str(i)), str(r)) for i, r in rows]
+
+    def audit_clear(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._write(
+                lambda conn: conn.executemany("DELETE FROM audit_outbox WHERE id = ?", [(i,) for i in ids])
+            )
 
     # --- workers -------------------------------------------------------------------
 

@@ -205,3 +205,25 @@ def test_manual_recovery_of_one_job(store: Store, tmp_path: Path) -> None:
     assert rec.reason == "manual"
     with pytest.raises(Conflict):
         mon.recover_job("a", now=T0 + 2)  # no longer processing
+
+
+def test_a_recovery_whose_pass_died_before_its_log_is_logged_by_the_next_pass(
+    store: Store, tmp_path: Path
+) -> None:
+    register(store, "w1", at=T0, host="elsewhere", pid=1)
+    store.enqueue([job("a")], now=T0)
+    a = store.claim("w1", now=T0)
+    assert a is not None
+    record = {"time": "2023-11-14T22:13:50.000Z", "event": "job_recovered", "job_id": "a", "attempt": 1}
+    # What a pass killed right after its compare-and-set leaves behind:
+    assert store.recover(
+        "a", a.lease, JobState.FAILED, T0 + 2, "heartbeat_lost", "gone", T0, audit=json.dumps(record)
+    )
+    # A lost compare-and-set adds nothing to the outbox.
+    assert not store.recover("a", a.lease, JobState.FAILED, T0 + 2, "heartbeat_lost", "x", T0, audit="{}")
+    assert [json.loads(text) for _, text in store.audit_pending()] == [record]
+    monitor(store, tmp_path).run_once(now=T0 + 1)
+    assert [r for r in logs(tmp_path) if r["event"] == "job_recovered"] == [record]
+    assert store.audit_pending() == []
+    monitor(store, tmp_path).run_once(now=T0 + 2)
+    assert len([r for r in logs(tmp_path) if r["event"] == "job_recovered"]) == 1  # written once
