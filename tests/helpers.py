@@ -26,6 +26,20 @@ T0 = 1_700_000_000.0
 QUEUECTL_VARS = ("QUEUECTL_HOME", "QUEUECTL_DB", "QUEUECTL_FAILPOINT", "QUEUECTL_DEBUG", "SUPERVISOR_ENABLED")
 
 
+#: Short intervals for tests that kill real processes: a same-host crash is
+#: recovered in a few hundred ms (the defaults are 3/15/5 s).
+FAST = {
+    "heartbeat_interval": "0.2",
+    "heartbeat_timeout": "2",
+    "monitor_interval": "0.3",
+    "backoff_base": "1",
+    "backoff_max": "0.2",
+    "timeout_grace": "1",
+    "kill_grace": "1",
+    "poll_interval": "0.2",
+}
+
+
 def wait_until(
     predicate: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.02
 ) -> Any:

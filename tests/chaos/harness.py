@@ -31,18 +31,10 @@ from typing import Any
 from queuectl import procs
 from queuectl.models import Event, Job
 from queuectl.store import Store, open_store
+from tests.helpers import FAST as BASE_FAST
 
 #: Short intervals: a same-host crash is recovered within a few hundred ms.
-FAST = {
-    "heartbeat_interval": "0.2",
-    "heartbeat_timeout": "2",
-    "monitor_interval": "0.3",
-    "backoff_base": "1",
-    "backoff_max": "0.2",
-    "timeout_grace": "1",
-    "kill_grace": "0.5",
-    "poll_interval": "0.2",
-}
+FAST = {**BASE_FAST, "kill_grace": "0.5"}
 
 #: History reasons that mark an attempt ended by a recovery, not by its own worker.
 RECOVERY_REASONS = ("heartbeat_lost", "timeout", "manual")

@@ -18,21 +18,9 @@ from typing import Any
 import pytest
 
 from queuectl import procs
-from tests.helpers import wait_until
+from tests.helpers import FAST, wait_until
 
 __all__ = ["FAST", "Home", "wait_until"]
-
-#: Short intervals so recovery happens in about a second (the defaults are 3/15/5 s).
-FAST = {
-    "heartbeat_interval": "0.2",
-    "heartbeat_timeout": "2",
-    "monitor_interval": "0.3",
-    "backoff_base": "1",
-    "backoff_max": "0.2",
-    "timeout_grace": "1",
-    "kill_grace": "1",
-    "poll_interval": "0.2",
-}
 
 
 class Home:
