@@ -43,6 +43,7 @@ def plan(jobs: int) -> list[tuple[str, Scenario, dict[str, Any], bool, tuple[str
         ("supervisord tree SIGKILL + restart", scenarios.supervisord_kill, {"jobs": jobs}, True, both),
         ("database held busy 4 s", scenarios.busy_database, {"jobs": jobs, "hold": 4.0}, True, both),
         ("pg_terminate_backend every 1 s", scenarios.pg_terminate, {"jobs": jobs}, True, ("postgres",)),
+        ("PostgreSQL server restarted mid-drain", scenarios.pg_restart, {"jobs": jobs}, True, ("postgres",)),
         (
             "SIGSTOP/SIGCONT of a worker (x3)",
             scenarios.sigstop,

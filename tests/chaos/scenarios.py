@@ -361,6 +361,44 @@ def pg_terminate(c: Cluster, *, jobs: int = 150, every: float = 1.0, faults: boo
     return _finish(c, w, "pg_terminate_backend of the workers", log, started)
 
 
+def pg_cluster_version() -> str | None:
+    """The local Debian PostgreSQL cluster this process may restart (root and
+    pg_ctlcluster), or None."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql"):
+        return None
+    versions = sorted((v for v in os.listdir("/etc/postgresql") if v.isdigit()), key=int)
+    return versions[-1] if versions else None
+
+
+def pg_restart(c: Cluster, *, jobs: int = 150, faults: bool = True) -> Result:
+    """The PostgreSQL server restarted (`pg_ctlcluster ... restart`) once the drain is
+    under way: workers reconnect, keep their results, and nothing is lost or doubled."""
+    import subprocess
+
+    c.fast()
+    w = Workload(c.path / "runs")
+    w.enqueue(c, w.specs(jobs, sleep=(0.02, 0.06)))
+    started = time.monotonic()
+    c.start(2)
+    wait_until(lambda: len(c.running_workers()) == 2, 30, "2 workers")
+    log = FaultLog()
+    if faults:
+        version = pg_cluster_version()
+        assert version is not None, "restarting PostgreSQL needs root and pg_ctlcluster"
+        wait_until(lambda: c.counts().get("completed", 0) >= jobs // 5, 60, "the drain to get going")
+        log.other.append(time.time())
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    _settle(c, 90)
+    return _finish(c, w, "PostgreSQL server restarted mid-drain", log, started)
+
+
 # --- soak: random kills for minutes --------------------------------------------------
 
 

@@ -68,6 +68,16 @@ def test_a_database_held_busy_makes_workers_wait_not_die(chaos: Cluster) -> None
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
+def test_postgres_restarted_mid_drain(pg_chaos: Cluster) -> None:
+    if scenarios.pg_cluster_version() is None:
+        pytest.skip("restarting PostgreSQL needs root and Debian's pg_ctlcluster")
+    res = scenarios.pg_restart(pg_chaos, jobs=120)
+    res.report.ok()
+    assert res.faults == 1 and res.report.lost == 0
+
+
+@pytest.mark.postgres
 def test_pg_terminate_backend_of_the_workers(pg_chaos: Cluster) -> None:
     res = scenarios.pg_terminate(pg_chaos, jobs=120, every=1.0)
     res.report.ok()
