@@ -72,15 +72,14 @@ def resolve_paths(home: str | None = None, db: str | None = None) -> Paths:
 class Key:
     name: str
     kind: type
-    default: Any
     low: float
     high: float
     help: str
     choices: tuple[str, ...] = ()
 
 
-def _k(name: str, kind: type, default: Any, low: float, high: float, help: str) -> Key:
-    return Key(name, kind, default, low, high, help)
+def _k(name: str, kind: type, low: float, high: float, help: str) -> Key:
+    return Key(name, kind, low, high, help)
 
 
 KEYS: Mapping[str, Key] = {
@@ -88,53 +87,50 @@ KEYS: Mapping[str, Key] = {
     for k in (
         # How many retries a job gets after its first attempt; taken by each job at
         # enqueue, so a later change does not touch jobs already queued.
-        _k("max_retries", int, 3, 0, 1000, "retries after the first attempt (per job at enqueue)"),
+        _k("max_retries", int, 0, 1000, "retries after the first attempt (per job at enqueue)"),
         # The retry after attempt n waits backoff_base ** n seconds (2, 4, 8, ...).
-        _k("backoff_base", float, 2.0, 1.0, 1000.0, "retry delay = backoff_base ** attempts seconds"),
+        _k("backoff_base", float, 1.0, 1000.0, "retry delay = backoff_base ** attempts seconds"),
         # No retry waits longer than this, however many attempts came before.
-        _k("backoff_max", float, 3600.0, 0.0, 31_536_000.0, "cap on one retry delay, seconds"),
+        _k("backoff_max", float, 0.0, 31_536_000.0, "cap on one retry delay, seconds"),
         # A job's default time limit; each job takes it at enqueue unless it names one.
-        _k("job_timeout", float, 60.0, 0.01, 604_800.0, "default time limit of a job, seconds"),
+        _k("job_timeout", float, 0.01, 604_800.0, "default time limit of a job, seconds"),
         # After SIGTERM on a timeout, how long a job may take to exit before SIGKILL.
-        _k("kill_grace", float, 5.0, 0.0, 600.0, "seconds from SIGTERM to SIGKILL on timeout"),
+        _k("kill_grace", float, 0.0, 600.0, "seconds from SIGTERM to SIGKILL on timeout"),
         # The monitor treats a job as hung once it has run timeout + this many seconds
         # (its worker should have killed it at `timeout`).
         _k(
             "timeout_grace",
             float,
-            10.0,
             0.0,
             3600.0,
             "extra seconds before the monitor reaps a timed-out job",
         ),
         # Workers write a heartbeat this often, also while a job runs.
-        _k("heartbeat_interval", float, 3.0, 0.05, 3600.0, "seconds between worker heartbeats"),
+        _k("heartbeat_interval", float, 0.05, 3600.0, "seconds between worker heartbeats"),
         # A worker silent for longer than this is declared dead and its job recovered.
         _k(
             "heartbeat_timeout",
             float,
-            15.0,
             0.2,
             86_400.0,
             "seconds without heartbeat before a worker is stale",
         ),
         # How often the monitor runs a recovery pass.
-        _k("monitor_interval", float, 5.0, 0.05, 3600.0, "seconds between monitor passes"),
+        _k("monitor_interval", float, 0.05, 3600.0, "seconds between monitor passes"),
         # How much of each stream the job row keeps: the last N KiB.
-        _k("output_limit", int, 64, 0, 10_240, "KiB of stdout and of stderr kept per job (the tail)"),
+        _k("output_limit", int, 0, 10_240, "KiB of stdout and of stderr kept per job (the tail)"),
         # The longest an idle worker waits before it looks for due work again (a new
         # job wakes it sooner: SQLite's data_version, PostgreSQL's NOTIFY).
-        _k("poll_interval", float, 1.0, 0.005, 60.0, "longest idle wait between claim attempts, seconds"),
+        _k("poll_interval", float, 0.005, 60.0, "longest idle wait between claim attempts, seconds"),
         # On a graceful stop, how long a worker lets its running job go on before it
         # kills it; keep it below supervisord's stopwaitsecs (90 in conf/).
-        _k("stop_timeout", float, 80.0, 0.0, 86_400.0, "seconds a stopping worker lets its job finish"),
+        _k("stop_timeout", float, 0.0, 86_400.0, "seconds a stopping worker lets its job finish"),
     )
 }
 
 SYNC_KEY = Key(
     "synchronous",
     str,
-    "normal",
     0,
     0,
     "SQLite durability: normal (survives process crashes) or full (also power loss)",
@@ -149,7 +145,6 @@ SYNC_KEY = Key(
 AFFINITY_KEY = Key(
     "cpu_affinity",
     str,
-    "off",
     0,
     0,
     "auto: each worker keeps to one CPU (faster short jobs); off: no pinning",
@@ -194,7 +189,8 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True)
 class Config:
-    """Typed view of the config table, with defaults for keys never set."""
+    """Typed view of the config table.  Its defaults are the only ones: KEYS holds each
+    key's type, range and help."""
 
     max_retries: int = 3
     backoff_base: float = 2.0
