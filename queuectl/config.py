@@ -136,12 +136,14 @@ SYNC_KEY = Key(
     "SQLite durability: normal (survives process crashes) or full (also power loss)",
     ("normal", "full"),
 )
-# auto: each worker keeps to one CPU of those it may use (worker k on CPU k mod n);
-# its job's shell starts there and is then allowed on every CPU, but what the shell
-# forks in its first microseconds may stay on the worker's CPU.  A busy worker
-# alternates with its job's process; left to migrate, two workers draining short jobs
-# on two cores got in each other's way (about 25% slower in docs/benchmarks.md).
-# off (the default): the kernel places workers and jobs freely.
+# auto (the default): each worker keeps to one CPU of those it may use (worker k on
+# CPU k mod n); its job's shell starts there (posix_spawn has no affinity attribute)
+# and is then allowed on every CPU the worker was, with whatever it forked meanwhile
+# (executor.widen).  A worker alternates with its job's shell, so the shell starting
+# on the worker's idle CPU is the right place; left free, the kernel starts it on the
+# other CPU, busy with the other worker, while this one idles in vfork: two workers
+# draining short jobs on two cores ran ~25% slower (docs/benchmarks.md).
+# off: the kernel places workers and jobs freely.
 AFFINITY_KEY = Key(
     "cpu_affinity",
     str,
@@ -205,7 +207,7 @@ class Config:
     poll_interval: float = 1.0
     stop_timeout: float = 80.0
     synchronous: str = "normal"
-    cpu_affinity: str = "off"
+    cpu_affinity: str = "auto"
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, str]) -> Config:

@@ -115,12 +115,49 @@ class _Child:
 def _spawn(job: Job, files: OutputFiles) -> _Child:
     child = _Child.spawn(job.command, job.env, files)
     if job.cpus is not None:
-        # Started on the worker's CPU (posix_spawn has no affinity attribute): let it
-        # use the others from now on.  What its shell forks before this call stays on
-        # the worker's CPU, which is why cpu_affinity is opt-in.
-        with contextlib.suppress(OSError):  # it may have exited already
-            os.sched_setaffinity(child.pid, job.cpus)
+        # Started on the worker's CPU (posix_spawn has no affinity attribute): let it,
+        # and anything it forked before this line, use the others from now on.
+        widen(child.pid, job.cpus, all_threads=False)
     return child
+
+
+def widen(pid: int, cpus: frozenset[int], *, all_threads: bool = True) -> int:
+    """Allow `pid` and every descendant it has now to run on `cpus`; return how many
+    threads were widened.
+
+    Each thread is widened first and its children are listed after: a child forked
+    after the widening inherits the wide mask, and one forked before is in the list,
+    so none is missed, except a fork still in flight (its child copied the mask but is
+    not listed yet) and an orphan re-parented away in that instant.  all_threads=False
+    looks at each process's main thread only (right after exec there is no other).
+    """
+    todo = [pid]
+    widened = 0
+    while todo:
+        p = todo.pop()
+        for tid in _threads(p) if all_threads else (p,):
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:  # exited already
+                continue
+            widened += 1
+            todo.extend(_children(p, tid))
+    return widened
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # exited, or no /proc: the process itself is all we can reach
+        return [pid]
+
+
+def _children(pid: int, tid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -207,6 +244,7 @@ def _wait(
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
         error: str | None = None
         timed_out = False
+        rewiden = job.cpus is not None
         fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
         while True:
             now = time.monotonic()
@@ -221,6 +259,11 @@ def _wait(
                 _drain(wakeup_fd)  # type: ignore[arg-type]
             if check is not None and error is None and (woken or now >= next_check):
                 next_check = now + check_interval
+                if rewiden:
+                    # What the spawn's widen() could not see (a fork in flight, a
+                    # thread): every thread of the job's tree, once more.
+                    rewiden = False
+                    widen(proc.pid, job.cpus)  # type: ignore[arg-type]
                 why = check()
                 if why is not None:
                     error = why

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from queuectl import executor
 from tests.helpers import clean_env
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs")
@@ -41,17 +42,95 @@ def allowed_list() -> str:
         return next(line for line in f if line.startswith("Cpus_allowed_list")).split(":")[1].strip()
 
 
-def test_auto_pins_the_worker_and_widens_its_jobs_shell(tmp_path: Path) -> None:
+def test_auto_is_the_default_pins_the_worker_and_widens_its_jobs_shell(tmp_path: Path) -> None:
     # `exec grep`: the job's own process (not an early child of its shell) reads its mask.
-    started, logs = drain_one(tmp_path, ("cpu_affinity", "auto"))
+    started, logs = drain_one(tmp_path)
     assert started["cpu"] in os.sched_getaffinity(0)
     assert logs.split(":")[1].strip() == allowed_list()
 
 
-def test_off_is_the_default_and_leaves_placement_to_the_kernel(tmp_path: Path) -> None:
-    started, logs = drain_one(tmp_path)
+def test_off_leaves_placement_to_the_kernel(tmp_path: Path) -> None:
+    started, logs = drain_one(tmp_path, ("cpu_affinity", "off"))
     assert started["cpu"] is None
     assert logs.split(":")[1].strip() == allowed_list()
+
+
+def test_a_pipeline_forked_at_once_is_widened_too(tmp_path: Path) -> None:
+    # Both halves of the pipeline are forked by the shell in its first microseconds,
+    # possibly before the worker widened the shell: widen() walks its children too,
+    # and the first check tick walks the whole tree again.
+    q = [sys.executable, "-m", "queuectl", "--home", str(tmp_path)]
+    env = clean_env()
+    job = subprocess.run(
+        [
+            *q,
+            "enqueue",
+            "grep Cpus_allowed_list /proc/self/status | cat; sleep 0.4; "
+            "grep Cpus_allowed_list /proc/self/status | cat",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    run = subprocess.run(
+        [*q, "worker", "run", "--burst"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    logs = subprocess.run([*q, "logs", job], check=True, env=env, capture_output=True, text=True).stdout
+    masks = [line.split(":")[1].strip() for line in logs.splitlines() if line.startswith("Cpus_allowed_list")]
+    # The first grep may, rarely, have run before any widening reached it (a fork in
+    # flight); the one forked after the check tick's walk never is narrow.
+    assert masks[-1] == allowed_list() and len(masks) == 2
+
+
+def test_widen_reaches_every_process_forked_while_narrow() -> None:
+    """A tree built entirely while pinned to one CPU (children, grandchildren, a
+    second thread) is widened as a whole by one call."""
+    cpus = sorted(os.sched_getaffinity(0))
+    script = (
+        "import os, sys, threading, time\n"
+        f"os.sched_setaffinity(0, {{{cpus[0]}}})\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "r, w = os.pipe()\n"
+        "for _ in range(2):\n"
+        "    if os.fork() == 0:\n"
+        "        if os.fork() == 0:\n"
+        "            os.write(w, b'x'); time.sleep(30); os._exit(0)\n"
+        "        time.sleep(30); os._exit(0)\n"
+        "assert os.read(r, 1) + os.read(r, 1) == b'xx'\n"  # both grandchildren exist
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        tree = _tree(proc.pid)
+        assert len(tree) == 1 + 2 + 2
+        assert all(os.sched_getaffinity(t) == {cpus[0]} for p in tree for t in _tids(p))
+        widened = executor.widen(proc.pid, frozenset(cpus))
+        assert widened == 2 + 4  # the parent's two threads, four single-threaded children
+        assert all(os.sched_getaffinity(t) == set(cpus) for p in tree for t in _tids(p))
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _tids(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    for tid in _tids(pid):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                out.extend(_tree(int(child)))
+    return out
 
 
 def test_bad_value_is_rejected(tmp_path: Path) -> None:
