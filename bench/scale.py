@@ -1,6 +1,6 @@
-"""Queue size: claim cost and `queuectl status` time at a small and a large queue.
+"""Queue size: claim cost and `queuectl status` time at a small, a middle and a large queue.
 
-Two databases are built with the store's bulk enqueue (all jobs pending and due),
+The databases are built with the store's bulk enqueue (all jobs pending and due),
 then checkpointed, as a long-lived queue's would be.  `queuectl status` runs first,
 on the untouched queues, as fresh processes interleaved with `python -c pass`.  Then
 the claim runs: each run claims K jobs with `store.claim(worker_id)` in batches;
@@ -10,6 +10,7 @@ many new jobs are enqueued, so the number of pending jobs stays exactly N.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import subprocess
@@ -102,19 +103,27 @@ def _timed(argv: list[str], total: int | None = None) -> Sample:
 
 
 def run(
-    doc: Doc, *, small: int, big: int, claims: int, claim_rounds: int, status_rounds: int
+    doc: Doc,
+    *,
+    small: int,
+    big: int,
+    claims: int,
+    claim_rounds: int,
+    status_rounds: int,
+    mid: int | None = None,
 ) -> dict[str, Any]:
-    with temp_dir("s") as d_small, temp_dir("b") as d_big:
-        queues = {}
-        for key, home, n in (("small", d_small, small), ("big", d_big, big)):
+    """Claim cost and `status` time at `small`, `mid` (optional) and `big` jobs."""
+    sizes = {"small": small, **({"mid": mid} if mid else {}), "big": big}
+    with contextlib.ExitStack() as stack:
+        queues: dict[str, BigQueue] = {}
+        for key, n in sizes.items():
+            home = stack.enter_context(temp_dir(key[0]))
             say(f"scale: building a queue of {n:,} pending jobs")
             queues[key] = BigQueue(home, n)
             say(f"scale: built at {queues[key].build_rate:,.0f} jobs/s")
-        status = {
-            "pass": lambda: _timed([PYTHON, "-c", "pass"]),
-            "small": lambda: _timed([QUEUECTL, "--home", str(d_small), "status"], small),
-            "big": lambda: _timed([QUEUECTL, "--home", str(d_big), "status"], big),
-        }
+        status: dict[str, Any] = {"pass": lambda: _timed([PYTHON, "-c", "pass"])}
+        for key, q in queues.items():
+            status[key] = lambda q=q: _timed([QUEUECTL, "--home", str(q.home), "status"], q.n)
         res_status = interleave(status, status_rounds, label="status")
         for q in queues.values():
             q.open()
@@ -143,33 +152,26 @@ def _report(
     status_rounds: int,
 ) -> None:
     small, big = _size(queues["small"].n), _size(queues["big"].n)
+    sizes = " and ".join(_size(q.n) for q in queues.values())
     sec = doc.section("Claim cost and queue size")
     sec.add(
-        f"`store.claim(worker_id)` from queues of {small} and {big} pending jobs (kept at that "
+        f"`store.claim(worker_id)` from queues of {sizes} pending jobs (each kept at its "
         f"size: see `bench/scale.py`), {claims:,} claims per run in batches of {BATCH} (a run's "
-        f"figure: the median batch), {claim_rounds} rounds, the two queues interleaved. Each "
+        f"figure: the median batch), {claim_rounds} rounds, the queues interleaved. Each "
         "claim is one `BEGIN IMMEDIATE` transaction with its commit (synchronous=NORMAL) and "
         "its history event."
     )
-    sec.add(
-        table(
-            ("Pending jobs", "µs per claim", "Claims/s", f"÷ cost at {small}"),
-            [
-                (
-                    small,
-                    rc.stat("small", "us").fmt(".1f"),
-                    f"{1e6 / rc.stat('small', 'us').median:,.0f}",
-                    "1 (baseline)",
-                ),
-                (
-                    big,
-                    rc.stat("big", "us").fmt(".1f"),
-                    f"{1e6 / rc.stat('big', 'us').median:,.0f}",
-                    rc.ratio("big", "small", "us").fmt(".2f"),
-                ),
-            ],
+    rows = []
+    for key, q in queues.items():
+        rows.append(
+            (
+                _size(q.n),
+                rc.stat(key, "us").fmt(".1f"),
+                f"{1e6 / rc.stat(key, 'us').median:,.0f}",
+                "1 (baseline)" if key == "small" else rc.ratio(key, "small", "us").fmt(".2f"),
+            )
         )
-    )
+    sec.add(table(("Pending jobs", "µs per claim", "Claims/s", f"÷ cost at {small}"), rows))
     sec.add(
         f"Building the {big} queue with `SQLiteStore.enqueue` in transactions of {CHUNK:,} "
         f"(once, not repeated): {queues['big'].build_rate:,.0f} jobs/s."
@@ -191,13 +193,13 @@ def _report(
         "same interpreter); measured from spawn to exit."
     )
     rows = [("`python -c pass`", rs.stat("pass", "ms").fmt(".0f"), "1 (baseline)", "")]
-    for key, size in (("small", small), ("big", big)):
+    for key, q in queues.items():
         rows.append(
             (
-                f"`queuectl status`, {size} jobs",
+                f"`queuectl status`, {_size(q.n)} jobs",
                 rs.stat(key, "ms").fmt(".0f"),
                 rs.ratio(key, "pass", "ms").fmt(".1f"),
-                "" if key == "small" else rs.ratio("big", "small", "ms").fmt(".2f"),
+                "" if key == "small" else rs.ratio(key, "small", "ms").fmt(".2f"),
             )
         )
     sec.add(table(("Command", "ms", "÷ `python -c pass`", f"÷ status at {small}"), rows))
