@@ -6,12 +6,13 @@ baseline is `SpawnLimit`: W Python processes that do nothing but start
 the same workload with the same number of processes, interleaved with the baseline
 in each round, and is reported as a ratio to it.
 
-To compare another system (issue 6: huey, RQ, task-spooler, queuectl under
-supervisord), write a class with `key`, `title` and `drain()` like `QueuectlBare`
-(optionally `worker_counts`, the counts it runs, and `backend`, a PostgreSQL one
+To compare another system (issue 6: huey, RQ, task-spooler), write a class with
+`key`, `title` and `drain()` like `QueuectlBare` (optionally `worker_counts` and
+`workloads`, the counts and workload names it runs, and `backend`, a PostgreSQL one
 making its runs redone when the shared server restarts) and add it to the
-`drainers` passed to `run()`; to add a workload, add a `Workload`.  queuectl on
-PostgreSQL is `QueuectlBare(postgres(url))`.
+`drainers` passed to `run()`; to add a workload or worker counts, add a `Workload`.
+queuectl on PostgreSQL is `QueuectlBare(postgres(url))`; queuectl under supervisord
+is `QueuectlSupervised()`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import resource
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from harness import (
     BENCH,
@@ -38,20 +42,33 @@ from harness import (
     Sample,
     ServerCPU,
     Subject,
+    home_pids,
     interleave,
     steady,
+    tree_cpu,
+    wait_until,
 )
 from report import Doc, Section, Target, table
 
 
 @dataclass(frozen=True)
 class Workload:
+    """A command every job runs, at some worker counts, for some rounds (None: the
+    run's).  The same workload may appear more than once with other counts and rounds
+    (e.g. `true` at 1 and 2 workers for 15 rounds, at 4 and 8 for 5): one table."""
+
     name: str
     command: str
+    counts: tuple[int, ...] = (1, 2)
+    rounds: int | None = None
 
 
-#: Issue 6 adds `sleep 0.01` and a job that prints 64 KiB.
 TRUE = Workload("true", "true")
+#: Issue 6's other two workloads: a job that waits (the workers' overlap counts, not
+#: the cores), and one that prints 64 KiB (65,536 bytes, from the shell's builtin
+#: printf: still one process per job) into the worker's output file.
+SLEEP = Workload("sleep", "sleep 0.01")
+OUTPUT = Workload("out64k", "printf '%065536d' 0")
 
 
 class Drainer(Protocol):
@@ -104,20 +121,56 @@ class SpawnLimit:
         return {"rate": jobs / span, "wall_rate": jobs / wall, "cpu_us": cpu_us}
 
 
+def _fill(qh: QueueHome, workload: Workload, jobs: int, config: dict[str, str]) -> None:
+    """Enqueue the run's jobs (and its settings) before any worker starts."""
+    q = qh.open()
+    try:
+        for key, value in config.items():
+            q.config_set(key, value)
+        q.enqueue_many([{"command": workload.command} for _ in range(jobs)])
+    finally:
+        q.close()
+
+
+def _span_rate(qh: QueueHome, jobs: int, who: str) -> float:
+    """Jobs/s from the first `started_at` to the last `finished_at`, read back from
+    the database; every job must have completed in one attempt."""
+    q = qh.open()
+    try:
+        done = q.list()
+    finally:
+        q.close()
+    bad = [j for j in done if j.state.value != "completed" or j.attempts != 1]
+    if len(done) != jobs or bad:
+        raise RuntimeError(f"{who}: {len(done)} jobs, {len(bad)} not completed in 1 attempt")
+    span = max(j.finished_at or 0.0 for j in done) - min(j.started_at or 0.0 for j in done)
+    return jobs / span
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-2000:]
+    except OSError:
+        return "(no log)"
+
+
 class QueuectlBare:
     """queuectl: W bare `python -m queuectl worker run --burst` processes, on SQLite
     (the home's database) or on PostgreSQL (`--db URL`, a fresh schema each run);
-    `worker_counts` limits the counts it runs (None: all)."""
+    `worker_counts` and `workloads` limit the counts and workloads it runs (None: all)."""
 
     def __init__(
         self,
         backend: Backend = SQLITE,
         worker_counts: Sequence[int] | None = None,
         config: dict[str, str] | None = None,
+        workloads: Sequence[str] | None = None,
     ) -> None:
         self.backend = backend
         if worker_counts is not None:
             self.worker_counts = tuple(worker_counts)
+        if workloads is not None:
+            self.workloads = tuple(workloads)
         self.config = dict(config or {})
         suffix = "".join(f"-{k}={v}" for k, v in self.config.items())
         self.key = ("queuectl" if backend.key == "sqlite" else f"queuectl-{backend.key}") + suffix
@@ -126,29 +179,15 @@ class QueuectlBare:
 
     def drain(self, workload: Workload, jobs: int, workers: int) -> Sample:
         with self.backend.fresh("d") as qh:
-            q = qh.open()
-            try:
-                for key, value in self.config.items():
-                    q.config_set(key, value)
-                q.enqueue_many([{"command": workload.command} for _ in range(jobs)])
-            finally:
-                q.close()
+            _fill(qh, workload, jobs, self.config)
             server = ServerCPU(self.backend.pg_url) if self.backend.pg_url else None
             server0 = server.seconds() if server else 0.0
             cpu0 = _children_cpu()
             wall = self._run_workers(qh, workers, timeout=max(60.0, jobs * 0.05))
             cpu_us = (_children_cpu() - cpu0) / jobs * 1e6
             server_us = (server.seconds() - server0) / jobs * 1e6 if server else None
-            q = qh.open()
-            try:
-                done = q.list()
-            finally:
-                q.close()
-        bad = [j for j in done if j.state.value != "completed" or j.attempts != 1]
-        if len(done) != jobs or bad:
-            raise RuntimeError(f"queuectl drain: {len(done)} jobs, {len(bad)} not completed in 1 attempt")
-        span = max(j.finished_at or 0.0 for j in done) - min(j.started_at or 0.0 for j in done)
-        out = {"rate": jobs / span, "wall_rate": jobs / wall, "cpu_us": cpu_us}
+            rate = _span_rate(qh, jobs, "queuectl drain")
+        out = {"rate": rate, "wall_rate": jobs / wall, "cpu_us": cpu_us}
         if server_us is not None:
             out["server_cpu_us"] = server_us
         return out
@@ -166,14 +205,106 @@ class QueuectlBare:
             codes = ps.wait_all(timeout)
             wall = time.perf_counter() - t0
         if any(codes):
-            tail = (logs / "worker0.log").read_text(errors="replace")[-2000:]
+            tail = _log_tail(logs / "worker0.log")
             raise RuntimeError(f"queuectl worker exited with {codes}; worker0.log ends:\n{tail}")
         return wall
 
 
-def _runs_with(d: Drainer, n: int) -> bool:
-    """A drainer may run only some worker counts (`worker_counts`; default: all)."""
-    return n in getattr(d, "worker_counts", (n,))
+class QueuectlSupervised:
+    """queuectl under supervisord: `queuectl worker start --count W --detach` on a home
+    whose jobs are already enqueued (supervisord, W `worker run` processes without
+    `--burst`, and the monitor), polled until every job has finished, then
+    `queuectl shutdown`.  Every process of the home must be gone afterwards; one that
+    is not is killed by pid and the run fails."""
+
+    #: How often this process checks whether every job has finished.
+    POLL = 0.05
+
+    def __init__(
+        self,
+        backend: Backend = SQLITE,
+        worker_counts: Sequence[int] | None = None,
+        workloads: Sequence[str] | None = None,
+    ) -> None:
+        self.backend = backend
+        if worker_counts is not None:
+            self.worker_counts = tuple(worker_counts)
+        if workloads is not None:
+            self.workloads = tuple(workloads)
+        self.key = "queuectl-sv" if backend.key == "sqlite" else f"queuectl-{backend.key}-sv"
+        self.title = f"queuectl, {backend.title}, `worker start --count N` (supervisord)"
+
+    def drain(self, workload: Workload, jobs: int, workers: int) -> Sample:
+        with self.backend.fresh("s") as qh:
+            _fill(qh, workload, jobs, {})
+            cli = [PYTHON, "-m", "queuectl", *qh.cli]
+            try:
+                wall, cpu = self._drain(qh, cli, jobs, workers)
+            finally:
+                leftover = self._stop(qh, cli)
+            if leftover:
+                raise RuntimeError(f"queuectl under supervisord: pids {leftover} outlived shutdown (killed)")
+            rate = _span_rate(qh, jobs, "queuectl under supervisord")
+        return {"rate": rate, "wall_rate": jobs / wall, "cpu_us": cpu / jobs * 1e6}
+
+    def _drain(self, qh: QueueHome, cli: list[str], jobs: int, workers: int) -> tuple[float, float]:
+        """Start the pool and wait for the last job; returns (wall s, CPU s)."""
+        cpu0 = _children_cpu()
+        t0 = time.perf_counter()
+        _cli([*cli, "worker", "start", "--count", str(workers), "--detach"], timeout=60)
+        supervisord = int((qh.home / "run" / "supervisord.pid").read_text().strip())
+        q = qh.open()
+        try:
+            wait_until(
+                lambda: _finished(q) >= jobs,
+                max(60.0, jobs * 0.05),
+                "the jobs under supervisord",
+                interval=self.POLL,
+            )
+            wall = time.perf_counter() - t0
+        except RuntimeError as exc:
+            tail = _log_tail(qh.home / "logs" / "workers_00.log")
+            raise RuntimeError(f"{exc}; workers_00.log ends:\n{tail}") from None
+        finally:
+            q.close()
+        # supervisord is not our child (it daemonized): read its CPU and its children's
+        # (the workers with their jobs, the monitor) from /proc while they still live;
+        # the `worker start` process is ours, in RUSAGE_CHILDREN.
+        cpu = tree_cpu(supervisord) + _children_cpu() - cpu0
+        return wall, cpu
+
+    @staticmethod
+    def _stop(qh: QueueHome, cli: list[str]) -> list[int]:
+        """`queuectl shutdown`, then wait until no process of the home is left; kill
+        any that is by pid.  Returns the pids that had to be killed."""
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            _cli([*cli, "shutdown"], timeout=150)
+        with contextlib.suppress(RuntimeError):
+            wait_until(lambda: not home_pids(qh.home), 15, "the home's processes to exit", interval=0.1)
+        left = home_pids(qh.home)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return left
+
+
+def _cli(argv: list[str], timeout: float) -> None:
+    """Run one `queuectl` command to its end; RuntimeError with its output if it fails."""
+    out = subprocess.run(argv, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    if out.returncode:
+        text = (out.stdout + out.stderr).decode(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(argv[2:])} exited with {out.returncode}:\n{text}")
+
+
+def _finished(q: Any) -> int:
+    counts = q.store.counts()
+    return int(counts["completed"] + counts["dead"])
+
+
+def _runs(d: Drainer, wl: Workload, n: int) -> bool:
+    """A drainer may run only some worker counts (`worker_counts`) and some workloads
+    (`workloads`, by name); default: all."""
+    return n in getattr(d, "worker_counts", (n,)) and wl.name in getattr(d, "workloads", (wl.name,))
 
 
 def run(
@@ -181,23 +312,40 @@ def run(
     *,
     jobs: int,
     rounds: int,
-    worker_counts: Sequence[int] = (1, 2),
     workloads: Sequence[Workload] = (TRUE,),
     drainers: Sequence[Drainer] = (QueuectlBare(),),
 ) -> dict[str, object]:
+    """Every workload at each of its worker counts: the spawn limit, then every drainer
+    that runs it; `rounds` rounds, or the workload's own `rounds`."""
+    cells = [(wl, n) for wl in workloads for n in wl.counts]
+    if len({(wl.name, n) for wl, n in cells}) != len(cells):
+        raise ValueError("drain: a workload appears twice with the same worker count")
     base = SpawnLimit()
     subjects: dict[str, Subject] = {}
-    for wl in workloads:
-        for n in worker_counts:
-            for d in (base, *drainers):
-                if _runs_with(d, n):
-                    key = f"{d.key}/{wl.name}/{n}"
-                    fn = functools.partial(d.drain, wl, jobs, n)
-                    backend = getattr(d, "backend", None)
-                    subjects[key] = steady(backend, fn, f"drain {key}") if backend else fn
-    res = interleave(subjects, rounds, label="drain")
-    _report(doc, res, jobs, rounds, worker_counts, workloads, drainers, base)
+    rounds_of: dict[str, int] = {}
+    for wl, n in cells:
+        for d in (base, *drainers):
+            if _runs(d, wl, n):
+                key = f"{d.key}/{wl.name}/{n}"
+                fn = functools.partial(d.drain, wl, jobs, n)
+                backend = getattr(d, "backend", None)
+                subjects[key] = steady(backend, fn, f"drain {key}") if backend else fn
+                rounds_of[key] = wl.rounds or rounds
+    res = interleave(subjects, rounds, label="drain", rounds_of=rounds_of)
+    _report(doc, res, jobs, rounds, workloads, drainers, base)
     return res.as_json()
+
+
+HEADERS = (
+    "System",
+    "Processes",
+    "Rate, jobs/s",
+    "Rate ÷ spawn limit",
+    "Wall, jobs/s",
+    "Wall ÷ spawn limit",
+    "CPU per job, µs",
+    "CPU ÷ spawn limit",
+)
 
 
 def _report(
@@ -205,16 +353,17 @@ def _report(
     res: Results,
     jobs: int,
     rounds: int,
-    worker_counts: Sequence[int],
     workloads: Sequence[Workload],
     drainers: Sequence[Drainer],
     base: SpawnLimit,
 ) -> None:
     sec = doc.section("Spawn limit and drain rate")
     sec.add(
-        f"{jobs:,} jobs per run, {rounds} rounds. In each round, for each number of "
-        "processes, the spawn limit runs and then every system drains the same jobs, so a "
-        "ratio compares runs made seconds apart."
+        f"{jobs:,} jobs per run; the number of runs is given with each table. In each round, "
+        "for each workload and number of processes, the spawn limit runs and then every "
+        "system drains the same jobs, so a ratio compares runs made seconds apart (a figure "
+        "with fewer runs comes from the first rounds, paired with the spawn limit's runs "
+        "of those same rounds)."
     )
     sec.add(
         "- **Spawn limit**: 1 or N Python processes at once, each starting the job's command "
@@ -234,50 +383,61 @@ def _report(
         "which run on the same 2 cores: see the note under the table.\n"
         "- **PostgreSQL**: the workers get `--db postgresql://...` with a fresh schema per run "
         "(`?options=-csearch_path%3D<schema>`), created and dropped by the benchmark; the "
-        "jobs are enqueued with `Queue.enqueue_many` before the workers start, as for SQLite."
+        "jobs are enqueued with `Queue.enqueue_many` before the workers start, as for SQLite.\n"
+        "- **Under supervisord**: on a home whose jobs are already enqueued, "
+        "`queuectl worker start --count N --detach` starts supervisord, N `worker run` "
+        "processes (not `--burst`: they stay up) and the monitor; this process polls the "
+        f"job counts every {QueuectlSupervised.POLL * 1000:.0f} ms until every job has "
+        "finished, then runs `queuectl shutdown` and checks that no process of the home is "
+        "left. Rate as for bare workers. Wall: from launching `worker start` to the poll "
+        "that sees the last job finished (supervisord's start-up, `startsecs`, included; "
+        "the shutdown is not). CPU: the `worker start` process (`RUSAGE_CHILDREN`) plus "
+        "supervisord, the workers with their jobs' shells and the monitor, read from "
+        "`/proc` just before the shutdown (supervisord daemonizes, so it is not this "
+        "process's child)."
     )
+    groups: dict[str, list[Workload]] = {}
     for wl in workloads:
+        groups.setdefault(wl.name, []).append(wl)
+    for entries in groups.values():
         rows = []
-        for n in worker_counts:
-            b = f"{base.key}/{wl.name}/{n}"
-            rows.append(_row(res, base.title, n, b, None))
-            rows += [_row(res, d.title, n, f"{d.key}/{wl.name}/{n}", b) for d in drainers if _runs_with(d, n)]
-        sec.add(f"Workload `{wl.command}`, median (min–max) over {rounds} runs:")
-        sec.add(
-            table(
-                (
-                    "System",
-                    "Processes",
-                    "Rate, jobs/s",
-                    "Rate ÷ spawn limit",
-                    "Wall, jobs/s",
-                    "Wall ÷ spawn limit",
-                    "CPU per job, µs",
-                    "CPU ÷ spawn limit",
-                ),
-                rows,
-            )
+        for wl in entries:
+            for n in wl.counts:
+                b = f"{base.key}/{wl.name}/{n}"
+                rows.append(_row(res, base.title, n, b, None))
+                rows += [
+                    _row(res, d.title, n, f"{d.key}/{wl.name}/{n}", b) for d in drainers if _runs(d, wl, n)
+                ]
+        runs = ", ".join(
+            f"{wl.rounds or rounds} runs with {_and(wl.counts)} process{'es' if wl.counts != (1,) else ''}"
+            for wl in entries
         )
-        _compare_stores(sec, res, wl, worker_counts, drainers)
-    if 1 in worker_counts and 2 in worker_counts:
-        one, two = f"{base.key}/{TRUE.name}/1", f"{base.key}/{TRUE.name}/2"
+        sec.add(f"Workload `{entries[0].command}`, median (min–max); {runs}:")
+        sec.add(table(HEADERS, rows))
+        for wl in entries:
+            _compare(sec, res, wl, drainers)
+    one, two = f"{base.key}/{TRUE.name}/1", f"{base.key}/{TRUE.name}/2"
+    if one in res.samples and two in res.samples:
         sec.add(
             "The spawn limit with 2 processes ÷ with 1 process: "
             + res.ratio(two, one, "rate").fmt(".2f")
             + " (2 cores, each also running the shells)."
         )
-    if 2 in worker_counts and TRUE in workloads:
-        for d in drainers:
-            if d.key == "queuectl":
-                doc.targets.append(
-                    Target(
-                        "Drain of `true`, 2 workers ÷ 2-process spawn limit (issue 2)",
-                        res.ratio(f"{d.key}/true/2", f"{base.key}/true/2", "rate"),
-                        0.70,
-                        at_least=True,
-                        spec=".2f",
-                    )
-                )
+    if "queuectl/true/2" in res.samples:
+        doc.targets.append(
+            Target(
+                "Drain of `true`, 2 workers ÷ 2-process spawn limit (issue 2)",
+                res.ratio("queuectl/true/2", f"{base.key}/true/2", "rate"),
+                0.70,
+                at_least=True,
+                spec=".2f",
+            )
+        )
+
+
+def _and(counts: Sequence[int]) -> str:
+    words = [str(n) for n in counts]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _row(res: Results, title: str, n: int, key: str, base: str | None) -> tuple[str, ...]:
@@ -299,22 +459,28 @@ def _row(res: Results, title: str, n: int, key: str, base: str | None) -> tuple[
     )
 
 
-def _compare_stores(
-    sec: Section, res: Results, wl: Workload, worker_counts: Sequence[int], drainers: Sequence[Drainer]
-) -> None:
-    """queuectl on PostgreSQL beside queuectl on SQLite, paired in each round."""
-    sqlite = next((d for d in drainers if d.key == "queuectl"), None)
+def _compare(sec: Section, res: Results, wl: Workload, drainers: Sequence[Drainer]) -> None:
+    """queuectl on PostgreSQL, and under supervisord, beside bare queuectl on SQLite,
+    paired in each round."""
+    bare = next((d for d in drainers if d.key == "queuectl"), None)
+    if bare is None:
+        return
     for d in drainers:
         backend = getattr(d, "backend", None)
-        if sqlite is None or backend is None or backend.pg_url is None:
+        if isinstance(d, QueuectlSupervised) and d.backend.pg_url is None:
+            what = "queuectl under supervisord ÷ bare `worker run --burst` processes"
+        elif isinstance(d, QueuectlBare) and backend is not None and backend.pg_url is not None:
+            what = f"queuectl on {backend.title} ÷ on SQLite"
+        else:
             continue
-        for n in worker_counts:
-            k, s = f"{d.key}/{wl.name}/{n}", f"{sqlite.key}/{wl.name}/{n}"
-            if not (_runs_with(d, n) and _runs_with(sqlite, n)):
+        for n in wl.counts:
+            k, s = f"{d.key}/{wl.name}/{n}", f"{bare.key}/{wl.name}/{n}"
+            if not (k in res.samples and s in res.samples):
                 continue
             note = (
-                f"queuectl on {backend.title} ÷ on SQLite, {n} worker{'s' if n > 1 else ''}, "
-                f"same round: rate {res.ratio(k, s, 'rate').fmt('.2f')}, "
+                f"{what}, `{wl.command}`, {n} worker{'s' if n > 1 else ''}, same round: "
+                f"rate {res.ratio(k, s, 'rate').fmt('.2f')}, "
+                f"wall {res.ratio(k, s, 'wall_rate').fmt('.2f')}, "
                 f"CPU per job {res.ratio(k, s, 'cpu_us').fmt('.2f')}."
             )
             if "server_cpu_us" in res.samples[k][0]:

@@ -61,6 +61,8 @@ class Stat:
         return cls(statistics.median(values), min(values), max(values), len(values))
 
     def fmt(self, spec: str) -> str:
+        if self.n == 1:  # one run: no range to show
+            return f"{self.median:{spec}}"
         return f"{self.median:{spec}} ({self.lo:{spec}}–{self.hi:{spec}})"
 
 
@@ -95,23 +97,35 @@ class Results:
         return self.samples
 
 
-def interleave(subjects: Mapping[str, Subject], rounds: int, *, label: str, warmup: bool = True) -> Results:
+def interleave(
+    subjects: Mapping[str, Subject],
+    rounds: int,
+    *,
+    label: str,
+    warmup: bool = True,
+    rounds_of: Mapping[str, int] | None = None,
+) -> Results:
     """Run every subject once per round, in the same order each round.
 
     With `warmup`, each subject first runs once untimed (cold caches, first imports,
-    lazily built files), and that run is discarded.
+    lazily built files), and that run is discarded.  `rounds_of` gives some subjects
+    fewer rounds: such a subject runs in the first ones only, so sample i is still
+    round i and subjects with the same number of rounds stay paired.
     """
+    limit = {name: (rounds_of or {}).get(name, rounds) for name in subjects}
     if warmup:
         for name, fn in subjects.items():
             say(f"{label}: warm-up {name}")
             fn()
     res = Results({name: [] for name in subjects})
-    for r in range(rounds):
+    for r in range(max(limit.values(), default=0)):
         for name, fn in subjects.items():
+            if r >= limit[name]:
+                continue
             sample = fn()
             res.samples[name].append(sample)
             shown = ", ".join(f"{k}={v:.4g}" for k, v in sample.items())
-            say(f"{label}: round {r + 1}/{rounds} {name}: {shown}")
+            say(f"{label}: round {r + 1}/{limit[name]} {name}: {shown}")
     return res
 
 
@@ -266,6 +280,36 @@ def steady(backend: Backend, fn: Subject, what: str, tries: int = 3) -> Subject:
         raise RuntimeError(f"{what}: the server restarted during {tries} runs in a row")
 
     return run
+
+
+def home_pids(home: Path) -> list[int]:
+    """Processes (but this one) working in `home` or under it, or whose command line
+    names it: what a queuectl home started (supervisord, workers, monitor, jobs)."""
+    mark = str(home)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().decode(errors="replace")
+            if cwd == mark or cwd.startswith(mark + "/") or mark in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of a live process and its live children, each with
+    the children it has reaped (cutime + cstime): e.g. supervisord, its workers with
+    their finished jobs, and its monitor."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                st = _stat(int(entry.name))
+                if root in (st[0], st[1]):
+                    ticks += sum(st[2:6])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class ServerCPU:
