@@ -1,399 +1,49 @@
-"""The command line: parse, call the library, render text or --json.
+"""The `queuectl` entry point: run one command, and turn every error into one line on
+stderr and an exit code (see `queuectl --help` and errors.EXIT_CODES).
 
-No SQL, no subprocesses, no sleeps here.  Every error reaches the user as one line
-on stderr and an exit code (see `queuectl --help` and errors.EXIT_CODES).
+The commands are click commands in commands.py.  This module imports neither click
+nor the library when it is imported (the `queuectl` script imports it first thing),
+because of the fast path below.
+
+Why a fast path for `enqueue` (issue 6: one `queuectl enqueue CMD` call should take
+under 2x the time of `python -c pass`): importing click and building the command
+tree costs several times a bare interpreter start, more than everything else an
+enqueue does.  So main() reads the common forms itself: the group options `--home`
+and `--db`, then `enqueue`, a command (or JSON object) and enqueue's own options, each
+at most once.  Anything else goes to click unchanged: `--help`, `-` (stdin), `--`,
+unknown or repeated options, a missing value, a number click would reject, a --home
+click would reject, shell completion, a stdout that click.echo would re-encode.  The
+fast path validates and stores through exactly the functions the click command
+calls (`enqueue_one`, api.parse_job_text, Queue.open, Queue.enqueue), in the same
+order, and maps errors through the same handlers; tests/unit/test_cli_fast.py runs
+both paths on the same inputs and compares stdout, stderr, exit codes and the stored
+rows.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
 
-import click
-
-from queuectl import __version__
-from queuectl.config import Paths, resolve_paths
-from queuectl.errors import EXIT_CODES, InvalidInput, QueuectlError
-
-EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
-
-
-class Ctx:
-    """Per-invocation state: the paths, and the queue opened on first use."""
-
-    def __init__(self, paths: Paths) -> None:
-        self.paths = paths
-        self._queue: Any = None
-
-    @property
-    def queue(self) -> Any:
-        if self._queue is None:
-            from queuectl.api import Queue
-
-            self._queue = Queue.open(self.paths)
-        return self._queue
-
-    def close(self) -> None:
-        if self._queue is not None:
-            self._queue.close()
-
-
-pass_ctx = click.make_pass_decorator(Ctx)
-
-
-def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False))
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
-    widths = [len(h) for h in headers]
-    for r in cells:
-        for i, c in enumerate(r):
-            widths[i] = min(max(widths[i], len(c)), 60)
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    click.echo(line.rstrip())
-    for r in cells:
-        click.echo("  ".join(_clip(c, w).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _clip(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (stable format).")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False),
-    help="Queue home folder (db/, logs/, conf/). Default: $QUEUECTL_HOME or the current folder.",
-)
-@click.option(
-    "--db",
-    help="Database: a SQLite file path or postgresql://... Default: $QUEUECTL_DB or HOME/db/queue.db.",
-)
-@click.version_option(__version__, prog_name="queuectl")
-@click.pass_context
-def cli(ctx: click.Context, home: str | None, db: str | None) -> None:
-    """queuectl: a durable background job queue for shell commands."""
-    state = Ctx(resolve_paths(home, db))
-    ctx.obj = state
-    ctx.call_on_close(state.close)
-
-
-# --- enqueue -----------------------------------------------------------------------
-
-
-@cli.command()
-@click.argument("job", nargs=-1, required=True)
-@click.option("--id", "job_id", help="Job id (default: a new sortable id).")
-@click.option("--max-retries", type=int, help="Retries after the first attempt (default: config).")
-@click.option("--priority", type=int, help="Higher runs first (default 0).")
-@click.option("--delay", type=float, help="Seconds to wait before the first run.")
-@click.option("--run-at", help="Earliest start, ISO-8601 (UTC if no zone).")
-@click.option("--timeout", type=float, help="Time limit in seconds (default: config job_timeout).")
-@pass_ctx
-def enqueue(
-    c: Ctx,
-    job: tuple[str, ...],
-    job_id: str | None,
-    max_retries: int | None,
-    priority: int | None,
-    delay: float | None,
-    run_at: str | None,
-    timeout: float | None,
-) -> None:
-    """Add a job: a shell command, a JSON object, or - for JSON lines on stdin.
-
-    \b
-      queuectl enqueue "echo hi" --max-retries 3 --priority 5
-      queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
-      printf '{"command":"true"}\\n{"command":"false"}\\n' | queuectl enqueue -
-
-    Prints the new id (one per line for bulk).
-    """
-    from queuectl.api import parse_job_text
-
-    overrides = {
-        k: v
-        for k, v in {
-            "id": job_id,
-            "max_retries": max_retries,
-            "priority": priority,
-            "delay": delay,
-            "run_at": run_at,
-            "timeout": timeout,
-        }.items()
-        if v is not None
-    }
-    if job == ("-",):
-        specs = list(_read_json_lines(sys.stdin))
-        if job_id is not None and len(specs) > 1:
-            raise InvalidInput("--id cannot be used with more than one job")
-        ids = c.queue.enqueue_many([{**s, **overrides} for s in specs])
-        click.echo("\n".join(ids))
-        return
-    spec = parse_job_text(" ".join(job))
-    click.echo(c.queue.enqueue({**spec, **overrides}))
-
-
-def _read_json_lines(stream: Any) -> Iterable[dict[str, Any]]:
-    from queuectl.api import parse_json_object
-
-    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"stdin is not valid UTF-8 (byte {exc.start})") from None
-    # JSON Lines are split on "\n" only: str.splitlines() would also cut at U+2028,
-    # U+0085 and other separators that JSON allows raw inside a string.
-    for n, line in enumerate(data.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            yield parse_json_object(line)
-        except InvalidInput as exc:
-            raise InvalidInput(f"line {n}: {exc}") from None
-
-
-# --- reading -----------------------------------------------------------------------
-
-
-@cli.command()
-@json_option
-@pass_ctx
-def status(c: Ctx, as_json: bool) -> None:
-    """Jobs per state, the total, and the live workers."""
-    counts = c.queue.status()
-    if as_json:
-        emit_json(counts)
-        return
-    for key in ("pending", "processing", "completed", "failed", "dead", "total", "workers"):
-        click.echo(f"{key:<11} {counts[key]}")
-    rec = counts["recovery"]
-    if rec["last_pass_at"] is None:
-        click.echo("recovery    no recovery pass has run yet (no monitor or worker has started)")
-    else:
-        by = f"{rec['last_pass_by']} ({rec['last_pass_kind']})"
-        click.echo(f"recovery    last pass {rec['age_s']:.1f}s ago by {by}")
-    if rec["overdue"] and (counts["processing"] or counts["workers"]):
-        click.echo(
-            "warning: no recovery pass for over 3 monitor intervals: is a monitor or worker running?",
-            err=True,
-        )
-
-
-@cli.command("list")
-@click.option("--state", help="Only jobs in this state.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most N jobs (oldest first).")
-@json_option
-@pass_ctx
-def list_(c: Ctx, state: str | None, limit: int | None, as_json: bool) -> None:
-    """List jobs, oldest first."""
-    jobs = c.queue.list(state, limit)
-    _print_jobs(jobs, as_json)
-
-
-def _print_jobs(jobs: Sequence[Any], as_json: bool) -> None:
-    if as_json:
-        emit_json([j.to_dict(output=False) for j in jobs])
-        return
-    rows = [
-        (j.id, j.state.value, f"{j.attempts}/{j.max_retries + 1}", j.priority, _short_time(j), j.command)
-        for j in jobs
-    ]
-    table(rows, ("id", "state", "attempts", "priority", "updated", "command"))
-
-
-def _short_time(job: Any) -> str:
-    from queuectl.models import iso
-
-    return (iso(job.updated_at) or "")[:19].replace("T", " ")
-
-
-@cli.command()
-@click.argument("job_id")
-@json_option
-@pass_ctx
-def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
-    """Every field of a job, its captured output and its full history."""
-    job, events = c.queue.inspect(job_id)
-    data = job.to_dict()
-    data["history"] = [e.to_dict() for e in events]
-    if as_json:
-        emit_json(data)
-        return
-    for key, value in data.items():
-        if key in ("history", "stdout", "stderr"):
-            continue
-        click.echo(f"{key:<12} {'' if value is None else value}")
-    for stream in ("stdout", "stderr"):
-        click.echo(f"--- {stream} ---")
-        text = data[stream] or ""
-        click.echo(text, nl=not text.endswith("\n"))
-    click.echo("--- history ---")
-    rows = [
-        (
-            e["at"],
-            e["from"] or "-",
-            e["to"],
-            e["attempt"],
-            e["worker_id"],
-            e["exit_code"],
-            e["reason"] or e["error"],
-        )
-        for e in data["history"]
-    ]
-    table(rows, ("at", "from", "to", "attempt", "worker", "exit", "reason/error"))
-
-
-@cli.command()
-@click.argument("job_id")
-@click.option("--stream", type=click.Choice(["both", "stdout", "stderr"]), default="both")
-@pass_ctx
-def logs(c: Ctx, job_id: str, stream: str) -> None:
-    """The stdout and stderr of a job's last attempt."""
-    job = c.queue.get(job_id)
-    if stream in ("both", "stdout") and job.stdout:
-        click.echo(job.stdout, nl=False)
-    if stream in ("both", "stderr") and job.stderr:
-        click.echo(job.stderr, nl=False, err=stream == "both")
-
-
-# --- dead-letter queue ---------------------------------------------------------------
-
-
-@cli.group()
-def dlq() -> None:
-    """The dead-letter queue: jobs that failed max_retries + 1 times."""
-
-
-@dlq.command("list")
-@click.option("--limit", type=click.IntRange(min=0))
-@json_option
-@pass_ctx
-def dlq_list(c: Ctx, limit: int | None, as_json: bool) -> None:
-    """List dead jobs."""
-    _print_jobs(c.queue.dlq_list(limit), as_json)
-
-
-@dlq.command("retry")
-@click.argument("job_ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
-@pass_ctx
-def dlq_retry(c: Ctx, job_ids: tuple[str, ...], all_: bool) -> None:
-    """Move dead jobs back to pending with attempts reset."""
-    if all_ == bool(job_ids):
-        raise InvalidInput("give job ids or --all (not both)")
-    ids = c.queue.dlq_retry_all() if all_ else c.queue.dlq_retry_many(job_ids)
-    if ids:
-        click.echo("\n".join(ids))
-    elif all_:
-        click.echo("no dead jobs", err=True)
-
-
-# --- config ----------------------------------------------------------------------------
-
-
-@cli.group()
-def config() -> None:
-    """Read and change the queue's settings (stored in its database)."""
-
-
-@config.command("get")
-@click.argument("key", required=False)
-@json_option
-@pass_ctx
-def config_get(c: Ctx, key: str | None, as_json: bool) -> None:
-    """Show one setting or all of them."""
-    values = c.queue.config_get(key)
-    if as_json:
-        emit_json(values)
-    elif key is not None:
-        click.echo(_fmt(next(iter(values.values()))))
-    else:
-        for k, v in values.items():
-            click.echo(f"{k:<19} {_fmt(v)}")
-
-
-@config.command("set", context_settings={"ignore_unknown_options": True})  # so "-1" is a value
-@click.argument("key")
-@click.argument("value")
-@pass_ctx
-def config_set(c: Ctx, key: str, value: str) -> None:
-    """Change a setting (max-retries and max_retries are the same key)."""
-    name, parsed = c.queue.config_set(key, value)
-    click.echo(f"{name} = {_fmt(parsed)}")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
-@cli.command()
-@click.option(
-    "--state",
-    "states",
-    multiple=True,
-    required=True,
-    type=click.Choice(["completed", "dead"]),
-    help="Purge jobs in this state (repeatable).",
-)
-@click.option("--older-than", type=click.FloatRange(min=0), help="Only jobs finished this many seconds ago.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@pass_ctx
-def purge(c: Ctx, states: tuple[str, ...], older_than: float | None, yes: bool) -> None:
-    """Delete finished jobs and their history for good."""
-    if not yes and not click.confirm(f"Delete {'/'.join(states)} jobs and their history?", err=True):
-        raise InvalidInput("not confirmed: nothing deleted")
-    n = c.queue.purge(list(states), older_than)
-    click.echo(f"purged {n} jobs")
-
-
-# The process commands (worker, monitor, recover, shutdown) live in cli_workers.py;
-# importing it registers them on `cli`.
-from queuectl import cli_workers  # noqa: E402, F401
-
-# --- entry point ---------------------------------------------------------------------
-
-
-def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"queuectl: error: {one_line(message)}", err=True)
-    sys.exit(code)
-
-
-def one_line(text: str) -> str:
-    """Escape what would break an error message over lines or hide in a terminal
-    (newlines, control and separator characters that users' input can carry)."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+# Not `from typing import TYPE_CHECKING`: typing costs milliseconds to import, and
+# mypy treats any constant of this name the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, NoReturn
+
+    from queuectl.api import Queue
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    from queuectl.errors import QueuectlError
+
     try:
-        rv = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        fast = parse_fast_enqueue(args)
+        rv = _click_main(args) if fast is None else _fast_enqueue(*fast)
     except QueuectlError as exc:
         fail(str(exc), exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
-        sys.exit(2)
-    except click.UsageError as exc:
-        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        fail(exc.format_message().replace("\n", " ") + hint, 2)
-    except click.Abort:
-        fail("aborted", 130)
-    except click.ClickException as exc:
-        fail(exc.format_message(), exc.exit_code or 1)
     except BrokenPipeError:
         # `queuectl list | head`: the reader left; that is not an error.
         with _devnull_stdout():
@@ -408,6 +58,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _click_main(args: list[str]) -> Any:
+    import click
+
+    from queuectl.commands import cli
+
+    try:
+        return cli.main(args=args, prog_name="queuectl", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(2)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        fail(exc.format_message().replace("\n", " ") + hint, 2)
+    except click.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code or 1)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    import click  # errors need not be fast; click.echo picks the stream's encoding
+
+    click.echo(f"queuectl: error: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def one_line(text: str) -> str:
+    """Escape what would break an error message over lines or hide in a terminal
+    (newlines, control and separator characters that users' input can carry)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 class _devnull_stdout:
     def __enter__(self) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -415,3 +99,191 @@ class _devnull_stdout:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+# --- enqueue, shared by the click command and the fast path ---------------------------
+
+
+def enqueue_one(open_queue: Callable[[], Queue], job: Sequence[str], options: Mapping[str, Any]) -> str:
+    """`queuectl enqueue JOB... [options]` for one job: the words joined into a command
+    (or a JSON object), the options given (not None) over its fields.  The job text
+    is parsed before the queue is opened, so a malformed job is reported first."""
+    from queuectl.api import parse_job_text
+
+    spec = parse_job_text(" ".join(job))
+    return open_queue().enqueue({**spec, **job_overrides(options)})
+
+
+def job_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """enqueue's options as job fields: those given, under their field names."""
+    return {ENQUEUE_FIELDS[k]: v for k, v in options.items() if v is not None}
+
+
+#: enqueue's options: flag -> (click parameter name, job field, type).  The click
+#: command in commands.py declares the same options; tests/unit/test_cli_fast.py
+#: checks that the two agree.
+ENQUEUE_OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
+    "--id": ("job_id", "id", str),
+    "--max-retries": ("max_retries", "max_retries", int),
+    "--priority": ("priority", "priority", int),
+    "--delay": ("delay", "delay", float),
+    "--run-at": ("run_at", "run_at", str),
+    "--timeout": ("timeout", "timeout", float),
+}
+ENQUEUE_FIELDS = {param: field for param, field, _ in ENQUEUE_OPTIONS.values()}
+#: The group's options the fast path reads: flag -> click parameter name.
+GROUP_OPTIONS = {"--home": "home", "--db": "db"}
+#: click's shell completion runs when this is set (click.Command.main).
+COMPLETE_VAR = "_QUEUECTL_COMPLETE"
+
+
+def parse_fast_enqueue(args: Sequence[str]) -> tuple[dict[str, str], list[str], dict[str, Any]] | None:
+    """(group options, job words, enqueue options) for the forms the fast path takes,
+    with values converted as click converts them; None hands the call to click."""
+    if os.environ.get(COMPLETE_VAR):
+        return None
+    group: dict[str, str] = {}
+    job: list[str] = []
+    i = _read_options(args, 0, GROUP_OPTIONS, group, None)
+    if i is None or i >= len(args) or args[i] != "enqueue":
+        return None
+    raw: dict[str, str] = {}
+    enqueue_flags = {flag: spec[0] for flag, spec in ENQUEUE_OPTIONS.items()}
+    if _read_options(args, i + 1, enqueue_flags, raw, job) is None or not job:
+        return None
+    if not _home_as_click_takes_it(group.get("home")):
+        return None
+    options: dict[str, Any] = {}
+    for param, _, kind in ENQUEUE_OPTIONS.values():
+        if param in raw:
+            try:
+                options[param] = kind(raw[param])  # click.INT and click.FLOAT do just this
+            except ValueError:
+                return None  # click words the error
+    if sys.stdout is None or _ascii_stream(sys.stdout):
+        return None  # click.echo prints nothing, or re-encodes the output as UTF-8
+    return group, job, options
+
+
+def _read_options(
+    args: Sequence[str], i: int, known: Mapping[str, str], into: dict[str, str], words: list[str] | None
+) -> int | None:
+    """Read options (each once) from args[i:] into `into`, and other words into
+    `words` (None: stop at the first other word); the index where it stopped, or None
+    for anything the fast path leaves to click."""
+    while i < len(args):
+        if not args[i].startswith("-"):  # "-" and "--" too are click's business
+            if words is None:
+                return i
+            words.append(args[i])
+            i += 1
+            continue
+        got = _option(args, i, known)
+        if got is None or got[0] in into:
+            return None
+        into[got[0]], i = got[1], got[2]
+    return i
+
+
+def _ascii_stream(stream: Any) -> bool:
+    """click.echo writes to stdout as it is unless its encoding is ASCII (then it
+    writes UTF-8): the only case where a plain write would print other bytes."""
+    import codecs
+
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "ascii"
+    except LookupError:
+        return False
+
+
+def _option(args: Sequence[str], i: int, known: Mapping[str, str]) -> tuple[str, str, int] | None:
+    """The option at args[i] as click's parser reads it: (parameter, value, next i)."""
+    flag, eq, value = args[i].partition("=")
+    if flag not in known:
+        return None
+    if eq:
+        return known[flag], value, i + 1
+    if i + 1 >= len(args):
+        return None  # click: "Option ... requires an argument."
+    return known[flag], args[i + 1], i + 2
+
+
+def _home_as_click_takes_it(home: str | None) -> bool:
+    """click.Path(file_okay=False) passes a --home that does not exist, or exists, is
+    not a regular file and is readable; it rejects the rest in its own words."""
+    if home is None:
+        return True
+    import stat
+
+    try:
+        st = os.stat(home)
+    except OSError:
+        return True
+    return not stat.S_ISREG(st.st_mode) and os.access(home, os.R_OK)
+
+
+def _fast_enqueue(group: dict[str, str], job: list[str], options: dict[str, Any]) -> int:
+    """What `cli` and its `enqueue` command do for one job, without click."""
+    from queuectl.api import Queue
+    from queuectl.config import resolve_paths
+
+    paths = resolve_paths(group.get("home"), group.get("db"))
+    opened: list[Queue] = []
+
+    def open_queue() -> Queue:
+        opened.append(Queue.open(paths))
+        return opened[0]
+
+    try:
+        try:
+            job_id = enqueue_one(open_queue, job, options)
+            sys.stdout.write(job_id + "\n")  # as click.echo writes it (see _ascii_stream)
+            sys.stdout.flush()
+        finally:
+            if opened:
+                opened[0].close()
+    except (EOFError, KeyboardInterrupt):
+        # as click.Command.main: a blank line closes the terminal's ^C, then Abort
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+        fail("aborted", 130)
+    except OSError as exc:
+        import errno
+
+        if exc.errno != errno.EPIPE:
+            raise
+        # as click.Command.main: a closed stdout ends the command with exit code 1
+        sys.stdout = _PacifyFlush(sys.stdout)
+        sys.stderr = _PacifyFlush(sys.stderr)
+        sys.exit(1)
+    return 0
+
+
+class _PacifyFlush:
+    """A stream whose flush ignores a broken pipe (click's _PacifyFlushWrapper): the
+    interpreter's last flush at exit must not print a traceback."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+
+    def flush(self) -> None:
+        import errno
+
+        try:
+            self.wrapped.flush()
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def __getattr__(name: str) -> Any:
+    # `from queuectl.cli import cli` (and the other click names) still works: they
+    # moved to commands.py, which is imported only when asked for.
+    if name in ("cli", "Ctx", "pass_ctx", "emit_json", "json_option", "table"):
+        from queuectl import commands
+
+        return getattr(commands, name)
+    raise AttributeError(name)

@@ -1,6 +1,6 @@
 """CLI commands that run or control processes: workers, supervisord, the monitor.
 
-Registered on the `cli` group of cli.py (which imports this module).  Parsing and
+Registered on the `cli` group of commands.py (which imports this module).  Parsing and
 rendering only: the work is in worker.py, supervisor.py and monitor.py.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from queuectl.cli import Ctx, cli, emit_json, json_option, pass_ctx, table
+from queuectl.commands import Ctx, cli, emit_json, json_option, pass_ctx, table
 from queuectl.errors import InvalidInput
 
 # --- workers and the monitor ---------------------------------------------------------
