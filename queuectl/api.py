@@ -7,18 +7,21 @@ nothing.  Sees only the Store protocol.
 from __future__ import annotations
 
 import builtins
-import json
 import math
 import unicodedata
-from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from queuectl import config as cfg
 from queuectl.config import Config, Paths
 from queuectl.errors import Conflict, InvalidInput, JobNotFound, StoreError
 from queuectl.models import MONITOR_LEASE, Event, Job, JobState, NewJob, WorkerInfo, iso, new_id, parse_time
 from queuectl.store import Store, open_store
+
+# Not typing.TYPE_CHECKING, which would import typing at every start (issue 6).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
 #: Linux refuses a single exec argument longer than this (MAX_ARG_STRLEN).
 MAX_COMMAND_BYTES = 131_072 - 1
@@ -194,6 +197,8 @@ def parse_job_text(text: str) -> dict[str, Any]:
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
+    import json  # here: a plain command (the common case) needs no JSON at all
+
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:

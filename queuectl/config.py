@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from queuectl.errors import InvalidInput
+
+# Not typing.TYPE_CHECKING, which would import typing at every start (issue 6).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 #: The longest unix socket path supervisord can bind (sun_path is 108 bytes on Linux,
 #: 104 on macOS); a home deeper than this gets a clear error instead of a crash.
@@ -26,6 +30,8 @@ MAX_SOCKET_PATH = 100
 
 @dataclass(frozen=True)
 class Paths:
+    """Where one queue lives: its home folder and its database (a file or a URL)."""
+
     home: Path
     db_url: str
 
@@ -70,6 +76,8 @@ def resolve_paths(home: str | None = None, db: str | None = None) -> Paths:
 
 @dataclass(frozen=True)
 class Key:
+    """One setting of the config table: its type, its range (or choices), its help."""
+
     name: str
     kind: type
     low: float

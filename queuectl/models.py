@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from typing import Any
 
 
@@ -120,6 +119,8 @@ def decide(
 
 @dataclass(frozen=True)
 class Job:
+    """A job as stored: JOB_COLUMNS, in this order, are its fields."""
+
     id: str
     command: str
     state: JobState
@@ -293,12 +294,16 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO-8601 UTC with milliseconds (`2026-11-23T11:50:00.123Z`)."""
     if ts is None:
         return None
+    from datetime import UTC, datetime  # here: `queuectl enqueue CMD` never needs it (issue 6)
+
     dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def parse_time(text: str) -> float:
     """ISO-8601 -> epoch seconds; a time without a zone is taken as UTC."""
+    from datetime import UTC, datetime
+
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
