@@ -61,14 +61,24 @@ class Workload:
     command: str
     counts: tuple[int, ...] = (1, 2)
     rounds: int | None = None
+    about: str = ""  # one sentence for the document
 
 
-TRUE = Workload("true", "true")
-#: Issue 6's other two workloads: a job that waits (the workers' overlap counts, not
-#: the cores), and one that prints 64 KiB (65,536 bytes, from the shell's builtin
-#: printf: still one process per job) into the worker's output file.
-SLEEP = Workload("sleep", "sleep 0.01")
-OUTPUT = Workload("out64k", "printf '%065536d' 0")
+TRUE = Workload("true", "true", about="The shell starts and exits: the cost of a job itself.")
+#: Issue 6's other two workloads.
+SLEEP = Workload(
+    "sleep",
+    "sleep 0.01",
+    about="A job that waits 10 ms: more workers than cores overlap the waits.",
+)
+OUTPUT = Workload(
+    "out64k",
+    "printf '%065536d' 0",
+    about="A job that prints 64 KiB (65,536 bytes) from the shell's builtin `printf`, so still "
+    "one process per job, into the output file; queuectl keeps the last `output_limit` KiB "
+    "(64 by default) of it in the database, so all of it. The spawn limit's processes "
+    "write it to a file too.",
+)
 
 
 class Drainer(Protocol):
@@ -225,12 +235,14 @@ class QueuectlSupervised:
         backend: Backend = SQLITE,
         worker_counts: Sequence[int] | None = None,
         workloads: Sequence[str] | None = None,
+        rounds: int | None = None,
     ) -> None:
         self.backend = backend
         if worker_counts is not None:
             self.worker_counts = tuple(worker_counts)
         if workloads is not None:
             self.workloads = tuple(workloads)
+        self.rounds = rounds
         self.key = "queuectl-sv" if backend.key == "sqlite" else f"queuectl-{backend.key}-sv"
         self.title = f"queuectl, {backend.title}, `worker start --count N` (supervisord)"
 
@@ -316,7 +328,8 @@ def run(
     drainers: Sequence[Drainer] = (QueuectlBare(),),
 ) -> dict[str, object]:
     """Every workload at each of its worker counts: the spawn limit, then every drainer
-    that runs it; `rounds` rounds, or the workload's own `rounds`."""
+    that runs it; `rounds` rounds, or fewer: the workload's own `rounds`, or a drainer's
+    (an optional `rounds` attribute, for slow ones)."""
     cells = [(wl, n) for wl in workloads for n in wl.counts]
     if len({(wl.name, n) for wl, n in cells}) != len(cells):
         raise ValueError("drain: a workload appears twice with the same worker count")
@@ -330,7 +343,7 @@ def run(
                 fn = functools.partial(d.drain, wl, jobs, n)
                 backend = getattr(d, "backend", None)
                 subjects[key] = steady(backend, fn, f"drain {key}") if backend else fn
-                rounds_of[key] = wl.rounds or rounds
+                rounds_of[key] = min(wl.rounds or rounds, getattr(d, "rounds", None) or rounds)
     res = interleave(subjects, rounds, label="drain", rounds_of=rounds_of)
     _report(doc, res, jobs, rounds, workloads, drainers, base)
     return res.as_json()
@@ -339,6 +352,7 @@ def run(
 HEADERS = (
     "System",
     "Processes",
+    "Runs",
     "Rate, jobs/s",
     "Rate ÷ spawn limit",
     "Wall, jobs/s",
@@ -408,11 +422,8 @@ def _report(
                 rows += [
                     _row(res, d.title, n, f"{d.key}/{wl.name}/{n}", b) for d in drainers if _runs(d, wl, n)
                 ]
-        runs = ", ".join(
-            f"{wl.rounds or rounds} runs with {_and(wl.counts)} process{'es' if wl.counts != (1,) else ''}"
-            for wl in entries
-        )
-        sec.add(f"Workload `{entries[0].command}`, median (min–max); {runs}:")
+        about = f" {entries[0].about}" if entries[0].about else ""
+        sec.add(f"Workload `{entries[0].command}`.{about} Median (min–max) over the runs counted in *Runs*:")
         sec.add(table(HEADERS, rows))
         for wl in entries:
             _compare(sec, res, wl, drainers)
@@ -435,11 +446,6 @@ def _report(
         )
 
 
-def _and(counts: Sequence[int]) -> str:
-    words = [str(n) for n in counts]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
 def _row(res: Results, title: str, n: int, key: str, base: str | None) -> tuple[str, ...]:
     def ratio(metric: str, bold: bool = False) -> str:
         if base is None:
@@ -450,6 +456,7 @@ def _row(res: Results, title: str, n: int, key: str, base: str | None) -> tuple[
     return (
         title,
         str(n),
+        str(len(res.samples[key])),
         res.stat(key, "rate").fmt(",.0f"),
         ratio("rate", bold=True),
         res.stat(key, "wall_rate").fmt(",.0f"),
@@ -477,9 +484,10 @@ def _compare(sec: Section, res: Results, wl: Workload, drainers: Sequence[Draine
             k, s = f"{d.key}/{wl.name}/{n}", f"{bare.key}/{wl.name}/{n}"
             if not (k in res.samples and s in res.samples):
                 continue
+            rate = res.ratio(k, s, "rate")
             note = (
-                f"{what}, `{wl.command}`, {n} worker{'s' if n > 1 else ''}, same round: "
-                f"rate {res.ratio(k, s, 'rate').fmt('.2f')}, "
+                f"{what}, `{wl.command}`, {n} worker{'s' if n > 1 else ''}, same round "
+                f"({rate.n} rounds): rate {rate.fmt('.2f')}, "
                 f"wall {res.ratio(k, s, 'wall_rate').fmt('.2f')}, "
                 f"CPU per job {res.ratio(k, s, 'cpu_us').fmt('.2f')}."
             )

@@ -88,10 +88,11 @@ class Results:
         return Stat.of(self.values(subject, metric))
 
     def ratio(self, num: str, den: str, metric: str, den_metric: str | None = None) -> Stat:
-        """num/den per round (paired), then median and range over the rounds."""
+        """num/den per round (paired), then median and range over the rounds both ran
+        (a subject with fewer rounds ran in the first ones: see `interleave`)."""
         a = self.values(num, metric)
         b = self.values(den, den_metric or metric)
-        return Stat.of([x / y for x, y in zip(a, b, strict=True)])
+        return Stat.of([x / y for x, y in zip(a, b, strict=False)])
 
     def as_json(self) -> dict[str, list[Sample]]:
         return self.samples

@@ -53,8 +53,9 @@ class Mode:
     drain_rounds: int
     #: Each workload at its worker counts; its `rounds` (None: drain_rounds).
     drain_workloads: tuple[Workload, ...]
-    #: The worker counts of queuectl under supervisord.
+    #: The worker counts and rounds (None: all) of queuectl under supervisord.
     supervised_counts: tuple[int, ...]
+    supervised_rounds: int | None
     enqueue_jobs: int
     enqueue_rounds: int
     small_queue: int
@@ -69,9 +70,10 @@ class Mode:
 
 
 #: The first figures (`true`, 1 and 2 processes: issue 2's target) get all the rounds;
-#: the other counts and workloads 5 each (issue 6's minimum), to keep the full run
-#: around 20 minutes on 2 cores (`sleep 0.01` alone is 20 s per run with 1 worker,
-#: hence 2 and 8 workers there).
+#: the other counts and workloads, and queuectl under supervisord (about 3 s more per
+#: run: supervisord's start-up and shutdown), 5 each (issue 6's minimum), to keep the
+#: full run around 20 minutes on 2 cores.  `sleep 0.01` at 1 or 2 workers would take
+#: 10-20 s per run and per system: it runs at 4 and 8.
 FEW = 5
 FULL = Mode(
     name="full",
@@ -79,11 +81,12 @@ FULL = Mode(
     drain_rounds=15,
     drain_workloads=(
         TRUE,
-        Workload(TRUE.name, TRUE.command, counts=(4, 8), rounds=FEW),
-        replace(SLEEP, counts=(2, 8), rounds=FEW),
+        replace(TRUE, counts=(4, 8), rounds=FEW),
+        replace(SLEEP, counts=(4, 8), rounds=FEW),
         replace(OUTPUT, counts=(2, 8), rounds=FEW),
     ),
     supervised_counts=(1, 2, 4, 8),
+    supervised_rounds=FEW,
     enqueue_jobs=50_000,
     enqueue_rounds=7,
     latency_samples=200,
@@ -102,6 +105,7 @@ QUICK = Mode(
     drain_rounds=5,
     drain_workloads=(TRUE, replace(SLEEP, counts=(8,)), replace(OUTPUT, counts=(2,))),
     supervised_counts=(2,),
+    supervised_rounds=None,
     enqueue_jobs=10_000,
     enqueue_rounds=5,
     latency_samples=40,
@@ -156,6 +160,7 @@ def main(argv: list[str]) -> int:
             mode,
             drain_rounds=r,
             drain_workloads=tuple(replace(wl, rounds=None) for wl in mode.drain_workloads),
+            supervised_rounds=None,
             enqueue_rounds=r,
             claim_rounds=r,
             status_rounds=r,
@@ -211,9 +216,9 @@ def run_sections(doc: Doc, only: Sequence[str], mode: Mode, backends: Sequence[B
         # figures), to keep the run short.
         drainers = [
             drain.QueuectlBare(),
-            # The opt-in worker pinning (config cpu_affinity=auto), beside the default.
-            drain.QueuectlBare(config={"cpu_affinity": "auto"}, worker_counts=(1, 2), workloads=("true",)),
-            drain.QueuectlSupervised(worker_counts=mode.supervised_counts),
+            # Without the worker pinning (cpu_affinity=off), beside the default (auto).
+            drain.QueuectlBare(config={"cpu_affinity": "off"}, worker_counts=(1, 2), workloads=("true",)),
+            drain.QueuectlSupervised(worker_counts=mode.supervised_counts, rounds=mode.supervised_rounds),
             *(drain.QueuectlBare(b, worker_counts=(2,), workloads=("true",)) for b in pg),
             *peer_drainers(mode),
         ]
