@@ -21,10 +21,14 @@ from pathlib import Path
 from harness import PYTHON, ROOT, SQLITE, Backend, Procs, Stat, say, steady
 from report import Doc, Target, table
 
-#: Targets (issue 6): worker RSS under 40 MB and flat over 100,000 jobs; "flat" is
-#: judged as at most this much growth from the first sample to the last.
+#: Targets (issue 6): worker RSS under 40 MB and flat over 100,000 jobs.  "Flat" is
+#: judged from the sample after 10,000 jobs to the last one: before that, the SQLite
+#: page cache (default cache_size: 2,048,000 bytes per connection) fills as the worker
+#: touches new pages, about 2 MB over the first ~5,000 jobs, and then stays at its
+#: bound (with `PRAGMA cache_size=-256` that early growth disappears: checked once by
+#: hand).  1 MB over 90,000 jobs is 11 bytes per job: a leak would show.
 RSS_LIMIT_MB = 40.0
-GROWTH_LIMIT_MB = 2.0
+GROWTH_LIMIT_MB = 1.0
 
 #: MB here is 10^6 bytes (/proc reports KiB): the stricter reading of "40 MB".
 MB = 1e6
@@ -108,6 +112,7 @@ class Drain:
             "end_mb": last[1],
             "end_jobs": float(last[3]),
             "growth_mb": last[1] - first[1],
+            "growth_after_mb": last[1] - next((s for s in started if s[3] >= self.marks[0]), last)[1],
             "peak_mb": max(last[2], *(s[1] for s in self.trace)),
             "rate": self.jobs / wall,
             "samples": float(len(self.trace)),
@@ -119,9 +124,14 @@ class Drain:
         return out
 
     @property
-    def marks(self) -> tuple[int, ...]:
-        """Checkpoints: 10,000 and 50,000 of 100,000 jobs (a tenth and a half of any count)."""
-        return (self.jobs // 10, self.jobs // 2)
+    def marks(self) -> tuple[int, int]:
+        return marks(self.jobs)
+
+
+def marks(jobs: int) -> tuple[int, int]:
+    """Checkpoints: 10,000 jobs (past the page cache's filling; at most a third of a
+    smaller run) and half the jobs."""
+    return (min(10_000, jobs // 3), jobs // 2)
 
 
 def run(
@@ -143,15 +153,19 @@ def _report(
     doc: Doc, results: dict[str, dict[str, float]], jobs: int, interval: float, backends: Sequence[Backend]
 ) -> None:
     sec = doc.section("Worker memory")
-    tenth, half = jobs // 10, jobs // 2
+    early, half = marks(jobs)
     sec.add(
         f"One `queuectl worker run --burst` (bare, default settings) drains {jobs:,} `true` "
         "jobs, enqueued first with `Queue.enqueue_many`; this process reads the worker's "
         f"`VmRSS` from `/proc/<pid>/status` every {interval:g} s, and `VmHWM` (its peak RSS). "
         "A sample's job count is the number of jobs whose `finished_at` (read back after the "
         "run) is at or before the sample's time. **Start** is the first sample after the "
-        f"first job finished; **{tenth:,}** and **{half:,}** the first sample at or past that "
-        "count; **end** the last sample before the worker exited. MB = 10^6 bytes. One run "
+        f"first job finished; **{early:,}** and **{half:,}** the first sample at or past that "
+        "count; **end** the last sample before the worker exited. MB = 10^6 bytes. The growth "
+        f"is given from the start and from {early:,} jobs: in the first few thousand jobs "
+        "SQLite's page cache (default `cache_size`, 2,048,000 bytes per connection) fills "
+        "as the worker touches new pages, and then stays at its bound, so *flat* (issue 6) "
+        f"is judged from {early:,} jobs to the end. One run "
         "per store: RSS is a size, not a rate, so it is not repeated (the drain rate shown is "
         "that one run's, beside the figures of the drain section)."
     )
@@ -166,10 +180,11 @@ def _report(
             (
                 b.title,
                 at(r["start_mb"], r["start_jobs"]),
-                at(r[f"at_{tenth}_mb"], r[f"at_{tenth}_jobs"]),
+                at(r[f"at_{early}_mb"], r[f"at_{early}_jobs"]),
                 at(r[f"at_{half}_mb"], r[f"at_{half}_jobs"]),
                 at(r["end_mb"], r["end_jobs"]),
                 f"{r['growth_mb']:+.2f}",
+                f"{r['growth_after_mb']:+.2f}",
                 f"{r['peak_mb']:.1f}",
                 f"{r['rate']:,.0f}",
             )
@@ -180,10 +195,11 @@ def _report(
             (
                 "Store",
                 "Start",
-                f"After {tenth:,}",
+                f"After {early:,}",
                 f"After {half:,}",
                 "End",
                 "Growth, start to end",
+                f"Growth, {early:,} to end",
                 "Peak (VmHWM)",
                 "Drain, jobs/s",
             ),
@@ -205,8 +221,8 @@ def _report(
         )
         doc.targets.append(
             Target(
-                f"Worker RSS growth, start to {jobs:,} jobs{tail} (issue 6: flat)",
-                Stat.of([r["growth_mb"]]),
+                f"Worker RSS growth, {early:,} to {jobs:,} jobs{tail} (issue 6: flat)",
+                Stat.of([r["growth_after_mb"]]),
                 GROWTH_LIMIT_MB,
                 False,
                 ".2f",

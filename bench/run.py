@@ -1,7 +1,7 @@
 """queuectl benchmarks: measure on this machine and write docs/benchmarks.md.
 
-    .venv/bin/python bench/run.py            # full run (about 5-10 minutes), writes docs/benchmarks.md
-    .venv/bin/python bench/run.py --quick    # smoke run (about a minute), writes bench/results/
+    .venv/bin/python bench/run.py            # full run (about 20 minutes), writes docs/benchmarks.md
+    .venv/bin/python bench/run.py --quick    # smoke run (about 3 minutes), writes bench/results/
 
 Every figure is the median and the min-max of several runs; the things compared run
 interleaved in the same invocation and are reported as ratios to a baseline measured
@@ -116,7 +116,7 @@ QUICK = Mode(
     claims=1_000,
     claim_rounds=5,
     status_rounds=5,
-    memory_jobs=20_000,
+    memory_jobs=30_000,
 )
 
 
