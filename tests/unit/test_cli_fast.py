@@ -1,0 +1,327 @@
+"""The fast path of `queuectl enqueue` (cli.py, issue 6) against the click command.
+
+Every case runs twice as a real process on a copy of the same queue, once as
+`queuectl` runs (the fast path where it applies) and once with the fast path
+switched off (click for everything); stdout, stderr, the exit code and every stored
+row must be the same.  The clock is frozen in both processes, so the stored times
+agree; a generated id is the only thing that differs, and is compared by shape.
+Each run also reports whether the click commands were loaded, so the cases prove
+which path they took.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from queuectl import cli as cli_module
+from queuectl.commands import cli as click_group
+from queuectl.commands import enqueue as click_enqueue
+from tests.helpers import T0, QHome, clean_env, dump_db
+
+#: Runs queuectl's main() in a child process: argv[1] is "fast" (as the script runs)
+#: or "click" (fast path off), argv[2] a file that gets the modules loaded at exit.
+RUNNER = f"""
+import atexit, sys, time
+time.time = lambda: {T0!r}  # before queuectl.store.sqlite binds it as its clock
+mode, report = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+from queuectl import cli
+if mode == "click":
+    cli.parse_fast_enqueue = lambda args: None
+def _report():
+    with open(report, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+atexit.register(_report)
+cli.main()
+"""
+
+GENERATED_ID = re.compile(r"^[0-9a-z]{16}$")
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess[bytes], modules: set[str], db: Path) -> None:
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.modules = modules
+        self.dump = dump_db(db)
+
+    @property
+    def used_click(self) -> bool:
+        """The click command tree was loaded (an error alone loads click to print)."""
+        return "queuectl.commands" in self.modules
+
+    def comparable(self, generated: bool) -> tuple[Any, ...]:
+        """What must be equal between the two paths; a generated id is replaced by
+        <new> everywhere, once its shape has been checked."""
+        out, dump = self.stdout, repr(self.dump)
+        new_id = out.decode(errors="replace").strip()
+        if generated and self.code == 0 and GENERATED_ID.match(new_id):
+            out = b"<new>\n"
+            dump = dump.replace(repr(new_id), "'<new>'")
+        return (self.code, out, self.stderr, dump)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A queue with a seeded job (id `dup`) and a non-default setting."""
+    path = tmp_path_factory.mktemp("tpl") / "home"
+    path.mkdir()
+    h = QHome(path)
+    h.enqueue('{"id": "dup", "command": "echo seeded"}')
+    h.configure(max_retries=2, job_timeout=7)
+    assert sorted(os.listdir(path / "db")) == ["queue.db"]
+    return path
+
+
+def run(
+    mode: str,
+    home: Path,
+    args: Sequence[str | bytes],
+    tmp: Path,
+    **popen: Any,
+) -> Run:
+    report = tmp / f"modules-{mode}"
+    report.unlink(missing_ok=True)
+    argv: list[str | bytes] = [sys.executable, "-c", RUNNER, mode, str(report), "--home", str(home), *args]
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("cwd", home if home.is_dir() else tmp)  # a relative --db lands there
+    proc = subprocess.run(
+        argv,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+        **popen,
+    )
+    modules = set(report.read_text().split("\n")) if report.exists() else set()
+    return Run(proc, modules, home / "db" / "queue.db")
+
+
+def both(template: Path, tmp_path: Path, args: Sequence[str | bytes]) -> tuple[Run, Run]:
+    homes = []
+    for mode in ("fast", "click"):
+        home = tmp_path / mode
+        shutil.copytree(template, home)
+        homes.append(home)
+    return run("fast", homes[0], args, tmp_path), run("click", homes[1], args, tmp_path)
+
+
+# --- the forms the fast path takes -----------------------------------------------------
+
+FAST_OK: list[tuple[list[str], bool]] = [
+    # (arguments after --home HOME, whether the id is generated)
+    (["enqueue", "true"], True),
+    (["enqueue", "echo", "hi", "there"], True),
+    (
+        ["enqueue", "echo hi", "--max-retries", "3", "--priority", "5", "--timeout", "2.5", "--id", "j1"],
+        False,
+    ),
+    (["enqueue", "--priority=-7", "--id=j2", "sleep 1"], False),
+    (["enqueue", "--priority", "-7", "true", "--delay", "30"], True),
+    (["enqueue", '{"id":"j3","command":"sleep 2","max_retries":3}'], False),
+    (["enqueue", ' {"command": "x", "priority": 1} ', "--priority", "9", "--id", "j4"], False),
+    (["enqueue", '{"command": "true", "state": "pending", "attempts": 0}'], True),
+    (["enqueue", "true", "--run-at", "2030-01-01T00:00:00Z", "--id", "j5"], False),
+    (["enqueue", "true", "--run-at", "2030-01-01 12:00"], True),
+    (["enqueue", "echo é ✓", "--id", "jé"], False),
+    (["enqueue", '{"id": "j\\u00e9", "command": "echo \\u2713"}'], False),
+    (["enqueue", "[1, 2]"], True),  # not an object: a command
+    (["enqueue", "true", "--priority", "1_000", "--max-retries", " 4 "], True),
+    (["enqueue", "true", "--timeout", "1e2", "--delay", "0"], True),
+    (["enqueue", "x" * 131_000], True),  # near the longest argument Linux passes
+]
+
+FAST_ERRORS: list[list[str | bytes]] = [
+    ["enqueue", ""],
+    ["enqueue", "   "],
+    ["enqueue", "{bad json"],
+    ["enqueue", '{"command": 1}'],
+    ["enqueue", '{"command": "x", "bogus": 1}'],
+    ["enqueue", '{"command": "x", "priority": NaN}'],
+    ["enqueue", '{"command": "x", "state": "dead"}'],
+    ["enqueue", "true", "--id="],
+    ["enqueue", "true", "--id", " x"],
+    ["enqueue", "true", "--id", "dup"],  # exit 4: exists
+    ["enqueue", '{"id": "dup", "command": "true"}'],
+    ["enqueue", "true", "--priority", "99999999"],
+    ["enqueue", "true", "--max-retries", "-1"],
+    ["enqueue", "true", "--timeout", "nan"],
+    ["enqueue", "true", "--timeout", "inf"],
+    ["enqueue", "true", "--delay", "-1"],
+    ["enqueue", "true", "--delay", "1", "--run-at", "2030-01-01"],
+    ["enqueue", "true", "--run-at", "yesterday"],
+    ["enqueue", b"echo \xff"],  # not UTF-8: a lone surrogate in argv
+    ["enqueue", "x" * 70_000, "y" * 70_000],  # joined: longer than a command may be
+]
+
+
+@pytest.mark.parametrize(("args", "generated"), FAST_OK, ids=lambda v: repr(v)[:60])
+def test_fast_path_enqueues_exactly_as_click(
+    template: Path, tmp_path: Path, args: list[str], generated: bool
+) -> None:
+    fast, slow = both(template, tmp_path, args)
+    assert not fast.used_click and slow.used_click
+    assert fast.code == 0, fast.stderr
+    assert bool(GENERATED_ID.match(fast.stdout.decode().strip())) is generated
+    assert fast.comparable(generated) == slow.comparable(generated)
+
+
+@pytest.mark.parametrize("args", FAST_ERRORS, ids=lambda v: repr(v)[:60])
+def test_fast_path_rejects_exactly_as_click(template: Path, tmp_path: Path, args: list[str | bytes]) -> None:
+    fast, slow = both(template, tmp_path, args)
+    assert not fast.used_click and slow.used_click
+    assert fast.code in (2, 4), fast.stderr
+    assert fast.stdout == b""
+    assert fast.comparable(False) == slow.comparable(False)
+    assert fast.dump == dump_db(template / "db" / "queue.db")  # nothing changed
+
+
+# --- what the fast path leaves to click ------------------------------------------------
+
+CLICK_FORMS: list[list[str]] = [
+    ["enqueue"],
+    ["enqueue", "--help"],
+    ["enqueue", "true", "-h"],
+    ["enqueue", "true", "--priority"],
+    ["enqueue", "true", "--priority", "x"],
+    ["enqueue", "true", "--timeout", "soon"],
+    ["enqueue", "true", "--id", "a", "--id", "b"],
+    ["enqueue", "true", "--nope"],
+    ["enqueue", "-5"],
+    ["enqueue", "--", "-x"],
+    ["enqueue", "true", "--home", "/tmp"],
+    ["--db", "x", "--db", "y", "enqueue", "true"],
+    ["--version"],
+    ["enqueue", "-"],
+    ["status"],
+]
+
+
+@pytest.mark.parametrize("args", CLICK_FORMS, ids=lambda v: repr(v)[:60])
+def test_other_forms_go_to_click(template: Path, tmp_path: Path, args: list[str]) -> None:
+    fast, slow = both(template, tmp_path, args)
+    assert fast.used_click
+    assert fast.comparable(True) == slow.comparable(True)
+
+
+def test_home_and_db_options(template: Path, tmp_path: Path) -> None:
+    """--db, and a --home click would refuse (a file), or that does not exist."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    fast, slow = (
+        run(mode, template, ["--db", str(tmp_path / f"{mode}.db"), "enqueue", "true", "--id", "d1"], tmp_path)
+        for mode in ("fast", "click")
+    )
+    assert (fast.code, fast.stdout, fast.stderr) == (slow.code, slow.stdout, slow.stderr) == (0, b"d1\n", b"")
+    assert dump_db(tmp_path / "fast.db") == dump_db(tmp_path / "click.db")
+    assert not fast.used_click
+
+    for home, code, via_click in ((a_file, 2, True), (tmp_path / "missing", 2, False)):
+        outs = [run(mode, home, ["enqueue", "true"], tmp_path) for mode in ("fast", "click")]
+        assert [o.code for o in outs] == [code, code]
+        assert outs[0].stderr == outs[1].stderr and outs[0].stderr.startswith(b"queuectl: error: ")
+        assert outs[0].used_click is via_click
+
+
+def test_a_database_that_cannot_be_opened(template: Path, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    (home / "db" / "queue.db").write_bytes(b"not a database at all" * 100)
+    outs = [run(mode, home, ["enqueue", "true"], tmp_path) for mode in ("fast", "click")]
+    assert outs[0].code == outs[1].code == 5
+    assert outs[0].stderr == outs[1].stderr
+    assert not outs[0].used_click
+
+
+def test_a_closed_stdout(template: Path, tmp_path: Path) -> None:
+    """The reader of stdout has gone (exit 1, the job is stored), or there is no
+    stdout at all (exit 0): as click does it."""
+    fast, slow = [], []
+    for mode, into in (("fast", fast), ("click", slow)):
+        home = tmp_path / mode
+        shutil.copytree(template, home)
+        r, w = os.pipe()
+        os.close(r)  # before the child starts: its write of the id must fail
+        try:
+            into.append(run(mode, home, ["enqueue", "true", "--id", "p1"], tmp_path, stdout=w))
+        finally:
+            os.close(w)
+        into.append(
+            run(mode, home, ["enqueue", "true", "--id", "p2"], tmp_path, preexec_fn=lambda: os.close(1))
+        )
+    assert [r.code for r in fast] == [r.code for r in slow] == [1, 0]
+    assert [r.stderr for r in fast] == [r.stderr for r in slow]
+    assert [r.dump for r in fast] == [r.dump for r in slow]
+    assert not fast[0].used_click and fast[1].used_click
+
+
+def test_an_ascii_stdout_goes_to_click(template: Path, tmp_path: Path) -> None:
+    """click.echo writes UTF-8 to a stdout configured as ASCII: the fast path leaves
+    that to it, so a non-ASCII id prints the same bytes."""
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    env = {**clean_env(), "PYTHONIOENCODING": "ascii"}
+    report = tmp_path / "mods"
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, "fast", str(report), "--home", str(home), "enqueue", "x", "--id", "é"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "é\n".encode(), b"")
+    assert "queuectl.commands" in report.read_text().split("\n")
+
+
+# --- imports and the option table --------------------------------------------------------
+
+
+def test_the_fast_path_imports_only_what_it_needs(template: Path, tmp_path: Path) -> None:
+    fast, _ = both(template, tmp_path, ["enqueue", "true"])
+    assert fast.code == 0
+    for heavy in (
+        "click",
+        "structlog",
+        "psycopg",
+        "json",
+        "queuectl.commands",
+        "queuectl.worker",
+        "datetime",
+    ):
+        assert heavy not in fast.modules, heavy
+
+
+def test_importing_the_entry_point_is_light() -> None:
+    code = (
+        "import sys, queuectl.cli;"
+        " print(sorted(m for m in sys.modules if m.startswith(('click', 'queuectl'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['queuectl', 'queuectl.cli']"
+
+
+def test_the_option_tables_match_the_click_commands() -> None:
+    types = {click.INT: int, click.FLOAT: float, click.STRING: str}
+    declared = {
+        p.opts[0]: (p.name, types[p.type])
+        for p in click_enqueue.params
+        if isinstance(p, click.Option) and p.opts[0] != "--help"
+    }
+    assert declared == {flag: (param, kind) for flag, (param, _, kind) in cli_module.ENQUEUE_OPTIONS.items()}
+    group = {p.opts[0]: p.name for p in click_group.params if isinstance(p, click.Option)}
+    for flag, param in cli_module.GROUP_OPTIONS.items():
+        assert group[flag] == param
+    enqueue_args = [p for p in click_enqueue.params if isinstance(p, click.Argument)]
+    assert [(a.name, a.nargs) for a in enqueue_args] == [("job", -1)]
