@@ -11,18 +11,27 @@ jobs on, plus the `pg_notify`); `Queue.enqueue_many` adds validation and id
 generation; `queuectl enqueue -` adds the interpreter, JSON parsing and printing the
 ids.  Each PostgreSQL path is also reported as a ratio to the same path on SQLite,
 paired in each round.
+
+Then one job per process (issue 6): `queuectl enqueue true` (the venv's console
+script) on an existing queue, call after call, alternating with `python -c pass`
+(the same interpreter), as a ratio; also with the queue held open by another
+process, as it is while a worker runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from harness import PYTHON, ROOT, SQLITE, Backend, QueueHome, Results, Sample, interleave, steady, temp_dir
-from report import Doc, table
+from report import Doc, Target, table
 
 _BARE_TABLE = """
 CREATE TABLE jobs (
@@ -177,7 +186,9 @@ def _key(backend: Backend, path: str) -> str:
     return path if backend.key == "sqlite" else f"{backend.key}-{path}"
 
 
-def run(doc: Doc, *, jobs: int, rounds: int, backends: Sequence[Backend] = (SQLITE,)) -> dict[str, object]:
+def run(
+    doc: Doc, *, jobs: int, rounds: int, backends: Sequence[Backend] = (SQLITE,), single_calls: int = 40
+) -> dict[str, object]:
     subjects = {}
     for b in backends:
         for path, _, make in PATHS:
@@ -185,7 +196,107 @@ def run(doc: Doc, *, jobs: int, rounds: int, backends: Sequence[Backend] = (SQLI
             subjects[_key(b, path)] = steady(b, lambda fn=fn: fn(jobs), f"enqueue {_key(b, path)}")
     res = interleave(subjects, rounds, label="enqueue")
     _report(doc, res, jobs, rounds, backends)
+    raw: dict[str, object] = {"bulk": res.as_json()}
+    raw["single"] = run_single(doc, calls=single_calls, rounds=rounds)
+    return raw
+
+
+# --- one job per process ----------------------------------------------------------------
+
+#: The venv's console script, as a user runs it (its wrapper imports `re` first).
+QUEUECTL = str(Path(PYTHON).parent / "queuectl")
+
+
+def _bytecode_env(cache: Path) -> dict[str, str]:
+    """The environment of every timed process: bytecode is cached, as in an installed
+    queuectl (PYTHONDONTWRITEBYTECODE, set on some machines, would recompile every
+    module of queuectl at every start); the cache lives in a temporary folder, not in
+    the checkout.  `python -c pass` runs with the same environment."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+def _call_ms(argv: list[str], env: dict[str, str], want_id: bool) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=60, check=False)
+    ms = (time.perf_counter() - t0) * 1000
+    if out.returncode != 0 or (want_id and len(out.stdout.strip()) != 16):
+        raise RuntimeError(f"{argv} failed ({out.returncode}): {out.stderr[-500:]!r}")
+    return ms
+
+
+def run_single(doc: Doc, *, calls: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Each round: `calls` times, `python -c pass`, `queuectl enqueue true`, and the
+    same enqueue with the queue held open elsewhere, one after the other; a round's
+    figures are the medians over its calls."""
+    from queuectl.api import Queue
+    from queuectl.config import resolve_paths
+
+    with temp_dir("1") as home, tempfile.TemporaryDirectory(prefix="qb-pyc-") as cache:
+        env = _bytecode_env(Path(cache))
+        held = home / "held"
+        argvs = {
+            "pass": [PYTHON, "-c", "pass"],
+            "enqueue": [QUEUECTL, "--home", str(home), "enqueue", "true"],
+            "held": [QUEUECTL, "--home", str(held), "enqueue", "true"],
+        }
+        held.mkdir()
+        for argv in argvs.values():  # creates both queues, fills the bytecode cache
+            _call_ms(argv, env, argv is not argvs["pass"])
+        other = Queue.open(resolve_paths(str(held)))  # as a running worker holds it
+
+        def one_round() -> Sample:
+            ms: dict[str, list[float]] = {k: [] for k in argvs}
+            for _ in range(calls):
+                for key, argv in argvs.items():
+                    ms[key].append(_call_ms(argv, env, key != "pass"))
+            return {f"{k}_ms": statistics.median(v) for k, v in ms.items()}
+
+        try:
+            res = interleave({"round": one_round}, rounds, label="enqueue one")
+        finally:
+            other.close()
+    _report_single(doc, res, calls, rounds)
     return res.as_json()
+
+
+def _report_single(doc: Doc, res: Results, calls: int, rounds: int) -> None:
+    sec = doc.section("One `queuectl enqueue` call")
+    sec.add(
+        f"`{Path(QUEUECTL).name} --home H enqueue true` (the venv's console script) on an existing "
+        f"SQLite queue, a fresh process each time, measured from spawn to exit; {rounds} rounds of "
+        f"{calls} calls, each call alternating with `python -c pass` (the same interpreter), so "
+        "load from elsewhere hits both alike; a round's figure is its median call, the ratio is "
+        "taken per round. Bytecode is cached (a temporary PYTHONPYCACHEPREFIX), as in an installed "
+        "queuectl. With no other process on the queue, the call's close is the database's last: "
+        "SQLite checkpoints the WAL into the database file (two fsyncs) and removes `-wal` and "
+        "`-shm`, which the next call creates again (two more fsyncs). While a worker or the monitor "
+        "holds the queue open (the second row) none of that happens."
+    )
+    base = res.stat("round", "pass_ms")
+    rows = [("`python -c pass`", base.fmt(".1f"), "1 (baseline)")]
+    for key, title in (
+        ("enqueue", "`queuectl enqueue true`"),
+        ("held", "`queuectl enqueue true`, queue held open by another process"),
+    ):
+        rows.append(
+            (
+                title,
+                res.stat("round", f"{key}_ms").fmt(".1f"),
+                res.ratio("round", "round", f"{key}_ms", "pass_ms").fmt(".2f"),
+            )
+        )
+    sec.add(table(("Command", "ms per call", "÷ `python -c pass`"), rows))
+    doc.targets.append(
+        Target(
+            "One CLI enqueue ÷ `python -c pass`",
+            res.ratio("round", "round", "enqueue_ms", "pass_ms"),
+            2.0,
+            at_least=False,
+            spec=".2f",
+        )
+    )
 
 
 def _report(doc: Doc, res: Results, jobs: int, rounds: int, backends: Sequence[Backend]) -> None:
