@@ -10,9 +10,9 @@ Every peer runs the workload's command as `/bin/sh -c CMD` in a job of its own, 
 its queue is filled before the timed drain starts, as queuectl's is:
 
 - rate: jobs ÷ first job start to last job end.  huey and RQ: the times the task
-  itself records around the command (`peer_tasks/jobs.py`); task-spooler, which
-  records neither: from releasing the queued jobs to the server reporting the last
-  one finished (`peer_tasks/tsp_drain.py`).
+  itself records around the command (`peer_tasks/jobs.py`); task-spooler, which keeps
+  start times to the second only: from releasing the queued jobs to the server
+  reporting the last one finished (`peer_tasks/tsp_drain.py`).
 - wall: jobs ÷ launching the workers to all done: RQ, to the exit of the last
   `rq worker --burst`; huey (no burst mode), to every result being in the store
   (then the consumer is stopped); task-spooler (no workers: a client process per
@@ -21,7 +21,8 @@ its queue is filled before the timed drain starts, as queuectl's is:
   task-spooler: `wait4` and /proc, see tsp_drain.py), start-up included; Redis's own
   CPU is given beside it as `server_cpu_us`, as PostgreSQL's is for queuectl.
 
-    .venv/bin/python bench/peers.py     # smoke run: each peer once, beside the spawn limit
+    .venv/bin/python bench/peers.py --jobs 300   # smoke run: each peer once, beside
+                                                 # the spawn limit and queuectl
 """
 
 from __future__ import annotations
