@@ -108,10 +108,14 @@ def enqueue_one(open_queue: Callable[[], Queue], job: Sequence[str], options: Ma
     """`queuectl enqueue JOB... [options]` for one job: the words joined into a command
     (or a JSON object), the options given (not None) over its fields.  The job text
     is parsed before the queue is opened, so a malformed job is reported first."""
-    from queuectl.api import parse_job_text
+    return open_queue().enqueue(job_spec(job, options))
 
-    spec = parse_job_text(" ".join(job))
-    return open_queue().enqueue({**spec, **job_overrides(options)})
+
+def job_spec(job: Sequence[str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job object of `queuectl enqueue JOB... [options]`."""
+    from queuectl.rules import parse_job_text
+
+    return {**parse_job_text(" ".join(job)), **job_overrides(options)}
 
 
 def job_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,39 +228,57 @@ def _home_as_click_takes_it(home: str | None) -> bool:
 
 def _fast_enqueue(group: dict[str, str], job: list[str], options: dict[str, Any]) -> int:
     """What `cli` and its `enqueue` command do for one job, without click."""
-    from queuectl.api import Queue
-    from queuectl.config import resolve_paths
-
-    paths = resolve_paths(group.get("home"), group.get("db"))
-    opened: list[Queue] = []
-
-    def open_queue() -> Queue:
-        opened.append(Queue.open(paths))
-        return opened[0]
-
     try:
+        job_id = _enqueue_quickly(group.get("home"), group.get("db"), job, options)
         try:
-            job_id = enqueue_one(open_queue, job, options)
             sys.stdout.write(job_id + "\n")  # as click.echo writes it (see _ascii_stream)
             sys.stdout.flush()
-        finally:
-            if opened:
-                opened[0].close()
+        except OSError as exc:
+            import errno
+
+            if exc.errno != errno.EPIPE:
+                raise
+            # as click.Command.main: a closed stdout ends the command with exit code 1
+            sys.stdout = _PacifyFlush(sys.stdout)
+            sys.stderr = _PacifyFlush(sys.stderr)
+            sys.exit(1)
     except (EOFError, KeyboardInterrupt):
         # as click.Command.main: a blank line closes the terminal's ^C, then Abort
         sys.stderr.write("\n")
         sys.stderr.flush()
         fail("aborted", 130)
-    except OSError as exc:
-        import errno
-
-        if exc.errno != errno.EPIPE:
-            raise
-        # as click.Command.main: a closed stdout ends the command with exit code 1
-        sys.stdout = _PacifyFlush(sys.stdout)
-        sys.stderr = _PacifyFlush(sys.stderr)
-        sys.exit(1)
     return 0
+
+
+def _enqueue_quickly(home: str | None, db: str | None, job: list[str], options: dict[str, Any]) -> str:
+    """Queue.open + Queue.enqueue for one job, in their order (the job text parsed
+    first, the home checked, the store opened, its defaults read, the job validated
+    and inserted).  A SQLite queue at the current schema (the common case) is done
+    by store/sqlite_conn.py with rules.py, without importing the library (the models,
+    config, dataclasses, typing: most of the time a call took, issue 6); PostgreSQL,
+    and a database to create, migrate or refuse, through the library."""
+    from queuectl import rules
+
+    home_dir, db_url = rules.resolve_locations(home, db)
+    if rules.is_postgres_url(db_url):
+        return _enqueue_with_library(home, db, job_spec(job, options))
+    spec = job_spec(job, options)
+    rules.open_home(home_dir, db_url)
+    from queuectl.store.sqlite_conn import enqueue_new
+
+    job_id = enqueue_new(db_url, spec)
+    return _enqueue_with_library(home, db, spec) if job_id is None else job_id
+
+
+def _enqueue_with_library(home: str | None, db: str | None, spec: dict[str, Any]) -> str:
+    from queuectl.api import Queue
+    from queuectl.config import resolve_paths
+
+    queue = Queue.open(resolve_paths(home, db))
+    try:
+        return queue.enqueue(spec)
+    finally:
+        queue.close()
 
 
 class _PacifyFlush:

@@ -10,11 +10,10 @@ Two kinds of setting live here:
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from queuectl import rules
 from queuectl.errors import InvalidInput
 
 # Not typing.TYPE_CHECKING, which would import typing at every start (issue 6).
@@ -54,21 +53,14 @@ class Paths:
 
     @property
     def is_sqlite(self) -> bool:
-        return not self.db_url.startswith(("postgresql://", "postgres://"))
+        return not rules.is_postgres_url(self.db_url)
 
 
 def resolve_paths(home: str | None = None, db: str | None = None) -> Paths:
-    """Flags beat the environment; the default home is the current directory."""
-    home_text = home or os.environ.get("QUEUECTL_HOME") or "."
-    home_path = Path(home_text).expanduser().absolute()
-    db_text = db or os.environ.get("QUEUECTL_DB") or ""
-    if not db_text:
-        db_url = str(home_path / "db" / "queue.db")
-    elif db_text.startswith(("postgresql://", "postgres://")):
-        db_url = db_text
-    else:
-        db_url = str(Path(db_text).expanduser().absolute())
-    return Paths(home=home_path, db_url=db_url)
+    """Flags beat the environment; the default home is the current directory (the
+    rule is rules.resolve_locations, which the enqueue fast path calls too)."""
+    home_text, db_url = rules.resolve_locations(home, db)
+    return Paths(home=Path(home_text), db_url=db_url)
 
 
 # --- the config table -------------------------------------------------------------
@@ -95,13 +87,18 @@ KEYS: Mapping[str, Key] = {
     for k in (
         # How many retries a job gets after its first attempt; taken by each job at
         # enqueue, so a later change does not touch jobs already queued.
-        _k("max_retries", int, 0, 1000, "retries after the first attempt (per job at enqueue)"),
+        _k(
+            "max_retries",
+            int,
+            *rules.MAX_RETRIES_RANGE,
+            "retries after the first attempt (per job at enqueue)",
+        ),
         # The retry after attempt n waits backoff_base ** n seconds (2, 4, 8, ...).
         _k("backoff_base", float, 1.0, 1000.0, "retry delay = backoff_base ** attempts seconds"),
         # No retry waits longer than this, however many attempts came before.
         _k("backoff_max", float, 0.0, 31_536_000.0, "cap on one retry delay, seconds"),
         # A job's default time limit; each job takes it at enqueue unless it names one.
-        _k("job_timeout", float, 0.01, 604_800.0, "default time limit of a job, seconds"),
+        _k("job_timeout", float, *rules.JOB_TIMEOUT_RANGE, "default time limit of a job, seconds"),
         # After SIGTERM on a timeout, how long a job may take to exit before SIGKILL.
         _k("kill_grace", float, 0.0, 600.0, "seconds from SIGTERM to SIGKILL on timeout"),
         # The monitor treats a job as hung once it has run timeout + this many seconds
@@ -180,21 +177,10 @@ def parse_value(key: str, text: str) -> Any:
         if raw.lower() not in spec.choices:
             raise InvalidInput(f"{key} must be one of {', '.join(spec.choices)}, not {text!r}")
         return raw.lower()
-    value: float | int
-    try:
-        value = int(raw) if spec.kind is int else float(raw)
-    except ValueError:
-        kind = "a whole number" if spec.kind is int else "a number"
-        raise InvalidInput(f"{key} must be {kind}, not {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInput(f"{key} must be a finite number, not {text!r}")
-    if not spec.low <= value <= spec.high:
-        raise InvalidInput(f"{key} must be between {_num(spec.low)} and {_num(spec.high)}, not {text}")
-    return value
+    return rules.parse_number(key, text, spec.kind, spec.low, spec.high)
 
 
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+_num = rules.num_text
 
 
 @dataclass(frozen=True)
@@ -202,10 +188,10 @@ class Config:
     """Typed view of the config table.  Its defaults are the only ones: KEYS holds each
     key's type, range and help."""
 
-    max_retries: int = 3
+    max_retries: int = rules.DEFAULT_MAX_RETRIES
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
-    job_timeout: float = 60.0
+    job_timeout: float = rules.DEFAULT_JOB_TIMEOUT
     kill_grace: float = 5.0
     timeout_grace: float = 10.0
     heartbeat_interval: float = 3.0

@@ -7,11 +7,34 @@ this module, so the retry rules live in exactly one place.
 from __future__ import annotations
 
 import enum
-import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
+
+# The times and ids live in rules.py (cheap to import, issue 6); their names here stay.
+from queuectl.rules import iso, new_id, parse_time
+
+__all__ = [
+    "ALLOWED",
+    "JOB_COLUMNS",
+    "MONITOR_LEASE",
+    "RUNNABLE",
+    "TERMINAL",
+    "Event",
+    "Job",
+    "JobState",
+    "LeaseInfo",
+    "NewJob",
+    "Outcome",
+    "Reason",
+    "Transition",
+    "WorkerInfo",
+    "backoff_delay",
+    "decide",
+    "iso",
+    "new_id",
+    "parse_time",
+]
 
 
 class JobState(enum.StrEnum):
@@ -288,59 +311,3 @@ class NewJob:
     priority: int
     timeout: float
     run_at: float
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds -> ISO-8601 UTC with milliseconds (`2026-11-23T11:50:00.123Z`)."""
-    if ts is None:
-        return None
-    from datetime import UTC, datetime  # here: `queuectl enqueue CMD` never needs it (issue 6)
-
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> float:
-    """ISO-8601 -> epoch seconds; a time without a zone is taken as UTC."""
-    from datetime import UTC, datetime
-
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
-
-
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-_last_ms = 0
-_last_rand = 0
-
-
-def new_id(now: float | None = None) -> str:
-    """A short, unique, sortable id: 10 base32 chars of milliseconds + 6 random.
-
-    Ids made in one process within the same millisecond count up from a random
-    start, so a bulk enqueue never collides with itself and stays in order.
-    """
-    global _last_ms, _last_rand
-    ms = int((time.time() if now is None else now) * 1000)
-    if ms <= _last_ms:
-        ms = _last_ms
-        _last_rand += 1
-        if _last_rand >= 32**6:
-            ms += 1
-            _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
-    else:
-        _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
-    _last_ms = ms
-    return _b32(ms, 10) + _b32(_last_rand, 6)
-
-
-def _b32(n: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        chars.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(chars))

@@ -11,10 +11,19 @@ in the same transaction, so the history can never disagree with the jobs table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+# Nothing but the protocol's annotations needs these, and importing typing and the
+# models costs milliseconds: `queuectl enqueue` imports this package for
+# store/sqlite_conn.py alone (issue 6).  Not typing.TYPE_CHECKING, for the same
+# reason; mypy gives a constant of this name the same meaning.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Protocol
 
-from queuectl.models import Event, Job, JobState, LeaseInfo, NewJob, WorkerInfo
+    from queuectl.models import Event, Job, JobState, LeaseInfo, NewJob, WorkerInfo
+else:
+    # At runtime the protocol is a plain class: nothing checks it with isinstance().
+    Protocol = object
 
 
 class Store(Protocol):

@@ -4,22 +4,22 @@ One connection per process, WAL journal, every write transaction `BEGIN IMMEDIAT
 (so a read never has to be upgraded to a write, which would fail at once with
 SQLITE_BUSY_SNAPSHOT), and a 10 s busy timeout under a retry loop.  The history is
 written by triggers, so no statement can change a job's state without its event.
-Nothing `apsw.*` escapes this module: errors are translated at the boundary.
+Nothing `apsw.*` escapes this module: errors are translated at the boundary.  How a
+connection is opened, configured and retried, its errors translated and a job
+inserted is in sqlite_conn.py, which the enqueue fast path uses alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import DuplicateJob, InvalidInput, StoreBusy, StoreError
+from queuectl.errors import InvalidInput, StoreError
 from queuectl.models import (
     JOB_COLUMNS,
     Event,
@@ -29,25 +29,18 @@ from queuectl.models import (
     NewJob,
     WorkerInfo,
 )
-
-#: PRAGMA application_id of a queuectl database ("QCTL").
-APPLICATION_ID = 0x5143544C
-BUSY_TIMEOUT_MS = 10_000
-#: Waits for a lock start at 50 µs and double up to 10 ms.  SQLite's own handler
-#: (set_busy_timeout) sleeps 1 ms, then 2, 5, 10 ... 100 ms; two workers take the
-#: write lock thousands of times a second for ~0.1 ms each, so its first sleep alone
-#: was most of what a collision cost (bench/: store time per job -15 to -20%).
-BUSY_FIRST_SLEEP = 0.00005
-BUSY_MAX_SLEEP = 0.01
-#: WAL frames before a commit runs an automatic checkpoint (SQLite's default: 1000).
-#: A checkpoint fsyncs the WAL and the database, and with 2 workers committing ~15
-#: pages per job it came every ~70 jobs and stalled both workers' commits.  What a
-#: commit guarantees is unchanged: with synchronous=NORMAL a commit survives a crash
-#: of any process (not a power loss: use synchronous=full for that, which syncs every
-#: commit); the WAL file grows to about 16 MB before it is reused.
-WAL_AUTOCHECKPOINT = 4000
-#: Whole-transaction retries after the busy timeout ran out, before StoreBusy.
-BUSY_RETRIES = 3
+from queuectl.store.sqlite_conn import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    config_items,
+    connect,
+    first_existing,
+    insert_jobs,
+    read,
+    schema_ids,
+    translate,
+    write,
+)
 
 _COLS = ", ".join(JOB_COLUMNS)
 _EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
@@ -163,6 +156,8 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     """,
 )
+if len(MIGRATIONS) != SCHEMA_VERSION:  # the fast path checks user_version against it
+    raise AssertionError(f"sqlite_conn.SCHEMA_VERSION is {SCHEMA_VERSION}, not {len(MIGRATIONS)}")
 
 T = TypeVar("T")
 
@@ -222,102 +217,22 @@ def _finish(conn: apsw.Connection, job_id: str, lease: int, result: _Result, now
     return bool(conn.changes())
 
 
-def _busy_handler(timeout: float) -> Callable[[int], bool]:
-    """What SQLite calls while another connection holds a lock we need, with the number
-    of prior calls for this wait: sleep a little and retry, for up to `timeout` seconds
-    in all (then SQLITE_BUSY, as set_busy_timeout would)."""
-    deadline = 0.0
-
-    def wait(prior: int) -> bool:
-        nonlocal deadline
-        now = time.monotonic()
-        if prior == 0:
-            deadline = now + timeout
-        elif now >= deadline:
-            return False
-        time.sleep(min(BUSY_FIRST_SLEEP * 2 ** min(prior, 10), BUSY_MAX_SLEEP, deadline - now))
-        return True
-
-    return wait
-
-
-def _translate(exc: apsw.Error, path: str) -> StoreError:
-    if isinstance(exc, apsw.BusyError | apsw.LockedError):
-        return StoreBusy(f"database busy: another process held {path} locked for too long")
-    if isinstance(exc, apsw.NotADBError):
-        return StoreError(f"{path} is not a SQLite database")
-    if isinstance(exc, apsw.CorruptError):
-        return StoreError(f"database {path} is corrupt (check it with sqlite3 '.recover')")
-    if isinstance(exc, apsw.ReadOnlyError):
-        return StoreError(f"database {path} is read-only")
-    if isinstance(exc, apsw.CantOpenError | apsw.PermissionsError):
-        return StoreError(f"cannot open database {path}: check the folder exists and is writable")
-    if isinstance(exc, apsw.FullError):
-        return StoreError(f"database {path} is full: the disk or the size limit is reached")
-    if isinstance(exc, apsw.IOError):
-        return StoreError(f"I/O error on database {path}: {exc}")
-    return StoreError(f"database error on {path}: {exc}")
-
-
 class SQLiteStore:
     def __init__(self, path: str, *, synchronous: str | None = None, clock: Callable[[], float] = time.time):
         self.path = path
         self._clock = clock
         self._data_version: int | None = None
-        self._prepare_file(Path(path))
+        self.conn = connect(path, synchronous)
         try:
-            self.conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-        except apsw.Error as exc:
-            raise _translate(exc, path) from None
-        try:
-            self._configure(synchronous)
             self._migrate()
         except apsw.Error as exc:
             self.conn.close()
-            raise _translate(exc, path) from None
+            raise translate(exc, path) from None
         except StoreError:
             self.conn.close()
             raise
 
     # --- opening -------------------------------------------------------------------
-
-    @staticmethod
-    def _prepare_file(path: Path) -> None:
-        """Create the database file owner-only before SQLite does (its -wal and -shm
-        files copy the database file's mode)."""
-        if not path.parent.is_dir():
-            raise StoreError(f"cannot open database {path}: folder {path.parent} does not exist")
-        if path.exists():
-            return
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
-
-    def _configure(self, synchronous: str | None) -> None:
-        conn = self.conn
-        conn.set_busy_handler(_busy_handler(BUSY_TIMEOUT_MS / 1000))
-        # The first read tells "not a database" apart before any pragma writes.
-        conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"database {self.path} cannot use WAL mode (journal_mode={mode})")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-        conn.transaction_mode = "IMMEDIATE"
-        if synchronous is None:
-            synchronous = self._stored_synchronous()
-        conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-
-    def _stored_synchronous(self) -> str:
-        try:
-            rows = self.conn.execute("SELECT value FROM config WHERE key='synchronous'").fetchall()
-        except apsw.SQLError:  # no config table yet
-            return "normal"
-        return str(rows[0][0]) if rows else "normal"
 
     def _migrate(self) -> None:
         conn = self.conn
@@ -340,9 +255,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
 
     def _ids(self) -> tuple[int, int]:
-        app_id = self.conn.execute("PRAGMA application_id").fetchall()[0][0]
-        version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
-        return int(str(app_id)), int(str(version))
+        return schema_ids(self.conn)
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -353,29 +266,10 @@ class SQLiteStore:
 
     def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run fn in one BEGIN IMMEDIATE transaction, retrying it whole when busy."""
-        for attempt in range(BUSY_RETRIES + 1):
-            try:
-                with self.conn:
-                    return fn(self.conn)
-            except (apsw.BusyError, apsw.LockedError) as exc:
-                if attempt == BUSY_RETRIES:
-                    raise _translate(exc, self.path) from None
-            except apsw.ConstraintError:
-                raise DuplicateJob() from None
-            except apsw.Error as exc:
-                raise _translate(exc, self.path) from None
-        raise AssertionError("unreachable")
+        return write(self.conn, self.path, fn)
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        for attempt in range(BUSY_RETRIES + 1):
-            try:
-                return self.conn.execute(sql, params).fetchall()
-            except (apsw.BusyError, apsw.LockedError) as exc:
-                if attempt == BUSY_RETRIES:
-                    raise _translate(exc, self.path) from None
-            except apsw.Error as exc:
-                raise _translate(exc, self.path) from None
-        raise AssertionError("unreachable")
+        return read(self.conn, self.path, sql, params)
 
     def now(self) -> float:
         return self._clock()
@@ -390,35 +284,11 @@ class SQLiteStore:
         rows = [
             (j.id, j.command, j.max_retries, j.priority, j.timeout, t, t, j.run_at, j.run_at) for j in jobs
         ]
-
-        def insert(conn: apsw.Connection) -> list[str]:
-            # None -> PENDING (the insert trigger writes the first event)
-            conn.executemany(
-                "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
-                " created_at, updated_at, run_at, next_run_at)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            return [j.id for j in jobs]
-
-        try:
-            return self._write(insert)
-        except DuplicateJob:
-            raise DuplicateJob(self._first_existing([j.id for j in jobs])) from None
+        insert_jobs(self.conn, self.path, rows)  # None -> PENDING
+        return [j.id for j in jobs]
 
     def _first_existing(self, ids: list[str]) -> str | None:
-        seen: set[str] = set()
-        for job_id in ids:
-            if job_id in seen:
-                return job_id
-            seen.add(job_id)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._read(f"SELECT id FROM jobs WHERE id IN ({marks}) LIMIT 1", chunk)
-            if rows:
-                return str(rows[0][0])
-        return None
+        return first_existing(self.conn, self.path, ids)
 
     def get(self, job_id: str) -> Job | None:
         rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))
@@ -679,7 +549,7 @@ class SQLiteStore:
     # --- config --------------------------------------------------------------------
 
     def config_items(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self._read("SELECT key, value FROM config")}
+        return config_items(self.conn, self.path)
 
     def config_set(self, items: dict[str, str]) -> None:
         self._write(

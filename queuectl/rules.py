@@ -1,0 +1,364 @@
+"""The rules of queuectl's inputs, as plain functions: where a queue lives, what a new
+job may be, how a job id is made, how a job's stored defaults are read.
+
+Deliberately cheap to import: no dataclasses, typing, enum, pathlib or datetime at
+runtime (issue 6).  The `queuectl enqueue` fast path (cli.py) validates through this
+module alone, and api.py, models.py and config.py call the same functions, so each
+rule exists once.  Imports no other queuectl module but errors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from queuectl.errors import InvalidInput, StoreError
+
+# Not typing.TYPE_CHECKING: importing typing costs milliseconds (issue 6), and mypy
+# gives a constant of this name the same meaning.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+# --- where a queue lives ------------------------------------------------------------
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def resolve_locations(home: str | None = None, db: str | None = None) -> tuple[str, str]:
+    """(home folder, database URL or file) from the flags, else the environment; the
+    default home is the current directory, the default database HOME/db/queue.db."""
+    home_path = absolute(home or os.environ.get("QUEUECTL_HOME") or ".")
+    db_text = db or os.environ.get("QUEUECTL_DB") or ""
+    if not db_text:
+        return home_path, _join(home_path, "db", "queue.db")
+    if is_postgres_url(db_text):
+        return home_path, db_text
+    return home_path, absolute(db_text)
+
+
+def default_db_dir(home: str) -> str:
+    return _join(home, "db")
+
+
+def open_home(home: str, db_url: str) -> None:
+    """Check the home before a store is opened on it; create its db/ folder (mode
+    0700) when the database is the default file in it."""
+    if not os.path.isdir(home):
+        raise InvalidInput(f"queuectl home {home} does not exist or is not a folder")
+    db_dir = default_db_dir(home)
+    if is_postgres_url(db_url) or os.path.dirname(db_url) != db_dir:
+        return
+    try:
+        os.mkdir(db_dir, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(db_dir):  # as Path.mkdir(exist_ok=True)
+            raise StoreError(f"cannot create the database folder {db_dir}: File exists") from None
+    except OSError as exc:  # the home is fine; its database folder cannot be made
+        raise StoreError(f"cannot create the database folder {db_dir}: {exc.strerror}") from None
+
+
+def absolute(text: str) -> str:
+    """str(Path(text).expanduser().absolute()) without pathlib: `~` expanded, empty
+    and `.` parts dropped, `..` kept, relative to the working directory."""
+    root, parts = _split(text)
+    if not root and parts and parts[0].startswith("~"):
+        home = os.path.expanduser(parts[0])  # as Path.expanduser (3.11) expands it
+        if home.startswith("~"):
+            raise RuntimeError("Could not determine home directory.")
+        root, home_parts = _split(home)
+        parts = home_parts + parts[1:]
+    if not root:
+        root, cwd_parts = _split(os.getcwd())
+        parts = cwd_parts + parts
+    return root + "/".join(parts)
+
+
+def _split(text: str) -> tuple[str, list[str]]:
+    """A POSIX path as pathlib parses it: its root ('', '/' or exactly '//') and parts."""
+    root = ""
+    if text.startswith("/"):
+        root = "//" if text.startswith("//") and not text.startswith("///") else "/"
+    return root, [p for p in text.split("/") if p and p != "."]
+
+
+def _join(base: str, *names: str) -> str:
+    return (base if base.endswith("/") else base + "/") + "/".join(names)
+
+
+# --- the config values a new job takes --------------------------------------------
+
+#: A job's retries after its first attempt (config key max_retries, and per job).
+DEFAULT_MAX_RETRIES = 3
+MAX_RETRIES_RANGE = (0, 1000)
+#: A job's time limit in seconds (config key job_timeout, and per job `timeout`).
+DEFAULT_JOB_TIMEOUT = 60.0
+JOB_TIMEOUT_RANGE = (0.01, 604_800.0)
+
+
+def parse_number(key: str, text: str, kind: type, low: float, high: float) -> int | float:
+    """A config value of a numeric key: a whole number (kind int) or a finite float,
+    within [low, high]; InvalidInput with the reason otherwise."""
+    raw = text.strip()
+    value: float | int
+    try:
+        value = int(raw) if kind is int else float(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise InvalidInput(f"{key} must be {what}, not {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{key} must be a finite number, not {text!r}")
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be between {num_text(low)} and {num_text(high)}, not {text}")
+    return value
+
+
+def num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def job_defaults(stored: Mapping[str, str]) -> tuple[int, float]:
+    """(max_retries, job_timeout) from the config table's values, as Config.from_stored
+    reads them: a value that is missing or no longer valid gives the default."""
+    max_retries, timeout = DEFAULT_MAX_RETRIES, DEFAULT_JOB_TIMEOUT
+    try:
+        if "max_retries" in stored:
+            max_retries = int(parse_number("max_retries", stored["max_retries"], int, *MAX_RETRIES_RANGE))
+    except InvalidInput:
+        pass
+    try:
+        if "job_timeout" in stored:
+            timeout = float(parse_number("job_timeout", stored["job_timeout"], float, *JOB_TIMEOUT_RANGE))
+    except InvalidInput:
+        pass
+    return max_retries, timeout
+
+
+# --- a new job ----------------------------------------------------------------------
+
+#: Linux refuses a single exec argument longer than this (MAX_ARG_STRLEN).
+MAX_COMMAND_BYTES = 131_072 - 1
+MAX_ID_LENGTH = 200
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+MAX_DELAY = 10 * 365 * 86_400.0
+
+JOB_FIELDS = frozenset({"id", "command", "max_retries", "priority", "run_at", "delay", "timeout"})
+#: Fields of a job's JSON form that may be sent back at enqueue with their initial
+#: values (so a job printed by `inspect --json` can be enqueued again elsewhere).
+INITIAL_FIELDS = frozenset({"state", "attempts", "created_at", "updated_at"})
+
+#: A validated new job: (id, command, max_retries, priority, timeout, run_at).
+JobRow = tuple[str, str, int, int, float, float]
+
+
+def parse_job_text(text: str) -> dict[str, Any]:
+    """One job from the command line: a JSON object, or else a shell command."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        return parse_json_object(stripped)
+    return {"command": text}
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    import json  # here: a plain command (the common case) needs no JSON at all
+
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("invalid JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"a job must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: float) -> JobRow:
+    """Validate one job object, with the queue's default max_retries and timeout;
+    raise InvalidInput naming the first problem."""
+    unknown = set(spec) - JOB_FIELDS - INITIAL_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+    _check_initial(spec)
+    command = _check_command(spec.get("command"))
+    job_id = spec.get("id")
+    job_id = new_id(now) if job_id is None else _check_id(job_id)
+    return (
+        job_id,
+        command,
+        _int(spec, "max_retries", max_retries, *MAX_RETRIES_RANGE),
+        _int(spec, "priority", 0, *PRIORITY_RANGE),
+        _number(spec, "timeout", timeout, *JOB_TIMEOUT_RANGE),
+        _start_time(spec, now),
+    )
+
+
+def _check_command(command: Any) -> str:
+    if not isinstance(command, str):
+        raise InvalidInput("command is required and must be a string")
+    if not command.strip():
+        raise InvalidInput("command must not be empty")
+    if "\x00" in command:
+        raise InvalidInput("command must not contain NUL characters")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        raise InvalidInput(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+    if _has_surrogate(command):
+        raise InvalidInput("command is not valid UTF-8 text")
+    return command
+
+
+def _has_surrogate(text: str) -> bool:
+    """A lone surrogate (Unicode category Cs): what a non-UTF-8 byte in argv becomes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _is_control(ch: str) -> bool:
+    """Unicode category Cc (C0, DEL, C1: fixed by Unicode's stability policy) or Cs."""
+    return ch < " " or "\x7f" <= ch <= "\x9f" or "\ud800" <= ch <= "\udfff"
+
+
+def _start_time(spec: Mapping[str, Any], now: float) -> float:
+    """`delay` seconds from now, or the ISO-8601 `run_at`, or now."""
+    if spec.get("run_at") is not None and spec.get("delay") is not None:
+        raise InvalidInput("give run_at or delay, not both")
+    if spec.get("delay") is not None:
+        return now + _number(spec, "delay", 0.0, 0.0, MAX_DELAY)
+    raw = spec.get("run_at")
+    if raw is None:
+        return now
+    if not isinstance(raw, str):
+        raise InvalidInput("run_at must be an ISO-8601 time string")
+    try:
+        return parse_time(raw)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidInput(f"run_at is not an ISO-8601 time: {raw!r}") from None
+
+
+def _check_initial(spec: Mapping[str, Any]) -> None:
+    if "state" in spec and spec["state"] != "pending":
+        raise InvalidInput("a new job's state can only be 'pending'")
+    if "attempts" in spec and (type(spec["attempts"]) is not int or spec["attempts"] != 0):
+        raise InvalidInput("a new job's attempts can only be 0")
+    for key in ("created_at", "updated_at"):
+        value = spec.get(key)
+        if value is None:
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            parse_time(value)
+        except (ValueError, OverflowError, OSError):
+            raise InvalidInput(f"{key} must be an ISO-8601 time (it is set by queuectl)") from None
+
+
+def _check_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("id must be a string")
+    if not value or value != value.strip():
+        raise InvalidInput("id must be non-empty, without leading or trailing spaces")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"id is longer than {MAX_ID_LENGTH} characters")
+    if any(_is_control(ch) for ch in value):
+        raise InvalidInput("id must not contain control characters")
+    return value
+
+
+def _int(spec: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{key} must be a whole number")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise InvalidInput(f"{key} must be a whole number")
+        value = int(value)
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be between {low} and {high}")
+    return value
+
+
+def _number(spec: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = spec.get(key)
+    if value is None:
+        return float(default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{key} must be a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidInput(f"{key} is too large") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidInput(f"{key} must be between {low:g} and {high:g}")
+    return number
+
+
+# --- times and ids ------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds (`2026-11-23T11:50:00.123Z`)."""
+    if ts is None:
+        return None
+    from datetime import UTC, datetime  # here: `queuectl enqueue CMD` never needs it (issue 6)
+
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> float:
+    """ISO-8601 -> epoch seconds; a time without a zone is taken as UTC."""
+    from datetime import UTC, datetime
+
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_last_ms = 0
+_last_rand = 0
+
+
+def new_id(now: float | None = None) -> str:
+    """A short, unique, sortable id: 10 base32 chars of milliseconds + 6 random.
+
+    Ids made in one process within the same millisecond count up from a random
+    start, so a bulk enqueue never collides with itself and stays in order.
+    """
+    global _last_ms, _last_rand
+    ms = int((time.time() if now is None else now) * 1000)
+    if ms <= _last_ms:
+        ms = _last_ms
+        _last_rand += 1
+        if _last_rand >= 32**6:
+            ms += 1
+            _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
+    else:
+        _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
+    _last_ms = ms
+    return _b32(ms, 10) + _b32(_last_rand, 6)
+
+
+def _b32(n: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        chars.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(chars))
