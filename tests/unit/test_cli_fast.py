@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import apsw
 import click
 import pytest
 
 from queuectl import cli as cli_module
+from queuectl import rules
 from queuectl.commands import cli as click_group
 from queuectl.commands import enqueue as click_enqueue
+from queuectl.store.sqlite import APPLICATION_ID, MIGRATIONS
 from tests.helpers import T0, QHome, clean_env, dump_db
 
 #: Runs queuectl's main() in a child process: argv[1] is "fast" (as the script runs)
@@ -55,6 +58,11 @@ class Run:
         self.stderr = proc.stderr
         self.modules = modules
         self.dump = dump_db(db)
+
+    @property
+    def used_library(self) -> bool:
+        """The library (Queue, the models, SQLiteStore) was loaded: not the lean path."""
+        return "queuectl.api" in self.modules
 
     @property
     def used_click(self) -> bool:
@@ -173,6 +181,7 @@ def test_fast_path_enqueues_exactly_as_click(
 ) -> None:
     fast, slow = both(template, tmp_path, args)
     assert not fast.used_click and slow.used_click
+    assert not fast.used_library  # store/sqlite_conn.py and rules.py alone
     assert fast.code == 0, fast.stderr
     assert bool(GENERATED_ID.match(fast.stdout.decode().strip())) is generated
     assert fast.comparable(generated) == slow.comparable(generated)
@@ -182,6 +191,7 @@ def test_fast_path_enqueues_exactly_as_click(
 def test_fast_path_rejects_exactly_as_click(template: Path, tmp_path: Path, args: list[str | bytes]) -> None:
     fast, slow = both(template, tmp_path, args)
     assert not fast.used_click and slow.used_click
+    assert not fast.used_library
     assert fast.code in (2, 4), fast.stderr
     assert fast.stdout == b""
     assert fast.comparable(False) == slow.comparable(False)
@@ -245,6 +255,123 @@ def test_a_database_that_cannot_be_opened(template: Path, tmp_path: Path) -> Non
     assert not outs[0].used_click
 
 
+def _homes(template: Path, tmp_path: Path) -> list[Path]:
+    homes = []
+    for mode in ("fast", "click"):
+        shutil.copytree(template, tmp_path / mode)
+        homes.append(tmp_path / mode)
+    return homes
+
+
+def _write_db(path: Path, steps: int, app_id: int = APPLICATION_ID, version: int | None = None) -> None:
+    """A database with the first `steps` migrations and the seeded job."""
+    path.unlink(missing_ok=True)
+    conn = apsw.Connection(str(path))
+    for step in MIGRATIONS[:steps]:
+        conn.execute(step)
+    conn.execute(
+        "INSERT INTO jobs (id, command, state, max_retries, priority, timeout, created_at,"
+        " updated_at, run_at, next_run_at) VALUES ('old', 'true', 'pending', 3, 0, 60, 1, 1, 1, 1)"
+    )
+    conn.execute(f"PRAGMA application_id={app_id}")
+    conn.execute(f"PRAGMA user_version={steps if version is None else version}")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("steps", "app_id", "version", "code"),
+    [
+        (1, APPLICATION_ID, None, 0),  # an old schema: migrated, then the job inserted
+        (len(MIGRATIONS) - 1, APPLICATION_ID, None, 0),
+        (len(MIGRATIONS), 0x1234, None, 5),  # someone else's database
+        (len(MIGRATIONS), APPLICATION_ID, len(MIGRATIONS) + 1, 5),  # a newer queuectl's
+    ],
+)
+def test_a_database_not_at_this_schema_goes_through_the_library(
+    template: Path, tmp_path: Path, steps: int, app_id: int, version: int | None, code: int
+) -> None:
+    homes = _homes(template, tmp_path)
+    for home in homes:
+        _write_db(home / "db" / "queue.db", steps, app_id, version)
+    fast = run("fast", homes[0], ["enqueue", "true", "--id", "m1"], tmp_path)
+    slow = run("click", homes[1], ["enqueue", "true", "--id", "m1"], tmp_path)
+    assert fast.code == code, fast.stderr
+    assert fast.stderr.replace(bytes(homes[0]), b"H") == slow.stderr.replace(bytes(homes[1]), b"H")
+    assert (fast.code, fast.stdout, fast.dump) == (slow.code, slow.stdout, slow.dump)
+    assert fast.used_library and not fast.used_click
+
+
+@pytest.mark.parametrize("remove", ["db", "dir"])
+def test_a_new_queue_is_created_as_click_creates_it(template: Path, tmp_path: Path, remove: str) -> None:
+    homes = _homes(template, tmp_path)
+    for home in homes:
+        if remove == "db":
+            (home / "db" / "queue.db").unlink()
+        else:
+            shutil.rmtree(home / "db")
+    fast = run("fast", homes[0], ["enqueue", "true", "--id", "n1"], tmp_path)
+    slow = run("click", homes[1], ["enqueue", "true", "--id", "n1"], tmp_path)
+    assert fast.code == 0, fast.stderr
+    assert fast.comparable(False) == slow.comparable(False)
+    assert (homes[0] / "db").stat().st_mode & 0o777 == (homes[1] / "db").stat().st_mode & 0o777
+    assert (homes[0] / "db" / "queue.db").stat().st_mode & 0o777 == 0o600
+    # the next call finds the schema current: the lean path
+    again = run("fast", homes[0], ["enqueue", "true", "--id", "n2"], tmp_path)
+    assert again.code == 0 and not again.used_library
+
+
+@pytest.mark.parametrize(
+    "stored", [{"max_retries": "7", "job_timeout": "1.5"}, {"max_retries": "x", "job_timeout": "1e9"}]
+)
+def test_stored_defaults_are_read_as_the_library_reads_them(
+    template: Path, tmp_path: Path, stored: dict[str, str]
+) -> None:
+    """A valid stored value is a job's default; an invalid one gives the built-in default."""
+    homes = _homes(template, tmp_path)
+    for home in homes:
+        conn = apsw.Connection(str(home / "db" / "queue.db"))
+        conn.executemany("INSERT OR REPLACE INTO config (key, value) VALUES (?, ?)", list(stored.items()))
+        conn.close()
+    fast = run("fast", homes[0], ["enqueue", "true", "--id", "c1"], tmp_path)
+    slow = run("click", homes[1], ["enqueue", "true", "--id", "c1"], tmp_path)
+    assert fast.code == 0 and not fast.used_library
+    assert fast.comparable(False) == slow.comparable(False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        ".",
+        "a",
+        "a/b/",
+        "./a//b/./c",
+        "../x",
+        "a/../b",
+        "/",
+        "//",
+        "///",
+        "//a/b",
+        "/a/./b/",
+        "~",
+        "~/q/",
+        "~x",
+    ],
+)
+def test_paths_resolve_as_pathlib_resolves_them(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for home in ("/home/u", "/home/u/", "", "rel"):
+        monkeypatch.setenv("HOME", home)
+        try:
+            want: str | type[Exception] = str(Path(text).expanduser().absolute())
+        except RuntimeError:
+            want = RuntimeError
+        if want is RuntimeError:
+            with pytest.raises(RuntimeError):
+                rules.absolute(text)
+        else:
+            assert rules.absolute(text) == want, (text, home)
+
+
 def test_a_closed_stdout(template: Path, tmp_path: Path) -> None:
     """The reader of stdout has gone (exit 1, the job is stored), or there is no
     stdout at all (exit 0): as click does it."""
@@ -298,7 +425,17 @@ def test_the_fast_path_imports_only_what_it_needs(template: Path, tmp_path: Path
         "json",
         "queuectl.commands",
         "queuectl.worker",
+        "queuectl.api",
+        "queuectl.models",
+        "queuectl.config",
+        "queuectl.store.sqlite",
         "datetime",
+        "dataclasses",
+        "typing",
+        "enum",
+        "pathlib",
+        "contextlib",
+        "re",
     ):
         assert heavy not in fast.modules, heavy
 
