@@ -69,6 +69,10 @@ class Mode:
     memory_jobs: int
     #: PostgreSQL's jobs in the memory section (0: SQLite only).
     memory_pg_jobs: int
+    #: A middle queue size for claim cost and `status` (issue 6: 1k, 100k, 1M); 0: none.
+    mid_queue: int = 0
+    #: Drain huey, RQ and task-spooler beside queuectl (bench/peers.py).
+    peers: bool = True
 
 
 #: The first figures (`true`, 1 and 2 processes: issue 2's target) get all the rounds;
@@ -100,6 +104,7 @@ FULL = Mode(
     claim_rounds=11,
     status_rounds=15,
     memory_jobs=100_000,
+    mid_queue=100_000,
     memory_pg_jobs=30_000,
 )
 QUICK = Mode(
@@ -140,6 +145,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--json", type=Path, help="Also write every raw sample as JSON (default: bench/results/)."
     )
     ap.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="Leave huey, RQ and task-spooler out of the drain section (no bench/.venv-peers).",
+    )
+    ap.add_argument(
         "--pg",
         default=PG_DEFAULT_URL,
         metavar="URL",
@@ -170,6 +180,8 @@ def main(argv: list[str]) -> int:
             status_rounds=r,
             latency_rounds=r,
         )
+    if args.no_peers:
+        mode = replace(mode, peers=False)
     only = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -250,6 +262,7 @@ def run_sections(doc: Doc, only: Sequence[str], mode: Mode, backends: Sequence[B
             doc,
             small=mode.small_queue,
             big=mode.big_queue,
+            mid=mode.mid_queue or None,
             claims=mode.claims,
             claim_rounds=mode.claim_rounds,
             status_rounds=mode.status_rounds,
@@ -264,10 +277,23 @@ def run_sections(doc: Doc, only: Sequence[str], mode: Mode, backends: Sequence[B
 
 
 def peer_drainers(mode: Mode) -> list[drain.Drainer]:
-    """Other queues drained beside queuectl (issue 6: huey, RQ, task-spooler): each a
-    `drain.Drainer`, interleaved with the spawn limit and queuectl in the drain section.
-    Peers are added here; none are wired in yet."""
-    return []
+    """Other queues drained beside queuectl (issue 6: huey, RQ, task-spooler), each a
+    `drain.Drainer` interleaved with the spawn limit and queuectl; their packages are
+    installed into bench/.venv-peers first (peers.ensure_peers).  huey and task-spooler
+    run every cell queuectl runs; RQ, 10-100 times slower per job, runs `true` only (its
+    default forking worker at 2 and 8 processes: about 40 s a run at 2)."""
+    if not mode.peers:
+        return []
+    import peers
+
+    peers.ensure_peers()
+    few = min(FEW, mode.drain_rounds)
+    return [
+        peers.HueyDrainer(rounds=few),
+        peers.TaskSpoolerDrainer(rounds=few),
+        peers.RQDrainer(simple=True, worker_counts=(1, 2, 4, 8), workloads=("true",), rounds=few),
+        peers.RQDrainer(worker_counts=(2, 8), workloads=("true",), rounds=few),
+    ]
 
 
 def _redone() -> str:
