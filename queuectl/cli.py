@@ -12,12 +12,16 @@ enqueue does.  So main() reads the common forms itself: the group options `--hom
 and `--db`, then `enqueue`, a command (or JSON object) and enqueue's own options, each
 at most once.  Anything else goes to click unchanged: `--help`, `-` (stdin), `--`,
 unknown or repeated options, a missing value, a number click would reject, a --home
-click would reject, shell completion, a stdout that click.echo would re-encode.  The
-fast path validates and stores through exactly the functions the click command
-calls (`enqueue_one`, api.parse_job_text, Queue.open, Queue.enqueue), in the same
-order, and maps errors through the same handlers; tests/unit/test_cli_fast.py runs
-both paths on the same inputs and compares stdout, stderr, exit codes and the stored
-rows.
+click would reject, shell completion, a stdout that click.echo would re-encode.
+
+Importing the library (the models' dataclasses and enums, config, typing, pathlib)
+cost more again than click, so on a SQLite queue at the current schema the fast path
+does what Queue.open + Queue.enqueue do with rules.py and store/sqlite_conn.py alone:
+the same rules (api.py, models.py and config.py call rules.py), the same statements
+(SQLiteStore calls sqlite_conn.py), in the same order; PostgreSQL, and a database to
+create, migrate or refuse, go through Queue.  Errors go through the same handlers.
+tests/unit/test_cli_fast.py runs both paths on the same inputs and compares stdout,
+stderr, exit codes and the stored rows, and checks which modules each loaded.
 """
 
 from __future__ import annotations
