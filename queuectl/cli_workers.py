@@ -45,6 +45,7 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
         signals=signals,
         watch_parent=bool(os.environ.get("SUPERVISOR_ENABLED")),
         logs_dir=c.paths.logs,
+        run_dir=c.paths.run,
         overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
     )
     sys.exit(w.run(burst=burst))

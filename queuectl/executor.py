@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from queuectl.affinity import widen
 from queuectl.models import Outcome
 
 
@@ -119,45 +120,6 @@ def _spawn(job: Job, files: OutputFiles) -> _Child:
         # and anything it forked before this line, use the others from now on.
         widen(child.pid, job.cpus, all_threads=False)
     return child
-
-
-def widen(pid: int, cpus: frozenset[int], *, all_threads: bool = True) -> int:
-    """Allow `pid` and every descendant it has now to run on `cpus`; return how many
-    threads were widened.
-
-    Each thread is widened first and its children are listed after: a child forked
-    after the widening inherits the wide mask, and one forked before is in the list,
-    so none is missed, except a fork still in flight (its child copied the mask but is
-    not listed yet) and an orphan re-parented away in that instant.  all_threads=False
-    looks at each process's main thread only (right after exec there is no other).
-    """
-    todo = [pid]
-    widened = 0
-    while todo:
-        p = todo.pop()
-        for tid in _threads(p) if all_threads else (p,):
-            try:
-                os.sched_setaffinity(tid, cpus)
-            except OSError:  # exited already
-                continue
-            widened += 1
-            todo.extend(_children(p, tid))
-    return widened
-
-
-def _threads(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:  # exited, or no /proc: the process itself is all we can reach
-        return [pid]
-
-
-def _children(pid: int, tid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
 
 
 def kill_group(pgid: int, sig: int) -> bool:

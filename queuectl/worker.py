@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from queuectl import executor, failpoints, procs
+from queuectl import affinity, executor, failpoints, procs
 from queuectl.config import Config
 from queuectl.errors import QueuectlError
 from queuectl.logs import json_logger
@@ -47,6 +47,7 @@ class Worker:
         clock: Callable[[], float] | None = None,
         watch_parent: bool = False,
         logs_dir: Path | None = None,
+        run_dir: Path | None = None,
         overrides: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
@@ -69,8 +70,11 @@ class Worker:
         self.jobs_done = 0
         #: A job claimed together with the last finish, to be run next.
         self._next: Job | None = None
-        #: The CPUs jobs may use when this worker is pinned to one (see pin()).
+        #: The CPUs jobs may use when this worker is pinned to one (see pin()), and
+        #: the lock on its CPU; `run_dir` holds the locks (None: never pinned).
         self._job_cpus: frozenset[int] | None = None
+        self._cpu_slot: affinity.CpuSlot | None = None
+        self._run_dir = run_dir
         # Recovery fallback: with no monitor around, workers run its passes themselves.
         self._monitor = (
             Monitor(store, queue=queue, logs_dir=logs_dir, log=self.log, signals=self.signals)
@@ -105,33 +109,38 @@ class Worker:
         self._last_beat_ok = self._last_beat
 
     def pin(self) -> int | None:
-        """With cpu_affinity=auto, keep this worker to one CPU; return it (or None)."""
-        if self.config.cpu_affinity != "auto" or not hasattr(os, "sched_setaffinity"):
+        """With cpu_affinity=auto, keep this worker to one CPU; return it (or None).
+
+        The CPU is the first free lock in the home's run/ folder (affinity.take_cpu),
+        so workers starting together never pick the same one while another is free.
+        """
+        if (
+            self.config.cpu_affinity != "auto"
+            or self._run_dir is None
+            or not hasattr(os, "sched_setaffinity")
+        ):
             return None
         allowed = sorted(os.sched_getaffinity(0))
         if len(allowed) < 2:
             return None
-        # supervisord's workers_NN gives a stable index; a bare worker takes its rank
-        # among the workers registered on this host (it registered itself first, so
-        # two starting at once still get different ranks).
-        name = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
-        digits = name.rsplit("_", 1)[-1]
-        if digits.isdigit():
-            index = int(digits)
-        else:
-            local = [w.id for w in self.store.workers() if w.host == procs.hostname()]
-            index = local.index(self.id) if self.id in local else len(local)
-        cpu = allowed[index % len(allowed)]
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError:
+        slot = affinity.take_cpu(self._run_dir, allowed)
+        if slot is None:
             return None
+        try:
+            os.sched_setaffinity(0, {slot.cpu})
+        except OSError:
+            slot.release()
+            return None
+        self._cpu_slot = slot
         self._job_cpus = frozenset(allowed)
-        return cpu
+        return slot.cpu
 
     def unregister(self) -> None:
         with contextlib.suppress(QueuectlError):
             self.store.unregister_worker(self.id)
+        if self._cpu_slot is not None:
+            self._cpu_slot.release()
+            self._cpu_slot = None
         if self._files is not None:
             self._files.close()
             self._files = None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl import executor
+from queuectl import affinity
 from tests.helpers import clean_env
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs")
@@ -57,7 +57,7 @@ def test_off_leaves_placement_to_the_kernel(tmp_path: Path) -> None:
 
 def test_a_pipeline_forked_at_once_is_widened_too(tmp_path: Path) -> None:
     # Both halves of the pipeline are forked by the shell in its first microseconds,
-    # possibly before the worker widened the shell: widen() walks its children too,
+    # possibly before the worker widened the shell: affinity.widen() walks its children too,
     # and the first check tick walks the whole tree again.
     q = [sys.executable, "-m", "queuectl", "--home", str(tmp_path)]
     env = clean_env()
@@ -110,7 +110,7 @@ def test_widen_reaches_every_process_forked_while_narrow() -> None:
         tree = _tree(proc.pid)
         assert len(tree) == 1 + 2 + 2
         assert all(os.sched_getaffinity(t) == {cpus[0]} for p in tree for t in _tids(p))
-        widened = executor.widen(proc.pid, frozenset(cpus))
+        widened = affinity.widen(proc.pid, frozenset(cpus))
         assert widened == 2 + 4  # the parent's two threads, four single-threaded children
         assert all(os.sched_getaffinity(t) == set(cpus) for p in tree for t in _tids(p))
     finally:
@@ -151,3 +151,52 @@ def test_bad_value_is_rejected(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2 and "auto, off" in proc.stderr
+
+
+def test_workers_take_free_cpus_first_then_share_them(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    slots = [affinity.take_cpu(tmp_path / "run", cpus) for _ in range(2 * len(cpus) + 1)]
+    try:
+        assert all(s is not None for s in slots)
+        taken = [s.cpu for s in slots if s is not None]
+        # one worker per CPU, then a second on each, then a third on the first
+        assert taken == cpus + cpus + cpus[:1]
+        assert (tmp_path / "run").stat().st_mode & 0o777 == 0o700
+        # a worker that stops frees its CPU for the next one to start
+        slots[1].release()  # type: ignore[union-attr]
+        again = affinity.take_cpu(tmp_path / "run", cpus)
+        assert again is not None and again.cpu == cpus[1]
+        again.release()
+    finally:
+        for s in slots:
+            if s is not None:
+                s.release()
+
+
+def test_a_read_only_home_leaves_the_worker_unpinned(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("not a folder")
+    assert affinity.take_cpu(tmp_path / "run", sorted(os.sched_getaffinity(0))) is None
+
+
+def test_bare_workers_started_together_take_different_cpus(tmp_path: Path) -> None:
+    """Two `worker run` processes started at the same instant, five times over: they
+    never both take the same CPU (a rank read from the workers table could: each could
+    count the other before or after it registered)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    env = clean_env()
+    for attempt in range(5):
+        home = tmp_path / f"h{attempt}"
+        home.mkdir()
+        q = [sys.executable, "-m", "queuectl", "--home", str(home)]
+        subprocess.run([*q, "enqueue", "sleep 1"], check=True, env=env, capture_output=True)
+        subprocess.run([*q, "enqueue", "sleep 1"], check=True, env=env, capture_output=True)
+        procs = [
+            subprocess.Popen([*q, "worker", "run", "--burst"], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        started = [
+            next(json.loads(line) for line in out.splitlines() if '"worker_started"' in line) for out in outs
+        ]
+        assert sorted(s["cpu"] for s in started) == cpus[:2], started
