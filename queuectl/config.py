@@ -147,7 +147,7 @@ SYNC_KEY = Key(
 # (executor.widen).  A worker alternates with its job's shell, so the shell starting
 # on the worker's idle CPU is the right place; left free, the kernel starts it on the
 # other CPU, busy with the other worker, while this one idles in vfork: two workers
-# draining short jobs on two cores ran ~25% slower (docs/benchmarks.md).
+# draining short jobs on two cores ran ~20% slower (docs/benchmarks.md).
 # off: the kernel places workers and jobs freely.
 AFFINITY_KEY = Key(
     "cpu_affinity",
