@@ -25,6 +25,7 @@ import resource
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ class Drainer(Protocol):
         ...
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
     """CPU seconds (user + system) of every waited-for child so far, grandchildren included."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -115,7 +116,7 @@ class SpawnLimit:
 
     def drain(self, workload: Workload, jobs: int, workers: int) -> Sample:
         argv = [PYTHON, str(BENCH / "spawn_child.py"), "--command", workload.command]
-        cpu0 = _children_cpu()
+        cpu0 = children_cpu()
         with Procs() as ps:
             t0 = time.perf_counter()
             for n in _split(jobs, workers):
@@ -127,7 +128,7 @@ class SpawnLimit:
             raise RuntimeError(f"spawn limit: a child failed (exit codes {codes})")
         parts = [json.loads(o) for o in outs]
         span = max(p["end"] for p in parts) - min(p["start"] for p in parts)
-        cpu_us = (_children_cpu() - cpu0) / jobs * 1e6
+        cpu_us = (children_cpu() - cpu0) / jobs * 1e6
         return {"rate": jobs / span, "wall_rate": jobs / wall, "cpu_us": cpu_us}
 
 
@@ -142,9 +143,9 @@ def _fill(qh: QueueHome, workload: Workload, jobs: int, config: dict[str, str]) 
         q.close()
 
 
-def _span_rate(qh: QueueHome, jobs: int, who: str) -> float:
-    """Jobs/s from the first `started_at` to the last `finished_at`, read back from
-    the database; every job must have completed in one attempt."""
+def completed_jobs(qh: QueueHome, jobs: int, who: str) -> list[Any]:
+    """Every job of the queue, read back from the database; each of the `jobs` must
+    have completed in one attempt."""
     q = qh.open()
     try:
         done = q.list()
@@ -152,7 +153,16 @@ def _span_rate(qh: QueueHome, jobs: int, who: str) -> float:
         q.close()
     bad = [j for j in done if j.state.value != "completed" or j.attempts != 1]
     if len(done) != jobs or bad:
-        raise RuntimeError(f"{who}: {len(done)} jobs, {len(bad)} not completed in 1 attempt")
+        kinds = Counter((j.state.value, j.attempts) for j in bad).most_common(3)
+        raise RuntimeError(
+            f"{who}: {len(done)} jobs, {len(bad)} not completed in 1 attempt: (state, attempts) {kinds}"
+        )
+    return done
+
+
+def _span_rate(qh: QueueHome, jobs: int, who: str) -> float:
+    """Jobs/s from the first `started_at` to the last `finished_at`."""
+    done = completed_jobs(qh, jobs, who)
     span = max(j.finished_at or 0.0 for j in done) - min(j.started_at or 0.0 for j in done)
     return jobs / span
 
@@ -192,9 +202,9 @@ class QueuectlBare:
             _fill(qh, workload, jobs, self.config)
             server = ServerCPU(self.backend.pg_url) if self.backend.pg_url else None
             server0 = server.seconds() if server else 0.0
-            cpu0 = _children_cpu()
+            cpu0 = children_cpu()
             wall = self._run_workers(qh, workers, timeout=max(60.0, jobs * 0.05))
-            cpu_us = (_children_cpu() - cpu0) / jobs * 1e6
+            cpu_us = (children_cpu() - cpu0) / jobs * 1e6
             server_us = (server.seconds() - server0) / jobs * 1e6 if server else None
             rate = _span_rate(qh, jobs, "queuectl drain")
         out = {"rate": rate, "wall_rate": jobs / wall, "cpu_us": cpu_us}
@@ -261,7 +271,7 @@ class QueuectlSupervised:
 
     def _drain(self, qh: QueueHome, cli: list[str], jobs: int, workers: int) -> tuple[float, float]:
         """Start the pool and wait for the last job; returns (wall s, CPU s)."""
-        cpu0 = _children_cpu()
+        cpu0 = children_cpu()
         t0 = time.perf_counter()
         _cli([*cli, "worker", "start", "--count", str(workers), "--detach"], timeout=60)
         supervisord = int((qh.home / "run" / "supervisord.pid").read_text().strip())
@@ -282,7 +292,7 @@ class QueuectlSupervised:
         # supervisord is not our child (it daemonized): read its CPU and its children's
         # (the workers with their jobs, the monitor) from /proc while they still live;
         # the `worker start` process is ours, in RUSAGE_CHILDREN.
-        cpu = tree_cpu(supervisord) + _children_cpu() - cpu0
+        cpu = tree_cpu(supervisord) + children_cpu() - cpu0
         return wall, cpu
 
     @staticmethod

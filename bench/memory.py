@@ -14,10 +14,10 @@ from __future__ import annotations
 import bisect
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from drain import completed_jobs
 from harness import PYTHON, ROOT, SQLITE, Backend, Procs, Stat, say, steady
 from report import Doc, Target, table
 
@@ -86,17 +86,7 @@ class Drain:
             if p.returncode:
                 tail = (logs / "worker.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"memory: the worker exited with {p.returncode}; its log ends:\n{tail}")
-            q = qh.open()
-            try:
-                done = q.list()
-            finally:
-                q.close()
-        bad = [j for j in done if j.state.value != "completed" or j.attempts != 1]
-        if len(done) != self.jobs or bad:
-            kinds = Counter((j.state.value, j.attempts) for j in bad).most_common(3)
-            raise RuntimeError(
-                f"memory: {len(done)} jobs, {len(bad)} not completed in 1 attempt: (state, attempts) {kinds}"
-            )
+            done = completed_jobs(qh, self.jobs, "memory")
         ends = sorted(j.finished_at or 0.0 for j in done)
         self.trace = [(t, rss, hwm, bisect.bisect_right(ends, t)) for t, rss, hwm in samples]
         return self._summary(wall)

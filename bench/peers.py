@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from drain import OUTPUT, SLEEP, TRUE, Drainer, QueuectlBare, SpawnLimit, Workload, _children_cpu
+from drain import OUTPUT, SLEEP, TRUE, Drainer, QueuectlBare, SpawnLimit, Workload, children_cpu
 from harness import BENCH, Procs, Sample, say, temp_dir, use_this_checkout, wait_until
 
 PEER_VENV = BENCH / ".venv-peers"
@@ -179,7 +179,7 @@ class HueyDrainer(Peer):
             env = peers.env(QB_HUEY_DB=str(db))
             _ctl(peers, "huey-enqueue", "--count", str(jobs), "--command", workload.command, env=env)
             argv = [peers.bin("huey_consumer"), "huey_tasks.huey", "-k", "process", "-w", str(workers)]
-            cpu0 = _children_cpu()
+            cpu0 = children_cpu()
             with open(d / "consumer.log", "wb") as log, Procs() as ps:
                 t0 = time.perf_counter()
                 consumer = ps.start(argv, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -187,7 +187,7 @@ class HueyDrainer(Peer):
                 wall = time.perf_counter() - t0
                 consumer.send_signal(signal.SIGINT)  # huey's graceful stop
                 code = consumer.wait(timeout=30)
-            cpu = _children_cpu() - cpu0
+            cpu = children_cpu() - cpu0
             if code != 0:
                 tail = (d / "consumer.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"huey_consumer exited with {code}; its log ends:\n{tail}")
@@ -238,7 +238,7 @@ class RQDrainer(Peer):
             argv = [peers.bin("rq"), "worker", "--burst", "--url", redis.url, "--path", str(TASKS), *simple]
             argv.append(queue)
             server0 = redis.cpu()
-            cpu0 = _children_cpu()
+            cpu0 = children_cpu()
             try:
                 with contextlib.ExitStack() as stack, Procs() as ps:
                     logs = [stack.enter_context(open(d / f"worker{i}.log", "wb")) for i in range(workers)]
@@ -249,7 +249,7 @@ class RQDrainer(Peer):
                         ps.start(named, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
                     codes = ps.wait_all(_timeout(jobs))
                     wall = time.perf_counter() - t0
-                cpu = _children_cpu() - cpu0
+                cpu = children_cpu() - cpu0
                 server_us = (redis.cpu() - server0) / jobs * 1e6
             finally:
                 self.last = _ctl(peers, "rq-collect", *where, env=env)  # also deletes the run's keys

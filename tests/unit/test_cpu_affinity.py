@@ -16,13 +16,17 @@ from tests.helpers import clean_env
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs")
 
 
-def drain_one(home: Path, *config: tuple[str, str]) -> tuple[dict[str, object], str]:
+#: The job's own process (`exec`, not an early child of its shell) reads its mask.
+OWN_MASK = "sleep 0.2; exec grep Cpus_allowed_list /proc/self/status"
+
+
+def drain_one(home: Path, *config: tuple[str, str], command: str = OWN_MASK) -> tuple[dict[str, object], str]:
     q = [sys.executable, "-m", "queuectl", "--home", str(home)]
     env = clean_env()
     for key, value in config:
         subprocess.run([*q, "config", "set", key, value], check=True, env=env, capture_output=True)
     job = subprocess.run(
-        [*q, "enqueue", "sleep 0.2; exec grep Cpus_allowed_list /proc/self/status"],
+        [*q, "enqueue", command],
         check=True,
         env=env,
         capture_output=True,
@@ -43,7 +47,6 @@ def allowed_list() -> str:
 
 
 def test_auto_is_the_default_pins_the_worker_and_widens_its_jobs_shell(tmp_path: Path) -> None:
-    # `exec grep`: the job's own process (not an early child of its shell) reads its mask.
     started, logs = drain_one(tmp_path)
     assert started["cpu"] in os.sched_getaffinity(0)
     assert logs.split(":")[1].strip() == allowed_list()
@@ -59,25 +62,11 @@ def test_a_pipeline_forked_at_once_is_widened_too(tmp_path: Path) -> None:
     # Both halves of the pipeline are forked by the shell in its first microseconds,
     # possibly before the worker widened the shell: affinity.widen() walks its children too,
     # and the first check tick walks the whole tree again.
-    q = [sys.executable, "-m", "queuectl", "--home", str(tmp_path)]
-    env = clean_env()
-    job = subprocess.run(
-        [
-            *q,
-            "enqueue",
-            "grep Cpus_allowed_list /proc/self/status | cat; sleep 0.4; "
-            "grep Cpus_allowed_list /proc/self/status | cat",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    run = subprocess.run(
-        [*q, "worker", "run", "--burst"], env=env, capture_output=True, text=True, timeout=60
+    _, logs = drain_one(
+        tmp_path,
+        command="grep Cpus_allowed_list /proc/self/status | cat; sleep 0.4; "
+        "grep Cpus_allowed_list /proc/self/status | cat",
     )
-    assert run.returncode == 0, run.stderr
-    logs = subprocess.run([*q, "logs", job], check=True, env=env, capture_output=True, text=True).stdout
     masks = [line.split(":")[1].strip() for line in logs.splitlines() if line.startswith("Cpus_allowed_list")]
     # The first grep may, rarely, have run before any widening reached it (a fork in
     # flight); the one forked after the check tick's walk never is narrow.
