@@ -95,7 +95,11 @@ class Store(Protocol):
         claim is made whether or not the finish held."""
 
     def next_due(self) -> float | None:
-        """The earliest next_run_at among runnable jobs, or None."""
+        """The earliest next_run_at of the runnable jobs an idle worker must wake for,
+        or None: every job set to run later (delayed at enqueue, waiting for a retry,
+        recovered, retried from the DLQ).  A job due from its arrival on may be left
+        out (SQLite leaves it out): it is due already, a claim finds it, and new ones
+        wake an idle worker through wait_for_change()."""
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
         """Move DEAD jobs back to PENDING with attempts reset; None means all DEAD jobs.

@@ -43,6 +43,9 @@ from queuectl.store.sqlite_conn import (
 )
 
 _COLS = ", ".join(JOB_COLUMNS)
+#: The jobs in the jobs_next index (migration v6): queries name it word for word, so
+#: the planner sees that the partial index covers them.
+_WAKE_FOR = "state = 'failed' OR (state = 'pending' AND next_run_at > created_at)"
 _EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
 
 # Each step moves the schema from version i to i + 1; append, never edit.
@@ -154,6 +157,14 @@ MIGRATIONS: tuple[str, ...] = (
         record     TEXT NOT NULL,
         created_at REAL NOT NULL
     ) STRICT;
+    """,
+    # v6: jobs_next holds only the jobs an idle worker must wake for: retries, and
+    # pending jobs not due on arrival (delayed, recovered, retried from the DLQ).  A
+    # job due when enqueued never enters it, so its claim no longer updates it: one
+    # page fewer in every claim's commit (issue 6).
+    f"""
+    DROP INDEX IF EXISTS jobs_next;
+    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE {_WAKE_FOR};
     """,
 )
 if len(MIGRATIONS) != SCHEMA_VERSION:  # the fast path checks user_version against it
@@ -353,9 +364,8 @@ class SQLiteStore:
 
     def next_due(self) -> float | None:
         # INDEXED BY, as in claim(): otherwise a scan of every runnable job per idle poll.
-        rows = self._read(
-            "SELECT min(next_run_at) FROM jobs INDEXED BY jobs_next WHERE state IN ('pending', 'failed')"
-        )
+        # Jobs due on arrival are not in jobs_next (v6): they are due already.
+        rows = self._read(f"SELECT min(next_run_at) FROM jobs INDEXED BY jobs_next WHERE {_WAKE_FOR}")
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:

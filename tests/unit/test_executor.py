@@ -47,6 +47,27 @@ def test_output_files_are_reset_between_jobs(files: executor.OutputFiles) -> Non
     assert run(files, "echo second").stdout == "second\n"
 
 
+def test_quiet_jobs_skip_the_truncate_and_output_never_leaks(files: executor.OutputFiles) -> None:
+    # A job that printed nothing leaves nothing to truncate; the files are still empty
+    # for the next job, and a job that prints after quiet ones is captured alone.
+    for command, expected in [("true", ""), ("true", ""), ("echo late >&2", ""), ("true", "")]:
+        out = run(files, command)
+        assert out.stdout == expected
+    assert run(files, "echo a; echo b >&2").stderr == "b\n"
+    assert (run(files, "true").stdout, run(files, "true").stderr) == ("", "")
+
+
+def test_an_attempt_that_raised_still_resets_the_next(files: executor.OutputFiles) -> None:
+    # check() raising stops the wait (the job is killed in the finally); what the job
+    # printed must not reach the next attempt.
+    def boom() -> str | None:
+        raise RuntimeError("check failed")
+
+    with pytest.raises(RuntimeError):
+        run(files, "echo leaked; sleep 5", check=boom, check_interval=0.05)
+    assert run(files, "true").stdout == ""
+
+
 def test_nonzero_exit_is_a_failure(files: executor.OutputFiles) -> None:
     out = run(files, "exit 3")
     assert not out.ok
