@@ -47,12 +47,17 @@ WAL_AUTOCHECKPOINT = 4000
 #: Whole-transaction retries after the busy timeout ran out, before StoreBusy.
 BUSY_RETRIES = 3
 
-# None -> PENDING (the insert trigger writes the first event).  Parameters: id,
+# None -> PENDING (insert_jobs writes the first event with INSERT_FIRST_EVENT).  Parameters: id,
 # command, max_retries, priority, timeout, created_at, updated_at, run_at, next_run_at.
 INSERT_JOB = (
     "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
     " created_at, updated_at, run_at, next_run_at)"
     " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+)
+#: A new job's first event (what the v1-v5 insert trigger wrote): id, updated_at.
+INSERT_FIRST_EVENT = (
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt)"
+    " VALUES (?, ?, NULL, 'pending', 0)"
 )
 
 
@@ -198,10 +203,16 @@ def config_items(conn: apsw.Connection, path: str) -> dict[str, str]:
 
 
 def insert_jobs(conn: apsw.Connection, path: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert jobs as PENDING (rows as INSERT_JOB takes them) in one transaction;
-    DuplicateJob names the first id that exists (or repeats)."""
+    """Insert jobs as PENDING (rows as INSERT_JOB takes them), each with its first
+    history event, in one transaction; DuplicateJob names the first id that exists
+    (or repeats)."""
+
+    def insert(c: apsw.Connection) -> None:
+        c.executemany(INSERT_JOB, rows)
+        c.executemany(INSERT_FIRST_EVENT, [(r[0], r[6]) for r in rows])
+
     try:
-        write(conn, path, lambda c: c.executemany(INSERT_JOB, rows))
+        write(conn, path, insert)
     except DuplicateJob:
         raise DuplicateJob(first_existing(conn, path, [str(r[0]) for r in rows])) from None
 
