@@ -163,11 +163,19 @@ def parse_job_text(text: str) -> dict[str, Any]:
     return {"command": text}
 
 
-def parse_json_object(text: str) -> dict[str, Any]:
-    import json  # here: a plain command (the common case) needs no JSON at all
+_decoder: Any = None
 
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    global _decoder
+    if _decoder is None:
+        import json  # here: a plain command (the common case) needs no JSON at all
+
+        # One decoder for every line of a bulk enqueue: json.loads with an argument
+        # builds a new JSONDecoder at every call.
+        _decoder = json.JSONDecoder(parse_constant=_reject_constant)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _decoder.decode(text)
     except ValueError as exc:
         raise InvalidInput(f"invalid JSON: {exc}") from None
     except RecursionError:
@@ -334,6 +342,11 @@ def parse_time(text: str) -> float:
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _last_ms = 0
 _last_rand = 0
+#: The millisecond part of the last id, as text: a bulk enqueue makes every id with
+#: one `now`, so it is encoded once (issue 6: the encoding was a third of the
+#: validation's time).
+_prefix_ms = -1
+_prefix = ""
 
 
 def new_id(now: float | None = None) -> str:
@@ -342,7 +355,7 @@ def new_id(now: float | None = None) -> str:
     Ids made in one process within the same millisecond count up from a random
     start, so a bulk enqueue never collides with itself and stays in order.
     """
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _prefix_ms, _prefix
     ms = int((time.time() if now is None else now) * 1000)
     if ms <= _last_ms:
         ms = _last_ms
@@ -353,12 +366,20 @@ def new_id(now: float | None = None) -> str:
     else:
         _last_rand = int.from_bytes(os.urandom(4), "big") % (32**5)
     _last_ms = ms
-    return _b32(ms, 10) + _b32(_last_rand, 6)
+    if ms != _prefix_ms:
+        _prefix_ms, _prefix = ms, _b32(ms, 10)
+    return _prefix + _b32(_last_rand, 6)
+
+
+_pairs: list[str] = []
 
 
 def _b32(n: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        chars.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(chars))
+    """n in `width` (even) Crockford base32 digits, most significant first."""
+    if not _pairs:  # built on first use: 1,024 two-digit strings
+        _pairs.extend(a + b for a in _CROCKFORD for b in _CROCKFORD)
+    text = ""
+    for _ in range(width // 2):
+        text = _pairs[n & 1023] + text
+        n >>= 10
+    return text

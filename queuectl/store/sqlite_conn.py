@@ -56,8 +56,7 @@ INSERT_JOB = (
 )
 #: A new job's first event (what the v1-v5 insert trigger wrote): id, updated_at.
 INSERT_FIRST_EVENT = (
-    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt)"
-    " VALUES (?, ?, NULL, 'pending', 0)"
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'pending', 0)"
 )
 
 

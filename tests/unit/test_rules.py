@@ -7,6 +7,8 @@ import sys
 import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from queuectl import rules
 from queuectl.config import Config
@@ -37,3 +39,12 @@ def test_job_defaults_are_read_as_config_reads_them(stored: dict[str, str]) -> N
     assert rules.job_defaults(stored) == (cfg.max_retries, cfg.job_timeout)
     assert Config() == Config.from_stored({})
     assert (Config().max_retries, Config().job_timeout) == rules.job_defaults({})
+
+
+@given(st.integers(min_value=0, max_value=32**10 - 1))
+def test_id_digits_are_crockford_base32_of_the_number(n: int) -> None:
+    # The two-digit table against the plain digit-by-digit definition.
+    digits = "0123456789abcdefghjkmnpqrstvwxyz"
+    expected = "".join(digits[(n >> (5 * i)) & 31] for i in reversed(range(10)))
+    assert rules._b32(n, 10) == expected
+    assert rules._b32(n % 32**6, 6) == expected[-6:]
