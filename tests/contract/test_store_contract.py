@@ -335,6 +335,26 @@ def test_finish_of_an_unknown_job_is_false(store: Store) -> None:
     assert not store.finish("nope", 1, JobState.COMPLETED, None, 0, None, "", "", now=T0)
 
 
+def test_bulk_enqueue_writes_one_first_event_per_job(store: Store) -> None:
+    ids = store.enqueue([new(f"b{i:04d}") for i in range(500)], now=T0)
+    for job_id in (ids[0], ids[250], ids[-1]):
+        assert [(e.from_state, e.to_state, e.at, e.attempt) for e in store.history(job_id)] == [
+            (None, "pending", T0, 0)
+        ]
+    # A refused bulk insert (a repeated id) writes no job and no event.
+    with pytest.raises(DuplicateJob):
+        store.enqueue([new("c1"), new("c2"), new("c1")], now=T0 + 1)
+    assert store.history("c1") == [] and store.history("c2") == []
+
+
+def test_a_job_due_on_arrival_needs_no_wake_up(store: Store) -> None:
+    # next_due may leave out jobs due already (a claim finds them); never a later one.
+    store.enqueue([new("now"), new("later", run_at=T0 + 40)], now=T0)
+    assert store.next_due() in (T0, T0 + 40)
+    assert claim(store, T0).id == "now"
+    assert store.next_due() == T0 + 40
+
+
 # --- next_due ----------------------------------------------------------------------------
 
 
