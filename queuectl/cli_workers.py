@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from queuectl.cli import POLL_INTERVAL_RANGE
 from queuectl.commands import Ctx, cli, emit_json, json_option, pass_ctx, table
 from queuectl.errors import InvalidInput
 
@@ -25,7 +26,9 @@ def worker() -> None:
 
 @worker.command("run")
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none is processing.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.005, max=60), help="Longest idle wait, seconds.")
+@click.option(
+    "--poll-interval", type=click.FloatRange(*POLL_INTERVAL_RANGE), help="Longest idle wait, seconds."
+)
 @pass_ctx
 def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
     """One worker in the foreground (what supervisord runs).
@@ -33,22 +36,9 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
     The first SIGTERM/SIGINT finishes the current job and exits 0; a second one
     kills the job, records the attempt, and exits.
     """
-    from queuectl import procs
-    from queuectl.signals import StopSignals
-    from queuectl.worker import Worker
+    from queuectl.cli import run_worker  # shared with cli.py's fast path
 
-    signals = StopSignals()
-    signals.install()
-    w = Worker(
-        c.queue.store,
-        queue=procs.queue_key(c.paths.db_url),
-        signals=signals,
-        watch_parent=bool(os.environ.get("SUPERVISOR_ENABLED")),
-        logs_dir=c.paths.logs,
-        run_dir=c.paths.run,
-        overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
-    )
-    sys.exit(w.run(burst=burst))
+    sys.exit(run_worker(c.queue, c.paths, burst, poll_interval))
 
 
 def _supervisor(c: Ctx) -> Any:

@@ -11,6 +11,7 @@ which path they took.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ del sys.argv[1:3]
 from queuectl import cli
 if mode == "click":
     cli.parse_fast_enqueue = lambda args: None
+    cli.parse_fast_worker_run = lambda args: None
 def _report():
     with open(report, "w") as f:
         f.write("\\n".join(sorted(sys.modules)))
@@ -462,3 +464,74 @@ def test_the_option_tables_match_the_click_commands() -> None:
         assert group[flag] == param
     enqueue_args = [p for p in click_enqueue.params if isinstance(p, click.Argument)]
     assert [(a.name, a.nargs) for a in enqueue_args] == [("job", -1)]
+
+
+# --- worker run ---------------------------------------------------------------------------
+
+
+def test_worker_run_starts_without_click_and_works_as_the_click_command(
+    template: Path, tmp_path: Path
+) -> None:
+    # Both run a due job and exit 0; only the click run loaded click.  (The runner's
+    # clock stands at T0, before the template's job is due.)
+    due = '{"id": "due", "command": "echo ran", "run_at": "2000-01-01T00:00:00Z"}'
+    for h in ("fast", "click"):
+        shutil.copytree(template, tmp_path / h)
+        assert run("fast", tmp_path / h, ["enqueue", due], tmp_path).code == 0
+    fast = run("fast", tmp_path / "fast", ["worker", "run", "--burst", "--poll-interval", "0.05"], tmp_path)
+    slow = run("click", tmp_path / "click", ["worker", "run", "--poll-interval=0.05", "--burst"], tmp_path)
+    assert (fast.code, slow.code) == (0, 0), (fast.stderr, slow.stderr)
+    assert "click" not in fast.modules and "queuectl.commands" not in fast.modules
+    assert slow.used_click
+    for r in (fast, slow):
+        states = {row[0]: row[2] for row in r.dump["jobs"]}
+        assert states == {"dup": "pending", "due": "completed"}
+        events = [json.loads(line)["event"] for line in r.stderr.decode().splitlines()]
+        assert events[0] == "worker_started" and events[-1] == "worker_stopped"
+
+
+WORKER_CLICK_FORMS: list[list[str]] = [
+    ["worker", "run", "--burst=1"],
+    ["worker", "run", "--poll-interval", "0"],
+    ["worker", "run", "--poll-interval", "61"],
+    ["worker", "run", "--poll-interval", "soon"],
+    ["worker", "run", "--poll-interval"],
+    ["worker", "run", "extra"],
+    ["worker", "run", "--nope"],
+    ["worker", "--burst", "run"],
+]
+
+
+@pytest.mark.parametrize("args", WORKER_CLICK_FORMS, ids=lambda v: repr(v)[:60])
+def test_other_worker_run_forms_go_to_click(template: Path, tmp_path: Path, args: list[str]) -> None:
+    fast, slow = both(template, tmp_path, args)
+    assert fast.used_click
+    assert fast.comparable(False) == slow.comparable(False)
+    assert fast.code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "run", "-h"],
+        ["worker", "run", "--burst", "--burst"],
+        ["worker", "run", "--burst", "--poll-interval", "1", "--poll-interval", "0.05"],
+    ],
+    ids=lambda v: repr(v)[:60],
+)
+def test_worker_run_forms_click_takes_go_to_click(template: Path, tmp_path: Path, args: list[str]) -> None:
+    fast, slow = both(template, tmp_path, args)
+    assert fast.used_click
+    assert (fast.code, slow.code) == (0, 0)
+
+
+def test_the_worker_run_options_match_the_click_command() -> None:
+    worker_run = click_group.commands["worker"].commands["run"]  # type: ignore[attr-defined]
+    options = {p.opts[0]: p for p in worker_run.params if isinstance(p, click.Option)}
+    assert set(options) == {"--burst", "--poll-interval"}
+    assert options["--burst"].is_flag
+    assert {f: options[f].name for f in cli_module.WORKER_RUN_OPTIONS} == cli_module.WORKER_RUN_OPTIONS
+    kind = options["--poll-interval"].type
+    assert isinstance(kind, click.FloatRange)
+    assert (kind.min, kind.max) == cli_module.POLL_INTERVAL_RANGE
+    assert not (kind.min_open or kind.max_open)
