@@ -169,23 +169,12 @@ def _read_json_lines(stream: Any) -> Iterable[dict[str, Any]]:
 @pass_ctx
 def status(c: Ctx, as_json: bool) -> None:
     """Jobs per state, the total, and the live workers."""
-    counts = c.queue.status()
-    if as_json:
-        emit_json(counts)
-        return
-    for key in ("pending", "processing", "completed", "failed", "dead", "total", "workers"):
-        click.echo(f"{key:<11} {counts[key]}")
-    rec = counts["recovery"]
-    if rec["last_pass_at"] is None:
-        click.echo("recovery    no recovery pass has run yet (no monitor or worker has started)")
-    else:
-        by = f"{rec['last_pass_by']} ({rec['last_pass_kind']})"
-        click.echo(f"recovery    last pass {rec['age_s']:.1f}s ago by {by}")
-    if rec["overdue"] and (counts["processing"] or counts["workers"]):
-        click.echo(
-            "warning: no recovery pass for over 3 monitor intervals: is a monitor or worker running?",
-            err=True,
-        )
+    from queuectl.cli import status_report
+
+    out, warning = status_report(c.queue.status(), as_json)
+    click.echo(out, nl=False)
+    if warning is not None:
+        click.echo(warning, err=True)
 
 
 @cli.command("list")

@@ -129,6 +129,8 @@ class Monitor:
             # Job recoveries are in the outbox already (written with their CAS);
             # removed workers and killed orphans are not job history: logged directly.
             self.flush_audit([r for r in done if r.event != "job_recovered"])
+            # Every pass, so `queuectl status` has few events to add to its snapshot.
+            self.store.fold_counts()
         return done
 
     def _is_stale(self, w: WorkerInfo, now: float, cfg: Config) -> bool:

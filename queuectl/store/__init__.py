@@ -50,6 +50,11 @@ class Store(Protocol):
     def counts(self) -> dict[str, int]:
         """Number of jobs per state; every state is present (0 if none)."""
 
+    def fold_counts(self) -> None:
+        """Make the next counts() cheap, where the store keeps counts as a snapshot
+        plus the changes since (SQLite): fold the changes into the snapshot.  Recovery
+        passes call it.  It never changes what counts() returns."""
+
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
         """Atomically take the best due job and return it as PROCESSING.
 

@@ -635,6 +635,10 @@ class PostgresStore:
             out[str(state)] = int(n)
         return out
 
+    def fold_counts(self) -> None:
+        """Nothing to fold: counts() counts the jobs table itself here, with no
+        snapshot to keep (SQLite keeps one, schema v7)."""
+
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
         return self._run(lambda conn: _claim(conn, worker_id, now))
 

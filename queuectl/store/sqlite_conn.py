@@ -20,7 +20,7 @@ from queuectl.errors import DuplicateJob, StoreBusy, StoreError
 # Not typing.TYPE_CHECKING, which would import typing (issue 6).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any, TypeVar
 
     T = TypeVar("T")
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 APPLICATION_ID = 0x5143544C
 #: PRAGMA user_version of a database with every migration applied: the number of
 #: steps in store/sqlite.py's MIGRATIONS (it checks that the two agree).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 10_000
 #: Waits for a lock start at 50 µs and double up to 10 ms.  SQLite's own handler
 #: (set_busy_timeout) sleeps 1 ms, then 2, 5, 10 ... 100 ms; two workers take the
@@ -58,6 +58,25 @@ INSERT_JOB = (
 INSERT_FIRST_EVENT = (
     "INSERT INTO job_events (job_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'pending', 0)"
 )
+
+# The job counts (schema v7).  job_counts holds every state's count as of event
+# job_counts_upto.seq; the events after it are what changed since, so the counts are
+# the snapshot plus those events, read in one statement (one read transaction).  A
+# worker's claim and finish never touch the snapshot: fold_counts() moves the events
+# into it, on every recovery pass and with every bulk insert, so few are left to read.
+#: Rows (from_state, to_state, n) of the events since the snapshot.
+COUNTS_DELTA = (
+    "SELECT from_state, to_state, count(*) FROM job_events"
+    " WHERE seq > (SELECT seq FROM job_counts_upto) GROUP BY from_state, to_state"
+)
+#: The snapshot as rows of the same shape (NULL, state, n), then the events since.
+COUNTS = f"SELECT NULL, state, n FROM job_counts UNION ALL {COUNTS_DELTA}"
+#: The newest event's seq: what the snapshot is up to after a fold.
+COUNTS_UPTO = "UPDATE job_counts_upto SET seq = (SELECT coalesce(max(seq), 0) FROM job_events)"
+#: Inserts of at least this many jobs fold the counts in their own transaction, so a
+#: queue filled in bulk has its counts ready (a one-job enqueue leaves that to the
+#: next recovery pass: a fold would cost it a scan of the events since the last).
+FOLD_MIN_ROWS = 500
 
 
 def prepare_file(path: str) -> None:
@@ -209,11 +228,31 @@ def insert_jobs(conn: apsw.Connection, path: str, rows: Sequence[tuple[Any, ...]
     def insert(c: apsw.Connection) -> None:
         c.executemany(INSERT_JOB, rows)
         c.executemany(INSERT_FIRST_EVENT, [(r[0], r[6]) for r in rows])
+        if len(rows) >= FOLD_MIN_ROWS:
+            fold_counts(c)
 
     try:
         write(conn, path, insert)
     except DuplicateJob:
         raise DuplicateJob(first_existing(conn, path, [str(r[0]) for r in rows])) from None
+
+
+def net_counts(rows: Iterable[tuple[Any, ...]]) -> dict[str, int]:
+    """Net change per state of rows (from_state, to_state, n): n jobs left from_state
+    (None for new jobs) and entered to_state."""
+    net: dict[str, int] = {}
+    for src, dst, n in rows:
+        net[dst] = net.get(dst, 0) + n
+        if src is not None:
+            net[src] = net.get(src, 0) - n
+    return net
+
+
+def fold_counts(c: apsw.Connection) -> None:
+    """Add the events since the counts snapshot to it (inside a write transaction)."""
+    net = net_counts(c.execute(COUNTS_DELTA).fetchall())
+    c.executemany("UPDATE job_counts SET n = n + ? WHERE state = ?", [(n, s) for s, n in net.items() if n])
+    c.execute(COUNTS_UPTO)
 
 
 def first_existing(conn: apsw.Connection, path: str, ids: list[str]) -> str | None:

@@ -1,6 +1,7 @@
 """A Hypothesis state machine drives a Store through random interleavings of enqueue,
-claim, finish, a stale-lease finish, clock ticks, monitor passes and `dlq retry`,
-and compares it after every step with a dict model (issue 5).  Both backends; each
+claim, finish, a stale-lease finish, clock ticks, monitor passes, `dlq retry`, purges
+and folds of the counts, and compares it after every step with a dict model (issue 5;
+purge and fold: issue 6, SQLite's counts snapshot).  Both backends; each
 example gets a fresh database (a file, or a PostgreSQL schema)."""
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class StoreMachine(RuleBasedStateMachine):
             now=self.now,
         )
         m["state"] = move.state
+        m["at"] = self.now
         if move.next_run_at is not None:
             m["next_run_at"] = move.next_run_at
         self.old.append((jid, m["lease"]))
@@ -116,6 +118,7 @@ class StoreMachine(RuleBasedStateMachine):
                 "max_retries": j.max_retries,
                 "priority": j.priority,
                 "next_run_at": self.now,
+                "at": self.now,
             }
 
     @rule(worker=st.sampled_from(["w1", "w2"]))
@@ -128,6 +131,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert job is not None and job.id == due[0], (job, due[:3])
         m = self.model[job.id]
         m["state"] = JobState.PROCESSING
+        m["at"] = self.now
         m["attempts"] += 1
         m["lease"] += 1
         assert (job.attempts, job.lease, job.worker_id) == (m["attempts"], m["lease"], worker)
@@ -173,7 +177,28 @@ class StoreMachine(RuleBasedStateMachine):
         want = dead if ids is None else sorted(set(ids) & set(dead))
         assert sorted(moved) == want
         for jid in want:
-            self.model[jid].update(state=JobState.PENDING, attempts=0, next_run_at=self.now)
+            self.model[jid].update(state=JobState.PENDING, attempts=0, next_run_at=self.now, at=self.now)
+
+    @rule(
+        states=st.sampled_from([[JobState.COMPLETED], [JobState.DEAD], [JobState.COMPLETED, JobState.DEAD]]),
+        everything=st.booleans(),
+    )
+    def purge(self, states: list[JobState], everything: bool) -> None:
+        # Everything: the newest events go too (SQLite may hand their seqs out again).
+        before = None if everything else self.now
+        gone = {
+            jid
+            for jid, m in self.model.items()
+            if m["state"] in states and (before is None or m["at"] < before)
+        }
+        assert self.store.purge(states, before) == len(gone)
+        for jid in gone:
+            del self.model[jid]
+        self.old = [(jid, lease) for jid, lease in self.old if jid not in gone]
+
+    @rule()
+    def fold_counts(self) -> None:
+        self.store.fold_counts()
 
     # --- the comparison ----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The fast path of `queuectl enqueue` (cli.py, issue 6) against the click command.
+"""The fast paths of `queuectl enqueue`, `worker run` and `status` (cli.py, issue 6)
+against the click commands.
 
 Every case runs twice as a real process on a copy of the same queue, once as
 `queuectl` runs (the fast path where it applies) and once with the fast path
@@ -43,6 +44,7 @@ from queuectl import cli
 if mode == "click":
     cli.parse_fast_enqueue = lambda args: None
     cli.parse_fast_worker_run = lambda args: None
+    cli.parse_fast_status = lambda args: None
 def _report():
     with open(report, "w") as f:
         f.write("\\n".join(sorted(sys.modules)))
@@ -217,7 +219,11 @@ CLICK_FORMS: list[list[str]] = [
     ["--db", "x", "--db", "y", "enqueue", "true"],
     ["--version"],
     ["enqueue", "-"],
-    ["status"],
+    ["status", "--jsn"],
+    ["status", "--json", "--json"],
+    ["status", "extra"],
+    ["status", "-h"],
+    ["--home", "/tmp", "--home", "/tmp", "status"],
 ]
 
 
@@ -535,3 +541,56 @@ def test_the_worker_run_options_match_the_click_command() -> None:
     assert isinstance(kind, click.FloatRange)
     assert (kind.min, kind.max) == cli_module.POLL_INTERVAL_RANGE
     assert not (kind.min_open or kind.max_open)
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def test_status_without_click_prints_what_the_click_command_prints(template: Path, tmp_path: Path) -> None:
+    """On the template, then with a job processing under a live worker and no
+    recovery pass yet (the overdue warning on stderr), then after a pass: text and JSON
+    the same, byte for byte, from both paths, and only the click run loads click."""
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    conn = apsw.Connection(str(home / "db" / "queue.db"))
+    claimed = (
+        "UPDATE jobs SET state = 'processing', worker_id = 'w1', lease = 1, attempts = 1"
+        " WHERE id = 'dup';"
+        "INSERT INTO workers (id, host, pid, started_at, heartbeat_at)"
+        f" VALUES ('w1', 'h', 1, {T0}, {T0 - 1})"
+    )
+    passed = (
+        "INSERT INTO leases (name, holder, kind, acquired_at, expires_at, last_pass_at,"
+        " last_pass_by, last_pass_kind)"
+        f" VALUES ('monitor', 'm', 'monitor', {T0 - 9}, {T0 - 8}, {T0 - 8.5}, 'monitor:h:1', 'monitor')"
+    )
+    steps = [("template", None), ("processing", claimed), ("recovered", passed)]
+    for name, change in steps:
+        if change is not None:
+            conn.execute(change)
+        for args in (["status"], ["status", "--json"]):
+            fast, slow = run("fast", home, args, tmp_path), run("click", home, args, tmp_path)
+            assert fast.code == slow.code == 0, (name, fast.stderr)
+            assert (fast.stdout, fast.stderr) == (slow.stdout, slow.stderr), name
+            assert "click" not in fast.modules and slow.used_click
+            if name == "processing" and args == ["status"]:
+                assert b"processing  1\n" in fast.stdout and fast.stderr.startswith(b"warning: ")
+            if name == "recovered" and args == ["status", "--json"]:
+                rec = json.loads(fast.stdout)["recovery"]
+                assert (rec["last_pass_by"], rec["age_s"], rec["overdue"]) == ("monitor:h:1", 8.5, False)
+    conn.close()
+
+
+def test_status_without_click_on_a_closed_stdout(template: Path, tmp_path: Path) -> None:
+    codes = []
+    for mode in ("fast", "click"):
+        home = tmp_path / mode
+        shutil.copytree(template, home)
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            got = run(mode, home, ["status"], tmp_path, stdout=w)
+        finally:
+            os.close(w)
+        codes.append((got.code, got.stderr, got.used_click))
+    assert codes == [(1, b"", False), (1, b"", True)]

@@ -72,3 +72,94 @@ def test_a_version_5_database_takes_the_v6_index_and_first_events(tmp_path: Path
         assert store.claim("w1", now=T0 + 1.5).id == "now"  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def _counted(store: SQLiteStore) -> dict[str, int]:
+    """Every state's count, counted from the jobs table itself."""
+    out = {s.value: 0 for s in JobState}
+    for state, n in store.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+        out[state] = n
+    return out
+
+
+def _upto(store: SQLiteStore) -> tuple[int, int]:
+    """(the snapshot's seq, the newest event's seq)."""
+    row = store.conn.execute(
+        "SELECT (SELECT seq FROM job_counts_upto), (SELECT coalesce(max(seq), 0) FROM job_events)"
+    ).fetchall()[0]
+    return int(row[0]), int(row[1])
+
+
+def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path) -> None:
+    # v7's snapshot is counted from the jobs table, as of the newest event; what
+    # happens after is read from the events until a fold moves it into the snapshot.
+    path = tmp_path / "v6.db"
+    conn = apsw.Connection(str(path))
+    for step in MIGRATIONS[:6]:
+        conn.execute(step)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=6")
+    conn.close()
+    old = SQLiteStore(str(path))  # at v7 now; step back to v6 with jobs in three states
+    old.enqueue([NewJob(f"j{i}", "true", 0, 0, 60.0, T0) for i in range(5)], T0)
+    for _ in range(3):
+        job = old.claim("w1", now=T0)
+        assert job is not None
+        old.finish(
+            job.id, job.lease, JobState.DEAD if job.id == "j0" else JobState.COMPLETED, None, 1, None, "", ""
+        )
+    old.conn.execute("DROP TABLE job_counts; DROP TABLE job_counts_upto; PRAGMA user_version=6")
+    old.close()
+
+    store = SQLiteStore(str(path))
+    try:
+        want = {"pending": 2, "processing": 0, "completed": 2, "failed": 0, "dead": 1}
+        assert _counted(store) == want
+        snapshot = dict(store.conn.execute("SELECT state, n FROM job_counts").fetchall())
+        assert snapshot == want and store.counts() == want
+        assert _upto(store) == (11, 11)  # 5 first events, 3 claims, 3 finishes
+        job = store.claim("w2", now=T0)
+        assert job is not None
+        assert store.counts() == {**want, "pending": 1, "processing": 1}  # from the events
+        assert _upto(store) == (11, 12)
+        store.fold_counts()
+        assert _upto(store) == (12, 12)
+        assert store.counts() == _counted(store) == {**want, "pending": 1, "processing": 1}
+    finally:
+        store.close()
+
+
+def test_a_bulk_insert_folds_the_counts_and_a_small_one_does_not(tmp_path: Path) -> None:
+    from queuectl.store.sqlite_conn import FOLD_MIN_ROWS
+
+    store = SQLiteStore(str(tmp_path / "q.db"))
+    try:
+        store.enqueue([NewJob("one", "true", 0, 0, 60.0, T0)], T0)
+        assert _upto(store) == (0, 1)
+        store.enqueue([NewJob(f"b{i}", "true", 0, 0, 60.0, T0) for i in range(FOLD_MIN_ROWS)], T0)
+        assert _upto(store) == (FOLD_MIN_ROWS + 1, FOLD_MIN_ROWS + 1)
+        assert store.counts() == _counted(store) == {**_counted(store), "pending": FOLD_MIN_ROWS + 1}
+    finally:
+        store.close()
+
+
+def test_a_purge_of_the_newest_events_keeps_the_counts_right(tmp_path: Path) -> None:
+    # Deleting the newest events lets SQLite hand their seqs out again: the snapshot
+    # must then be up to the newest event left, or the next events would be missed.
+    store = SQLiteStore(str(tmp_path / "q.db"))
+    try:
+        store.enqueue(
+            [NewJob("keep", "true", 0, 0, 60.0, T0 + 5), NewJob("done", "true", 0, 0, 60.0, T0)], T0
+        )
+        job = store.claim("w1", now=T0)
+        assert job is not None and job.id == "done"
+        store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "")
+        store.fold_counts()
+        assert _upto(store) == (4, 4)
+        assert store.purge([JobState.COMPLETED]) == 1
+        assert _upto(store) == (1, 1)  # only keep's first event is left
+        store.enqueue([NewJob("new", "true", 0, 0, 60.0, T0)], T0)  # takes seq 2 again
+        assert _upto(store) == (1, 2)
+        assert store.counts() == _counted(store) == {**_counted(store), "pending": 2}
+    finally:
+        store.close()
