@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -119,7 +119,7 @@ def enqueue(
 
     Prints the new id (one per line for bulk).
     """
-    from queuectl.cli import enqueue_one, job_overrides
+    from queuectl.cli import enqueue_one, stdin_specs
 
     options = {
         "job_id": job_id,
@@ -130,35 +130,13 @@ def enqueue(
         "timeout": timeout,
     }
     if job == ("-",):
-        specs = list(_read_json_lines(sys.stdin))
-        if job_id is not None and len(specs) > 1:
-            raise InvalidInput("--id cannot be used with more than one job")
-        overrides = job_overrides(options)
-        ids = c.queue.enqueue_many([{**s, **overrides} for s in specs])
-        click.echo("\n".join(ids))
+        # The same calls as cli.py's fast path makes (it takes the queue's database
+        # itself where it can, without the library).
+        specs = stdin_specs(sys.stdin, options)
+        click.echo("\n".join(c.queue.enqueue_many(specs)))
         return
     # The same call as cli.py's fast path makes without click.
     click.echo(enqueue_one(lambda: c.queue, job, options))
-
-
-def _read_json_lines(stream: Any) -> Iterable[dict[str, Any]]:
-    from queuectl.api import parse_json_object
-
-    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"stdin is not valid UTF-8 (byte {exc.start})") from None
-    # JSON Lines are split on "\n" only: str.splitlines() would also cut at U+2028,
-    # U+0085 and other separators that JSON allows raw inside a string.
-    for n, line in enumerate(data.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            yield parse_json_object(line)
-        except InvalidInput as exc:
-            raise InvalidInput(f"line {n}: {exc}") from None
 
 
 # --- reading -----------------------------------------------------------------------

@@ -108,10 +108,11 @@ def run(
     argv: list[str | bytes] = [sys.executable, "-c", RUNNER, mode, str(report), "--home", str(home), *args]
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("cwd", home if home.is_dir() else tmp)  # a relative --db lands there
+    if "input" not in popen:
+        popen["stdin"] = subprocess.DEVNULL
     proc = subprocess.run(
         argv,
         env=clean_env(),
-        stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         timeout=60,
         check=False,
@@ -121,13 +122,13 @@ def run(
     return Run(proc, modules, home / "db" / "queue.db")
 
 
-def both(template: Path, tmp_path: Path, args: Sequence[str | bytes]) -> tuple[Run, Run]:
+def both(template: Path, tmp_path: Path, args: Sequence[str | bytes], **popen: Any) -> tuple[Run, Run]:
     homes = []
     for mode in ("fast", "click"):
         home = tmp_path / mode
         shutil.copytree(template, home)
         homes.append(home)
-    return run("fast", homes[0], args, tmp_path), run("click", homes[1], args, tmp_path)
+    return run("fast", homes[0], args, tmp_path, **popen), run("click", homes[1], args, tmp_path, **popen)
 
 
 # --- the forms the fast path takes -----------------------------------------------------
@@ -218,7 +219,7 @@ CLICK_FORMS: list[list[str]] = [
     ["enqueue", "true", "--home", "/tmp"],
     ["--db", "x", "--db", "y", "enqueue", "true"],
     ["--version"],
-    ["enqueue", "-"],
+    ["enqueue", "-", "--", "x"],
     ["status", "--jsn"],
     ["status", "--json", "--json"],
     ["status", "extra"],
@@ -594,3 +595,84 @@ def test_status_without_click_on_a_closed_stdout(template: Path, tmp_path: Path)
             os.close(w)
         codes.append((got.code, got.stderr, got.used_click))
     assert codes == [(1, b"", False), (1, b"", True)]
+
+
+# --- enqueue - (stdin) ----------------------------------------------------------------------
+
+BULK_OK: list[tuple[bytes, list[str]]] = [
+    # (stdin, options after `enqueue -`)
+    (b'{"command": "true", "id": "b1"}\n{"command": "echo 2", "id": "b2", "priority": 3}\n', []),
+    (b'\n  \n{"id": "b1", "command": "sleep 1", "max_retries": 0}\r\n\n{"id": "b2", "command": "x"}', []),
+    (b'{"id": "b1", "command": "a"}\n{"id": "b2", "command": "b", "priority": 1}\n', ["--priority", "5"]),
+    (b'{"command": "x"}\n', ["--id", "only", "--max-retries", "1", "--timeout=3"]),
+    (b'{"id": "b1", "command": "echo \xe2\x80\xa8 \xc3\xa9"}\n', ["--delay", "60"]),
+    (b'{"id": "b1", "command": "x", "run_at": "2030-01-01T00:00:00Z"}\n', []),
+    (b'{"command": "true"}\n{"command": "false"}\n{"command": "true", "priority": 2}\n', []),  # ids generated
+]
+
+BULK_ERRORS: list[tuple[bytes, list[str]]] = [
+    (b"", []),  # no jobs given
+    (b"\n \n", []),
+    (b'{"command": "true", "id": "b1"}\n{bad json\n', []),
+    (b'{"command": "true"}\n[1, 2]\n', []),
+    (b'{"command": "true"}\n"\xff"\n', []),  # not UTF-8
+    (b'{"command": "a"}\n{"command": "b"}\n', ["--id", "x"]),
+    (b'{"command": "a", "id": "dup"}\n', []),  # exit 4: exists
+    (b'{"command": "a", "id": "b1"}\n{"command": "b", "id": "b1"}\n', []),  # exit 4: twice
+    (b'{"command": "a", "id": "b1"}\n{"command": "", "id": "b2"}\n', []),
+    (b'{"command": "a", "id": "b1"}\n{"command": "b", "bogus": 1}\n', []),
+    (b'{"command": "a"}\n', ["--priority", "99999999"]),
+]
+
+
+def _bulk_comparable(r: Run) -> tuple[Any, ...]:
+    """What must be equal between the two paths, with generated ids (of this run's
+    stdout) replaced by <new N> in order, once their shape has been checked."""
+    out, dump = r.stdout.decode(), repr(r.dump)
+    for n, line in enumerate(out.splitlines()):
+        if GENERATED_ID.match(line):
+            out, dump = out.replace(line, f"<new {n}>"), dump.replace(repr(line), f"'<new {n}>'")
+    return (r.code, out, r.stderr, dump)
+
+
+@pytest.mark.parametrize(("data", "options"), BULK_OK, ids=lambda v: repr(v)[:60])
+def test_bulk_enqueue_without_click_stores_exactly_what_click_stores(
+    template: Path, tmp_path: Path, data: bytes, options: list[str]
+) -> None:
+    fast, slow = both(template, tmp_path, ["enqueue", "-", *options], input=data)
+    assert not fast.used_click and slow.used_click
+    assert not fast.used_library  # store/sqlite_conn.py and rules.py alone
+    assert fast.code == 0, fast.stderr
+    assert len(fast.stdout.splitlines()) == sum(1 for line in data.split(b"\n") if line.strip())
+    assert _bulk_comparable(fast) == _bulk_comparable(slow)
+
+
+@pytest.mark.parametrize(("data", "options"), BULK_ERRORS, ids=lambda v: repr(v)[:60])
+def test_bulk_enqueue_without_click_rejects_exactly_as_click(
+    template: Path, tmp_path: Path, data: bytes, options: list[str]
+) -> None:
+    fast, slow = both(template, tmp_path, ["enqueue", "-", *options], input=data)
+    assert not fast.used_click and slow.used_click
+    assert fast.code in (2, 4), fast.stderr
+    assert fast.stdout == b"" and fast.stderr.count(b"\n") == 1
+    assert (fast.code, fast.stderr) == (slow.code, slow.stderr)
+    assert fast.dump == slow.dump == dump_db(template / "db" / "queue.db")  # nothing changed
+
+
+def test_a_large_bulk_enqueue_without_click_folds_the_counts(template: Path, tmp_path: Path) -> None:
+    from queuectl.store.sqlite_conn import FOLD_MIN_ROWS
+
+    n = FOLD_MIN_ROWS + 5
+    data = "".join(f'{{"id": "b{i}", "command": "true"}}\n' for i in range(n)).encode()
+    fast, slow = both(template, tmp_path, ["enqueue", "-"], input=data)
+    assert fast.code == 0 and not fast.used_click
+    assert fast.stdout == slow.stdout and fast.dump == slow.dump
+    conn = apsw.Connection(str(tmp_path / "fast" / "db" / "queue.db"))
+    try:
+        snapshot = dict(conn.execute("SELECT state, n FROM job_counts").fetchall())
+        upto, newest = conn.execute(
+            "SELECT (SELECT seq FROM job_counts_upto), (SELECT max(seq) FROM job_events)"
+        ).fetchall()[0]
+    finally:
+        conn.close()
+    assert snapshot["pending"] == n + 1 and upto == newest  # the template's job, and these

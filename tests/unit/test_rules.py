@@ -48,3 +48,85 @@ def test_id_digits_are_crockford_base32_of_the_number(n: int) -> None:
     expected = "".join(digits[(n >> (5 * i)) & 31] for i in reversed(range(10)))
     assert rules._b32(n, 10) == expected
     assert rules._b32(n % 32**6, 6) == expected[-6:]
+
+
+# --- the shorter paths of a bulk enqueue (parse_json_object, check_job) -------------------
+
+
+def _decode_as_before(text: str) -> object:
+    """parse_json_object as it was: JSONDecoder.decode alone."""
+    import json
+
+    def reject(name: str) -> None:
+        raise ValueError(f"{name} is not a valid JSON number")
+
+    try:
+        obj = json.JSONDecoder(parse_constant=reject).decode(text)
+    except ValueError as exc:
+        return ("error", f"invalid JSON: {exc}")
+    except RecursionError:
+        return ("error", "invalid JSON: nested too deeply")
+    if not isinstance(obj, dict):
+        return ("error", f"a job must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _decoded(text: str) -> object:
+    try:
+        return rules.parse_json_object(text)
+    except rules.InvalidInput as exc:
+        return ("error", str(exc))
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+_around = st.sampled_from(["", " ", "\r", "\t\n", "x", "}", "{}", ",", "\u2028", "\x0b", " NaN"])
+
+
+@given(_json_values, _around, _around)
+def test_a_json_object_is_read_as_decode_reads_it(value: object, before: str, after: str) -> None:
+    import json
+
+    text = before + json.dumps(value, allow_nan=True) + after
+    assert _decoded(text) == _decode_as_before(text)
+
+
+@given(st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrs \\NIy\r\n', max_size=20))
+def test_broken_json_is_rejected_as_decode_rejects_it(text: str) -> None:
+    assert _decoded(text) == _decode_as_before(text)
+
+
+def test_deep_nesting_is_rejected_as_before() -> None:
+    text = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert _decoded(text) == _decode_as_before(text) == ("error", "invalid JSON: nested too deeply")
+
+
+def _checked(spec: dict[str, object]) -> object:
+    try:
+        return rules.check_job(spec, 3, 60.0, 1_700_000_000.0)
+    except rules.InvalidInput as exc:
+        return ("error", str(exc))
+
+
+_commands = st.one_of(
+    st.text(max_size=8),
+    st.text(alphabet=st.characters(codec="ascii"), max_size=8),
+    st.sampled_from(["", " ", "a\x00b", "\ud800", "é" * 40_000, "x" * rules.MAX_COMMAND_BYTES]),
+    st.sampled_from(["x" * (rules.MAX_COMMAND_BYTES + 1), "é" * 70_000, 5, None]),
+)
+
+
+@given(_commands, st.one_of(st.none(), st.sampled_from(["j1", "", " j", "a\x01", 7, "x" * 201])))
+def test_a_plain_job_is_checked_as_any_job_is(command: object, job_id: object) -> None:
+    # {"priority": None} sends the same job down the general path: a field given as
+    # null is the default.  Ids are given, so nothing differs but the path.
+    plain: dict[str, object] = {"command": command, "id": "given" if job_id is None else job_id}
+    assert _checked(plain) == _checked({**plain, "priority": None})
+    alone, general = _checked({"command": command}), _checked({"command": command, "priority": None})
+    if alone[0] == "error":  # type: ignore[index]
+        assert alone == general
+    else:  # a generated id each: the rest agrees
+        assert alone[1:] == general[1:]  # type: ignore[index]
