@@ -284,11 +284,24 @@ def first_existing(conn: apsw.Connection, path: str, ids: list[str]) -> str | No
     return None
 
 
+def enqueue_new(path: str, spec: Mapping[str, Any]) -> str | None:
+    """Validate one job and insert it as PENDING into the queue at `path`, as
+    SQLiteStore, Queue.enqueue and build_job do it (same statements, same rules, same
+    order: open, read the defaults, validate, insert); returns its id.  None, having
+    changed nothing, when the database is not a queuectl one at the current schema
+    (new, older, newer, or someone else's): SQLiteStore migrates it or says why not."""
+    ids = _insert_new(path, [spec], numbered=False)
+    return None if ids is None else ids[0]
+
+
 def enqueue_many_new(path: str, specs: Sequence[Mapping[str, Any]]) -> list[str] | None:
     """enqueue_new for many jobs in one transaction, as SQLiteStore, Queue.enqueue_many
     and build_job do it (the queue's defaults read once, every job validated, its
-    errors numbered from 1, then all inserted, or none); their ids.  None, having
-    changed nothing, when the database is not at the current schema."""
+    errors numbered from 1, then all inserted, or none); their ids, or None."""
+    return _insert_new(path, specs, numbered=True)
+
+
+def _insert_new(path: str, specs: Sequence[Mapping[str, Any]], *, numbered: bool) -> list[str] | None:
     conn = connect(path, None)
     try:
         if not is_current(conn):
@@ -303,38 +316,14 @@ def enqueue_many_new(path: str, specs: Sequence[Mapping[str, Any]]) -> list[str]
                     spec, max_retries, timeout, now
                 )
             except InvalidInput as exc:
+                if not numbered:
+                    raise
                 raise InvalidInput(f"job {n}: {exc}") from None
             rows.append((job_id, command, retries, priority, job_timeout, now, now, run_at, run_at))
         if not rows:
             raise InvalidInput("no jobs given")
         insert_jobs(conn, path, rows)
         return [r[0] for r in rows]
-    except apsw.Error as exc:
-        raise translate(exc, path) from None
-    finally:
-        try:  # noqa: SIM105 (contextlib is one more import to pay for, issue 6)
-            conn.close()
-        except apsw.Error:  # as SQLiteStore.close
-            pass
-
-
-def enqueue_new(path: str, spec: Mapping[str, Any]) -> str | None:
-    """Validate one job and insert it as PENDING into the queue at `path`, as
-    SQLiteStore, Queue.enqueue and build_job do it (same statements, same rules, same
-    order: open, read the defaults, validate, insert); returns its id.  None, having
-    changed nothing, when the database is not a queuectl one at the current schema
-    (new, older, newer, or someone else's): SQLiteStore migrates it or says why not."""
-    conn = connect(path, None)
-    try:
-        if not is_current(conn):
-            return None
-        now = time.time()  # SQLiteStore's clock
-        max_retries, timeout = rules.job_defaults(config_items(conn, path))
-        job_id, command, retries, priority, job_timeout, run_at = rules.check_job(
-            spec, max_retries, timeout, now
-        )
-        insert_jobs(conn, path, [(job_id, command, retries, priority, job_timeout, now, now, run_at, run_at)])
-        return job_id
     except apsw.Error as exc:
         raise translate(exc, path) from None
     finally:
