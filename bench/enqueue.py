@@ -176,7 +176,7 @@ PATHS: tuple[tuple[str, str, Callable[[Backend], Callable[[int], Sample]]], ...]
         "The database alone, bare table (baseline)",
         lambda b: bare_postgres(b) if b.pg_url else bare_sqlite,
     ),
-    ("store", "`store.enqueue` (indexes + history trigger)", lambda b: _with_queue(_store, b)),
+    ("store", "`store.enqueue` (indexes + first history events)", lambda b: _with_queue(_store, b)),
     ("api", "`Queue.enqueue_many` (library API: + validation, ids)", lambda b: _with_queue(_api, b)),
     ("cli", "`queuectl enqueue -` from stdin (whole process)", lambda b: _with_queue(_cli, b)),
 )

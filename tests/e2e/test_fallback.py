@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Home, wait_until
 from tests.e2e.test_supervisor import lines, tracked
 
@@ -108,8 +110,16 @@ def test_workers_stand_in_only_while_the_monitor_is_away(home: Home, tmp_path: P
     wait_until(lambda: home.status()["recovery"]["last_pass_kind"] == "worker", 10, "worker passes")
 
     _supervisorctl(home, "start", "monitor")
-    wait_until(lambda: any(events(p, "monitor_back") for p in logs), 15, "the workers to step back")
-    wait_until(lambda: home.status()["recovery"]["last_pass_kind"] == "monitor", 10, "monitor passes again")
+    try:
+        wait_until(lambda: any(events(p, "monitor_back") for p in logs), 15, "the workers to step back")
+        wait_until(
+            lambda: home.status()["recovery"]["last_pass_kind"] == "monitor", 10, "monitor passes again"
+        )
+    except pytest.fail.Exception as exc:  # what the processes said, for a failure seen once in CI
+        tails = {
+            p.name: p.read_text(errors="replace")[-1500:] for p in [*logs, home.path / "logs" / "monitor.log"]
+        }
+        pytest.fail(f"{exc}; status {home.status()}; logs {tails}")
 
 
 def _supervisorctl(home: Home, *args: str) -> None:
