@@ -197,6 +197,8 @@ def parse_json_object(text: str) -> dict[str, Any]:
 def read_json_lines(stream: Any) -> list[dict[str, Any]]:
     """The job objects of `queuectl enqueue -`: one JSON object per line of the
     stream, blank lines skipped; InvalidInput names the first bad line."""
+    if stream is None:  # `queuectl enqueue - <&-`: Python had no fd 0 to open
+        raise InvalidInput("stdin is closed: there are no jobs to read")
     data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
     if isinstance(data, bytes):
         try:

@@ -676,3 +676,18 @@ def test_a_large_bulk_enqueue_without_click_folds_the_counts(template: Path, tmp
     finally:
         conn.close()
     assert snapshot["pending"] == n + 1 and upto == newest  # the template's job, and these
+
+
+def test_bulk_enqueue_from_a_closed_stdin(template: Path, tmp_path: Path) -> None:
+    runs = []
+    for mode in ("fast", "click"):
+        home = tmp_path / mode
+        shutil.copytree(template, home)
+        runs.append(run(mode, home, ["enqueue", "-"], tmp_path, preexec_fn=lambda: os.close(0)))
+    fast, slow = runs
+    assert (fast.code, fast.stderr) == (slow.code, slow.stderr) == (
+        2,
+        b"queuectl: error: stdin is closed: there are no jobs to read\n",
+    )
+    assert fast.dump == slow.dump == dump_db(template / "db" / "queue.db")
+    assert not fast.used_click
