@@ -10,13 +10,15 @@ under 2x the time of `python -c pass`): importing click and building the command
 tree costs several times a bare interpreter start, more than everything else an
 enqueue does.  So main() reads the common forms itself: the group options `--home`
 and `--db`, then `enqueue`, a command (or JSON object) and enqueue's own options, each
-at most once.  Anything else goes to click unchanged: `--help`, `-` (stdin), `--`,
+at most once, or `-` (JSON lines on stdin) and those options.  Anything else goes to
+click unchanged: `--help`, `--`,
 unknown or repeated options, a missing value, a number click would reject, a --home
 click would reject, shell completion, a stdout that click.echo would re-encode.
 
 Importing the library (the models' dataclasses and enums, config, typing, pathlib)
 cost more again than click, so on a SQLite queue at the current schema the fast path
-does what Queue.open + Queue.enqueue do with rules.py and store/sqlite_conn.py alone:
+does what Queue.open + Queue.enqueue (or enqueue_many) do with rules.py and
+store/sqlite_conn.py alone:
 the same rules (api.py, models.py and config.py call rules.py), the same statements
 (SQLiteStore calls sqlite_conn.py), in the same order; PostgreSQL, and a database to
 create, migrate or refuse, go through Queue.  Errors go through the same handlers.
@@ -26,7 +28,8 @@ stderr, exit codes and the stored rows, and checks which modules each loaded.
 `worker run [--burst] [--poll-interval S]`, the command supervisord starts, has a
 fast path too (parse_fast_worker_run): a worker that never imports click lives with
 less memory.  It runs the library's worker exactly as the click command does
-(run_worker, which both call).
+(run_worker, which both call).  So has `status [--json]` (parse_fast_status): it
+uses the library, not click, and prints what status_report() renders for both.
 """
 
 from __future__ import annotations
@@ -264,7 +267,8 @@ def _home_as_click_takes_it(home: str | None) -> bool:
 
 
 def _fast_enqueue(group: dict[str, str], job: list[str], options: dict[str, Any]) -> int:
-    """What `cli` and its `enqueue` command do for one job, without click."""
+    """What `cli` and its `enqueue` command do, without click: one job, or the JSON
+    lines on stdin for `-`."""
     try:
         if job == ["-"]:
             ids = _enqueue_stdin_quickly(group.get("home"), group.get("db"), options)
@@ -478,13 +482,13 @@ def _fast_status(group: dict[str, str], as_json: bool) -> int:
             counts = queue.status()
         finally:
             queue.close()
+        out, warning = status_report(counts, as_json)
+        _write_out(out)
+        if warning is not None:
+            sys.stderr.write(warning + "\n")
+            sys.stderr.flush()
     except (EOFError, KeyboardInterrupt):
         _aborted()
-    out, warning = status_report(counts, as_json)
-    _write_out(out)
-    if warning is not None:
-        sys.stderr.write(warning + "\n")
-        sys.stderr.flush()
     return 0
 
 

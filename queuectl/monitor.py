@@ -130,7 +130,11 @@ class Monitor:
             # removed workers and killed orphans are not job history: logged directly.
             self.flush_audit([r for r in done if r.event != "job_recovered"])
             # Every pass, so `queuectl status` has few events to add to its snapshot.
-            self.store.fold_counts()
+            # Only a saving: if it fails, the pass (its recoveries committed) stands.
+            try:
+                self.store.fold_counts()
+            except QueuectlError as exc:
+                self.log.warning("counts_fold_failed", error=str(exc))
         return done
 
     def _is_stale(self, w: WorkerInfo, now: float, cfg: Config) -> bool:

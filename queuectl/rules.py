@@ -229,7 +229,7 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
         command = _check_command(spec.get("command"))
         job_id = spec.get("id")
         job_id = new_id(now) if job_id is None else _check_id(job_id)
-        return (job_id, command, max_retries, 0, timeout, now)
+        return (job_id, command, max_retries, 0, float(timeout), now)
     unknown = set(spec) - JOB_FIELDS - INITIAL_FIELDS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")

@@ -1,9 +1,10 @@
 """The SQLite connection: how it is opened and configured, how its errors are
-translated, the write-transaction retry, and the job insert.
+translated, the write-transaction retry, the job insert (one job or many) and the
+job counts' statements.
 
 Kept apart from SQLiteStore (store/sqlite.py, which builds on these functions) so
 that it imports only apsw and the standard library's cheapest modules: the
-`queuectl enqueue` fast path (cli.py, issue 6) inserts a job with this module alone,
+`queuectl enqueue` fast path (cli.py, issue 6) inserts jobs with this module alone,
 through the same statements as SQLiteStore.enqueue.  Nothing `apsw.*` escapes.
 """
 
@@ -61,8 +62,9 @@ INSERT_FIRST_EVENTS = (
     "INSERT INTO job_events (job_id, at, from_state, to_state, attempt)"
     " SELECT id, updated_at, NULL, 'pending', 0 FROM jobs WHERE rowid > ? ORDER BY rowid"
 )
-#: Below this, SQLite gives a new row the largest rowid plus one (above, any unused
-#: one), so the rows inserted are exactly those after the largest rowid before.
+#: SQLite gives a new row the largest rowid plus one, unless the largest is 2**63-1
+#: (then any unused one), so below this bound (a wide safety margin) the rows
+#: inserted are exactly those after the largest rowid before.
 _ROWID_SAFE = 2**62
 
 # The job counts (schema v7).  job_counts holds every state's count as of event
@@ -263,8 +265,12 @@ def net_counts(rows: Iterable[tuple[Any, ...]]) -> dict[str, int]:
 
 
 def fold_counts(c: apsw.Connection) -> None:
-    """Add the events since the counts snapshot to it (inside a write transaction)."""
-    net = net_counts(c.execute(COUNTS_DELTA).fetchall())
+    """Add the events since the counts snapshot to it (inside a write transaction);
+    with none since, nothing is written."""
+    rows = c.execute(COUNTS_DELTA).fetchall()
+    if not rows:
+        return
+    net = net_counts(rows)
     c.executemany("UPDATE job_counts SET n = n + ? WHERE state = ?", [(n, s) for s, n in net.items() if n])
     c.execute(COUNTS_UPTO)
 

@@ -310,6 +310,51 @@ def test_a_database_not_at_this_schema_goes_through_the_library(
     assert fast.used_library and not fast.used_click
 
 
+@pytest.mark.parametrize(
+    ("steps", "app_id", "version", "code"),
+    [
+        (1, APPLICATION_ID, None, 0),
+        (len(MIGRATIONS) - 1, APPLICATION_ID, None, 0),
+        (len(MIGRATIONS), 0x1234, None, 5),
+        (len(MIGRATIONS), APPLICATION_ID, len(MIGRATIONS) + 1, 5),
+    ],
+)
+def test_a_bulk_enqueue_into_a_database_not_at_this_schema_goes_through_the_library(
+    template: Path, tmp_path: Path, steps: int, app_id: int, version: int | None, code: int
+) -> None:
+    homes = _homes(template, tmp_path)
+    for home in homes:
+        _write_db(home / "db" / "queue.db", steps, app_id, version)
+    data = b'{"id": "m1", "command": "true"}\n{"id": "m2", "command": "false"}\n'
+    fast = run("fast", homes[0], ["enqueue", "-"], tmp_path, input=data)
+    slow = run("click", homes[1], ["enqueue", "-"], tmp_path, input=data)
+    assert fast.code == code, fast.stderr
+    assert fast.stderr.replace(bytes(homes[0]), b"H") == slow.stderr.replace(bytes(homes[1]), b"H")
+    assert (fast.code, fast.stdout, fast.dump) == (slow.code, slow.stdout, slow.dump)
+    assert fast.used_library and not fast.used_click
+
+
+@pytest.mark.parametrize("data", [b'{"id": "n1", "command": "true"}\n', b""])
+def test_a_bulk_enqueue_creates_a_new_queue_as_click_does(
+    template: Path, tmp_path: Path, data: bytes
+) -> None:
+    # Empty stdin too: the queue is created (as Queue.open creates it), then refused.
+    homes = _homes(template, tmp_path)
+    for home in homes:
+        shutil.rmtree(home / "db")
+    fast = run("fast", homes[0], ["enqueue", "-"], tmp_path, input=data)
+    slow = run("click", homes[1], ["enqueue", "-"], tmp_path, input=data)
+    assert fast.code == (0 if data else 2), fast.stderr
+    assert (fast.code, fast.stdout, fast.stderr, fast.dump) == (
+        slow.code,
+        slow.stdout,
+        slow.stderr,
+        slow.dump,
+    )
+    assert (homes[0] / "db" / "queue.db").stat().st_mode & 0o777 == 0o600
+    assert not fast.used_click
+
+
 @pytest.mark.parametrize("remove", ["db", "dir"])
 def test_a_new_queue_is_created_as_click_creates_it(template: Path, tmp_path: Path, remove: str) -> None:
     homes = _homes(template, tmp_path)
@@ -685,9 +730,13 @@ def test_bulk_enqueue_from_a_closed_stdin(template: Path, tmp_path: Path) -> Non
         shutil.copytree(template, home)
         runs.append(run(mode, home, ["enqueue", "-"], tmp_path, preexec_fn=lambda: os.close(0)))
     fast, slow = runs
-    assert (fast.code, fast.stderr) == (slow.code, slow.stderr) == (
-        2,
-        b"queuectl: error: stdin is closed: there are no jobs to read\n",
+    assert (
+        (fast.code, fast.stderr)
+        == (slow.code, slow.stderr)
+        == (
+            2,
+            b"queuectl: error: stdin is closed: there are no jobs to read\n",
+        )
     )
     assert fast.dump == slow.dump == dump_db(template / "db" / "queue.db")
     assert not fast.used_click

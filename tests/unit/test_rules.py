@@ -130,3 +130,45 @@ def test_a_plain_job_is_checked_as_any_job_is(command: object, job_id: object) -
         assert alone == general
     else:  # a generated id each: the rest agrees
         assert alone[1:] == general[1:]  # type: ignore[index]
+
+
+def _check_command_as_before(command: object) -> object:
+    """_check_command before its ASCII shortcut."""
+    if not isinstance(command, str):
+        return ("error", "command is required and must be a string")
+    if not command.strip():
+        return ("error", "command must not be empty")
+    if "\x00" in command:
+        return ("error", "command must not contain NUL characters")
+    if len(command.encode("utf-8", "surrogatepass")) > rules.MAX_COMMAND_BYTES:
+        return ("error", f"command is longer than {rules.MAX_COMMAND_BYTES} bytes")
+    try:
+        command.encode("utf-8")
+    except UnicodeEncodeError:
+        return ("error", "command is not valid UTF-8 text")
+    return command
+
+
+def _check_command_now(command: object) -> object:
+    try:
+        return rules._check_command(command)
+    except rules.InvalidInput as exc:
+        return ("error", str(exc))
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+@pytest.mark.parametrize("fill", ["x", "é", "\ud800", "✓"])
+def test_a_command_at_the_length_limit_is_checked_as_before(fill: str, extra: int) -> None:
+    # At the limit in bytes, one byte under and one over, in one- to three-byte
+    # characters (a lone surrogate counts three bytes, and is then refused as such).
+    width = len(fill.encode("utf-8", "surrogatepass"))
+    for command in (
+        fill * (rules.MAX_COMMAND_BYTES // width + extra),
+        "x" * (rules.MAX_COMMAND_BYTES + extra),
+    ):
+        assert _check_command_now(command) == _check_command_as_before(command)
+
+
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(codec="ascii")), st.integers(), st.none()))
+def test_any_command_is_checked_as_before(command: object) -> None:
+    assert _check_command_now(command) == _check_command_as_before(command)
