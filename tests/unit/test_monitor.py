@@ -227,3 +227,26 @@ def test_a_recovery_whose_pass_died_before_its_log_is_logged_by_the_next_pass(
     assert store.audit_pending() == []
     monitor(store, tmp_path).run_once(now=T0 + 2)
     assert len([r for r in logs(tmp_path) if r["event"] == "job_recovered"]) == 1  # written once
+
+
+def test_a_fold_that_fails_leaves_the_pass_standing(sqlite_store: Store, tmp_path: Path) -> None:
+    # The counts' snapshot table gone (a real SQLite error at the fold): the pass
+    # still recovers, records itself, and says what failed.
+    import io
+
+    from queuectl.logs import json_logger
+    from queuectl.store.sqlite import SQLiteStore
+
+    assert isinstance(sqlite_store, SQLiteStore)
+    sqlite_store.enqueue([job("a")], now=T0)
+    assert sqlite_store.claim("gone", now=T0) is not None  # no such worker: heartbeat_lost
+    sqlite_store.conn.execute("DROP TABLE job_counts_upto")
+    out = io.StringIO()
+    mon = Monitor(sqlite_store, queue=QUEUE, logs_dir=tmp_path / "logs", log=json_logger(out))
+    done = mon.guarded_pass(now=T0 + 1)
+    assert done is not None and [r.job_id for r in done] == ["a"]
+    info = sqlite_store.lease_info(LEASE)
+    assert info is not None and info.last_pass_at == T0 + 1
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    failed = [r for r in records if r["event"] == "counts_fold_failed"]
+    assert len(failed) == 1 and "job_counts_upto" in failed[0]["error"]
