@@ -222,6 +222,7 @@ class Supervisor:
     def stop_workers(self, *, wait: float | None = None) -> list[str]:
         """Stop every worker gracefully (each finishes its job); wait until they are down."""
         self.save_count(0)
+        pid = self.pid()
         up = [p for p in self.workers() if p.up]
         for p in up:
             with contextlib.suppress(SupervisorError):
@@ -229,7 +230,15 @@ class Supervisor:
         limit = wait if wait is not None else 120.0
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            if not any(p.state not in DOWN_STATES for p in self.workers()):
+            try:
+                if not any(p.state not in DOWN_STATES for p in self.workers()):
+                    break
+            except SupervisorError:
+                # supervisord is shutting down (SHUTDOWN_STATE) or gone: a foreground
+                # `worker start` ends it once its workers are stopped, and its shutdown
+                # stops them the same graceful way.  Done when it has exited.
+                while pid is not None and _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 break
             time.sleep(0.1)
         return [p.full_name for p in up]
