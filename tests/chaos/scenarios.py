@@ -315,6 +315,9 @@ def _hold_lock(c: Cluster, hold: float) -> None:
         import apsw
 
         conn = apsw.Connection(c.db_url)
+        # Take the lock as any writer would, waiting its turn: the workers (and the
+        # monitor's passes) hold it for a moment thousands of times a second.
+        conn.set_busy_timeout(10_000)
         try:
             conn.execute("BEGIN IMMEDIATE")
             time.sleep(hold)  # the fault itself: hold the write lock this long
