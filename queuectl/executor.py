@@ -30,6 +30,8 @@ class OutputFiles:
         # Open for the worker's whole life; closed by close().
         self.out = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
         self.err = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
+        #: The job's stdin: /dev/null, opened once, not once per job.
+        self.null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         #: Whether the files may hold output.  Only tails() clears it, having found both
         #: empty after the job's group was killed: the next reset() then has nothing to
         #: truncate (most jobs print nothing; 4 system calls fewer per job).
@@ -52,6 +54,9 @@ class OutputFiles:
     def close(self) -> None:
         self.out.close()
         self.err.close()
+        if self.null >= 0:
+            os.close(self.null)
+            self.null = -1
 
 
 def _tail(fd: int, limit: int) -> tuple[str, int]:
@@ -62,6 +67,15 @@ def _tail(fd: int, limit: int) -> tuple[str, int]:
     n = min(size, limit)
     data = os.pread(fd, n, size - n)
     return data.decode("utf-8", errors="replace"), size
+
+
+#: Seconds after a job's start at which its whole tree (every thread of every process)
+#: is allowed onto every CPU of `Job.cpus`.  Until the first, the job keeps to the
+#: worker's CPU, where it started: a job that ends sooner (the `true`s and `echo`s of
+#: a busy queue) costs no widening at all, and cannot be moved behind the other CPU's
+#: worker by the load balancer.  The second walk finds what the first could not (a
+#: fork in flight: its child has the narrow mask but is not listed yet).
+WIDEN_AFTER = (0.005, 0.25)
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,7 @@ class _Child:
             ["/bin/sh", "-c", command],
             env,
             file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, files.null, 0),
                 (os.POSIX_SPAWN_DUP2, files.out.fileno(), 1),
                 (os.POSIX_SPAWN_DUP2, files.err.fileno(), 2),
             ],
@@ -122,15 +136,6 @@ class _Child:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
-
-
-def _spawn(job: Job, files: OutputFiles) -> _Child:
-    child = _Child.spawn(job.command, job.env, files)
-    if job.cpus is not None:
-        # Started on the worker's CPU (posix_spawn has no affinity attribute): let it,
-        # and anything it forked before this line, use the others from now on.
-        widen(child.pid, job.cpus, all_threads=False)
-    return child
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -162,7 +167,7 @@ def run(
     """
     files.reset()
     try:
-        proc = _spawn(job, files)
+        proc = _Child.spawn(job.command, job.env, files)
     except OSError as exc:
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
     if on_start is not None:
@@ -217,26 +222,26 @@ def _wait(
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
         error: str | None = None
         timed_out = False
-        rewiden = job.cpus is not None
+        # When the job's tree is let onto every CPU the worker was (job.cpus): none,
+        # if the job ends before the first (most do: DECISIONS §7).
+        widen_at = [start + after for after in WIDEN_AFTER] if job.cpus is not None else []
         fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
         while True:
             now = time.monotonic()
-            wake = min(next_check, kill_at if kill_at is not None else deadline)
+            wake = min(next_check, kill_at if kill_at is not None else deadline, *widen_at)
             ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
             if pidfd in ready:
                 proc.wait()
                 return error, timed_out
             now = time.monotonic()
+            if widen_at and now >= widen_at[0]:
+                del widen_at[0]
+                widen(proc.pid, job.cpus)  # type: ignore[arg-type]
             woken = wakeup_fd is not None and wakeup_fd in ready
             if woken:
                 _drain(wakeup_fd)  # type: ignore[arg-type]
             if check is not None and error is None and (woken or now >= next_check):
                 next_check = now + check_interval
-                if rewiden:
-                    # What the spawn's widen() could not see (a fork in flight, a
-                    # thread): every thread of the job's tree, once more.
-                    rewiden = False
-                    widen(proc.pid, job.cpus)  # type: ignore[arg-type]
                 why = check()
                 if why is not None:
                     error = why

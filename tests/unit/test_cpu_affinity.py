@@ -58,10 +58,17 @@ def test_off_leaves_placement_to_the_kernel(tmp_path: Path) -> None:
     assert logs.split(":")[1].strip() == allowed_list()
 
 
+def test_a_job_is_widened_soon_after_its_start_not_only_at_the_first_check(tmp_path: Path) -> None:
+    # 50 ms in, well before the first check tick (0.25 s): the first widening
+    # (executor.WIDEN_AFTER) has reached the shell, so what it execs inherits every CPU.
+    _, logs = drain_one(tmp_path, command="sleep 0.05; exec grep Cpus_allowed_list /proc/self/status")
+    assert logs.split(":")[1].strip() == allowed_list()
+
+
 def test_a_pipeline_forked_at_once_is_widened_too(tmp_path: Path) -> None:
     # Both halves of the pipeline are forked by the shell in its first microseconds,
-    # possibly before the worker widened the shell: affinity.widen() walks its children too,
-    # and the first check tick walks the whole tree again.
+    # before the job's tree is first widened (executor.WIDEN_AFTER): each widening walks
+    # the shell's children too, and the second walks the whole tree again.
     _, logs = drain_one(
         tmp_path,
         command="grep Cpus_allowed_list /proc/self/status | cat; sleep 0.4; "
