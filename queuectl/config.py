@@ -144,10 +144,11 @@ SYNC_KEY = Key(
 # auto (the default): each worker keeps to one CPU of those it may use (worker k on
 # CPU k mod n); its job's shell starts there (posix_spawn has no affinity attribute)
 # and, 5 ms in, is allowed on every CPU the worker was, with whatever it forked
-# meanwhile (executor.WIDEN_AFTER, affinity.widen).  A worker alternates with its job's shell, so the shell starting
-# on the worker's idle CPU is the right place; left free, the kernel starts it on the
-# other CPU, busy with the other worker, while this one idles in vfork: two workers
-# draining short jobs on two cores ran ~20% slower (docs/benchmarks.md).
+# meanwhile (executor.WIDEN_AFTER, affinity.widen).  A worker alternates with its
+# job's shell, so the shell starting on the worker's idle CPU is the right place;
+# left free, the kernel starts it on the other CPU, busy with the other worker, while
+# this one idles in vfork: two workers draining short jobs on two cores ran ~20%
+# slower (docs/benchmarks.md).
 # off: the kernel places workers and jobs freely.
 AFFINITY_KEY = Key(
     "cpu_affinity",
