@@ -3,7 +3,7 @@
 A worker keeps to one CPU, so the shell it spawns starts there (posix_spawn has no
 affinity attribute: the child inherits the worker's mask) while the worker blocks on
 it, instead of on the other CPU behind the other worker.  The shell is then allowed
-on every CPU the worker was (`widen`).  Which CPU a worker takes is decided by
+on every CPU the worker was (`widen_one`, and `widen` for its tree).  Which CPU a worker takes is decided by
 lock files in the home's run/ folder (`take_cpu`): race-free between workers that
 start together, and released by the kernel when a worker dies, however it dies.
 """
@@ -56,21 +56,32 @@ def take_cpu(lock_dir: Path, cpus: list[int]) -> CpuSlot | None:
     return None
 
 
-def widen(pid: int, cpus: frozenset[int], *, all_threads: bool = True) -> int:
-    """Allow `pid` and every descendant it has now to run on `cpus`; return how many
-    threads were widened.
+def widen_one(pid: int, cpus: frozenset[int]) -> bool:
+    """Allow the single thread `pid` (a process right after its exec has no other) to
+    run on `cpus`; False if it has exited.  What it forks from now on inherits the wide
+    mask, so that a daemon the job detaches at once (`setsid -f`, a double fork), which
+    no later walk of the job's tree finds, is not left on the worker's CPU for good."""
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except OSError:
+        return False
+    return True
+
+
+def widen(pid: int, cpus: frozenset[int]) -> int:
+    """Allow `pid` and every descendant it has now, every thread of each, to run on
+    `cpus`; return how many threads were widened.
 
     Each thread is widened first and its children are listed after: a child forked
     after the widening inherits the wide mask, and one forked before is in the list,
     so none is missed, except a fork still in flight (its child copied the mask but is
-    not listed yet) and an orphan re-parented away in that instant.  all_threads=False
-    looks at each process's main thread only (right after exec there is no other).
+    not listed yet) and an orphan re-parented away in that instant.
     """
     todo = [pid]
     widened = 0
     while todo:
         p = todo.pop()
-        for tid in _threads(p) if all_threads else (p,):
+        for tid in _threads(p):
             try:
                 os.sched_setaffinity(tid, cpus)
             except OSError:  # exited already
@@ -89,7 +100,7 @@ def _threads(pid: int) -> list[int]:
 
 def _children(pid: int, tid: int) -> list[int]:
     # os.open/os.read, not open(): a buffered file costs an fstat, an isatty ioctl and
-    # two lseeks more, at every job's spawn.
+    # two lseeks more, in every walk.
     try:
         fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from queuectl.affinity import widen
+from queuectl.affinity import widen, widen_one
 from queuectl.models import Outcome
 
 
@@ -70,12 +70,15 @@ def _tail(fd: int, limit: int) -> tuple[str, int]:
 
 
 #: Seconds after a job's start at which its whole tree (every thread of every process)
-#: is allowed onto every CPU of `Job.cpus`.  Until the first, the job keeps to the
-#: worker's CPU, where it started: a job that ends sooner (the `true`s and `echo`s of
-#: a busy queue) costs no widening at all, and cannot be moved behind the other CPU's
-#: worker by the load balancer.  The second walk finds what the first could not (a
-#: fork in flight: its child has the narrow mask but is not listed yet).
+#: is walked and allowed onto every CPU of `Job.cpus`.  Right after the spawn only the
+#: shell is widened (one system call), so what it forks inherits the wide mask; the
+#: walks find what it forked before that, and threads.  A job that ends before the
+#: first walk (the `true`s and `echo`s of a busy queue) costs no walk of /proc.  The
+#: second finds what the first could not (a fork in flight: its child has the narrow
+#: mask but is not listed yet).
 WIDEN_AFTER = (0.005, 0.25)
+#: The least time between two walks.
+_WALK_GAP = 0.005
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,9 @@ def run(
         proc = _Child.spawn(job.command, job.env, files)
     except OSError as exc:
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
+    if job.cpus is not None:
+        # Started on the worker's CPU (posix_spawn has no affinity attribute).
+        widen_one(proc.pid, job.cpus)
     if on_start is not None:
         on_start(proc.pid)
     error: str | None = None
@@ -222,8 +228,8 @@ def _wait(
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
         error: str | None = None
         timed_out = False
-        # When the job's tree is let onto every CPU the worker was (job.cpus): none,
-        # if the job ends before the first (most do: DECISIONS §7).
+        # When the job's tree is walked onto every CPU the worker was (job.cpus): never,
+        # if the job ends before the first walk (most do: DECISIONS §7).
         widen_at = [start + after for after in WIDEN_AFTER] if job.cpus is not None else []
         fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
         while True:
@@ -235,8 +241,10 @@ def _wait(
                 return error, timed_out
             now = time.monotonic()
             if widen_at and now >= widen_at[0]:
-                del widen_at[0]
                 widen(proc.pid, job.cpus)  # type: ignore[arg-type]
+                # After a late wake-up the next walk still comes a while after this one:
+                # it is there for what was in flight during this one.
+                widen_at = [max(t, now + _WALK_GAP) for t in widen_at[1:]]
             woken = wakeup_fd is not None and wakeup_fd in ready
             if woken:
                 _drain(wakeup_fd)  # type: ignore[arg-type]
@@ -258,6 +266,7 @@ def _wait(
                 kill_at = now + 3600
             if error is not None:
                 next_check = now + 3600
+                widen_at = []  # the group is being killed: nothing left to widen
     finally:
         os.close(pidfd)
 

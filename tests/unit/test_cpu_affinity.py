@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl import affinity
+from queuectl import affinity, executor
 from tests.helpers import clean_env
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 CPUs")
@@ -75,8 +75,8 @@ def test_a_pipeline_forked_at_once_is_widened_too(tmp_path: Path) -> None:
         "grep Cpus_allowed_list /proc/self/status | cat",
     )
     masks = [line.split(":")[1].strip() for line in logs.splitlines() if line.startswith("Cpus_allowed_list")]
-    # The first grep may, rarely, have run before any widening reached it (a fork in
-    # flight); the one forked after the check tick's walk never is narrow.
+    # The first grep may, rarely, have run before any widening reached it (forked
+    # before the shell itself was widened); the second is forked by a widened shell.
     assert masks[-1] == allowed_list() and len(masks) == 2
 
 
@@ -114,6 +114,45 @@ def test_widen_reaches_every_process_forked_while_narrow() -> None:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _run_pinned(job: executor.Job, files: executor.OutputFiles) -> executor.Outcome:
+    """executor.run from this process pinned to one CPU, as a worker with
+    cpu_affinity=auto is; the process's mask is restored after."""
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mask)})
+    try:
+        return executor.run(job, files)
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def test_the_shell_is_widened_at_once_and_its_tree_walked_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shell at once (affinity.widen_one): what it forks inherits the wide mask, also
+    # a daemon it detaches (`setsid -f`), which no walk of its tree would find.  Then
+    # the tree, at executor.WIDEN_AFTER, for as long as the job runs.
+    cpus = frozenset(os.sched_getaffinity(0))
+    shells: list[int] = []
+    walks: list[int] = []
+    monkeypatch.setattr(executor, "widen_one", lambda pid, c: shells.append(pid) or True)
+    monkeypatch.setattr(executor, "widen", lambda pid, c: walks.append(pid) or 1)
+    files = executor.OutputFiles()
+    try:
+        for command, expected_walks in (("sleep 0.05", 1), ("sleep 0.4", 2)):
+            shells.clear()
+            walks.clear()
+            job = executor.Job(command=command, timeout=10, env={"PATH": os.environ["PATH"]}, cpus=cpus)
+            assert _run_pinned(job, files).ok
+            assert len(shells) == 1 and walks == shells * expected_walks, command
+        # Jobs shorter than the first walk (executor.WIDEN_AFTER) are never walked; on a
+        # loaded machine a `true` may take longer now and then, not ten times running.
+        walks.clear()
+        job = executor.Job(command="true", timeout=10, env={"PATH": os.environ["PATH"]}, cpus=cpus)
+        for _ in range(10):
+            assert _run_pinned(job, files).ok
+        assert len(walks) < 10
+    finally:
+        files.close()
 
 
 def _tids(pid: int) -> list[int]:
