@@ -447,6 +447,10 @@ def _report(
     _targets(doc, res, drainers, base)
 
 
+#: The drainers (by key) issue 6 asks queuectl to drain at least twice as fast as.
+PEERS_TO_BEAT = {"huey": "huey", "tsp": "task-spooler"}
+
+
 def _targets(doc: Doc, res: Results, drainers: Sequence[Drainer], base: SpawnLimit) -> None:
     """The drain targets of issues 2 and 6, judged on `true` with 2 workers."""
     if "queuectl/true/2" not in res.samples:
@@ -474,10 +478,6 @@ def _targets(doc: Doc, res: Results, drainers: Sequence[Drainer], base: SpawnLim
                     spec=".2f",
                 )
             )
-
-
-#: The drainers (by key) issue 6 asks queuectl to drain at least twice as fast as.
-PEERS_TO_BEAT = {"huey": "huey", "tsp": "task-spooler"}
 
 
 def _row(res: Results, title: str, n: int, key: str, base: str | None) -> tuple[str, ...]:

@@ -3,9 +3,10 @@
 A worker keeps to one CPU, so the shell it spawns starts there (posix_spawn has no
 affinity attribute: the child inherits the worker's mask) while the worker blocks on
 it, instead of on the other CPU behind the other worker.  The shell is then allowed
-on every CPU the worker was (`widen_one`, and `widen` for its tree).  Which CPU a worker takes is decided by
-lock files in the home's run/ folder (`take_cpu`): race-free between workers that
-start together, and released by the kernel when a worker dies, however it dies.
+on every CPU the worker was (`widen_one`, and `widen` for its tree).  Which CPU a
+worker takes is decided by lock files in the home's run/ folder (`take_cpu`):
+race-free between workers that start together, and released by the kernel when a
+worker dies, however it dies.
 """
 
 from __future__ import annotations
@@ -82,9 +83,7 @@ def widen(pid: int, cpus: frozenset[int]) -> int:
     while todo:
         p = todo.pop()
         for tid in _threads(p):
-            try:
-                os.sched_setaffinity(tid, cpus)
-            except OSError:  # exited already
+            if not widen_one(tid, cpus):  # exited already
                 continue
             widened += 1
             todo.extend(_children(p, tid))

@@ -144,11 +144,11 @@ SYNC_KEY = Key(
 # auto (the default): each worker keeps to one CPU of those it may use (worker k on
 # CPU k mod n); its job's shell starts there (posix_spawn has no affinity attribute)
 # and is then allowed on every CPU the worker was (affinity.widen_one), whatever it
-# forked meanwhile from 5 ms in (executor.WIDEN_AFTER, affinity.widen).  A worker alternates with its
-# job's shell, so the shell starting on the worker's idle CPU is the right place;
-# left free, the kernel starts it on the other CPU, busy with the other worker, while
-# this one idles in vfork: two workers draining short jobs on two cores ran ~20%
-# slower (docs/benchmarks.md).
+# forked meanwhile from 5 ms in (executor.WIDEN_AFTER, affinity.widen).  A worker
+# alternates with its job's shell, so the shell starting on the worker's idle CPU is
+# the right place; left free, the kernel starts it on the other CPU, busy with the
+# other worker, while this one idles in vfork: two workers draining short jobs on two
+# cores ran ~20% slower (docs/benchmarks.md).
 # off: the kernel places workers and jobs freely.
 AFFINITY_KEY = Key(
     "cpu_affinity",
