@@ -202,29 +202,35 @@ def _monitor(c: Ctx, signals: Any = None) -> Any:
 @json_option
 @pass_ctx
 def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
-    """Run one monitor pass now and print what it recovered."""
-    from dataclasses import asdict
-
+    """Run one monitor pass now and print what it recovered (and killed)."""
     mon = _monitor(c)
     if job_id is not None:
         if dry_run:
             raise InvalidInput("--dry-run and --job cannot be combined")
         done = [mon.recover_job(job_id)]
+    elif dry_run:
+        done = mon.run_once(dry_run=True)
     else:
-        done = mon.run_once(dry_run=dry_run)
+        done = mon.cli_pass()
     if as_json:
-        emit_json([asdict(r) for r in done])
+        emit_json([r.fields() for r in done])
         return
     if not done:
         click.echo("nothing to recover")
     for r in done:
-        verb = "would recover" if dry_run else "recovered"
-        if r.event == "job_recovered":
-            click.echo(f"{verb} job {r.job_id} ({r.reason}): attempt {r.attempt} -> {r.state_after}")
-        elif r.event == "worker_removed":
-            click.echo(f"{verb} worker {r.worker_id} ({r.reason}): removed")
-        else:
-            click.echo(f"{verb} orphan process {r.pid} of job {r.job_id}")
+        click.echo(_recovery_line(r, dry_run))
+
+
+def _recovery_line(r: Any, dry_run: bool) -> str:
+    verb = "would recover" if dry_run else "recovered"
+    kill = "would kill" if dry_run else "killed"
+    pids = f", {kill} pids {' '.join(map(str, r.killed_pids))}" if r.killed_pids else ""
+    if r.event == "job_recovered":
+        back = " (attempt given back)" if r.attempt_given_back else ""
+        return f"{verb} job {r.job_id} ({r.reason}): attempt {r.attempt} -> {r.state_after}{back}{pids}"
+    if r.event == "worker_removed":
+        return f"{verb} worker {r.worker_id} ({r.reason}): removed"
+    return f"{kill} orphan process {r.pid} of job {r.job_id} (attempt {r.attempt})"
 
 
 @cli.command()

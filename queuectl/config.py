@@ -219,12 +219,22 @@ class Config:
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @property
+    def call_timeout(self) -> float:
+        """How long one store call of a worker or monitor may take before a hung
+        connection is cut: about a heartbeat interval, never under a second."""
+        return max(1.0, 0.8 * self.heartbeat_interval)
+
 
 def check_combination(values: Mapping[str, Any]) -> None:
     """Reject settings that are valid alone but make no sense together."""
     hb, hb_timeout = values["heartbeat_interval"], values["heartbeat_timeout"]
-    if hb * 2 > hb_timeout:
+    # A worker cut off from the store kills its job two intervals before any monitor
+    # may recover it (fence.deadline_after); that deadline must leave it at least one
+    # interval after its last heartbeat.
+    if hb * 3 > hb_timeout:
         raise InvalidInput(
-            f"heartbeat_interval ({_num(hb)}) must be at most half of heartbeat_timeout "
-            f"({_num(hb_timeout)}), or a busy worker would be declared dead"
+            f"heartbeat_interval ({_num(hb)}) must be at most a third of heartbeat_timeout "
+            f"({_num(hb_timeout)}): a worker cut off from the database kills its job two "
+            "intervals before it may be declared dead"
         )

@@ -160,6 +160,7 @@ def run(
     check_interval: float = 0.5,
     wakeup_fd: int | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_exit: Callable[[], object] | None = None,
 ) -> Outcome:
     """Run `job.command` with /bin/sh -c and wait for it.
 
@@ -167,6 +168,8 @@ def run(
     whenever `wakeup_fd` becomes readable (a signal arrived); a non-None answer is
     the error to record, and the job's group is killed at once.  A timeout sends
     SIGTERM to the group, then SIGKILL after `job.kill_grace` seconds.
+    `on_start(pid)` is called once the shell (the group's leader) runs, `on_exit()`
+    once the wait is over, before the group is killed and reaped.
     """
     files.reset()
     try:
@@ -183,6 +186,8 @@ def run(
     try:
         error, timed_out = _wait(proc, job, check, check_interval, wakeup_fd)
     finally:
+        if on_exit is not None:
+            on_exit()
         # The job is over once its shell exits: anything it left in its session
         # (background children, daemons) would outlive the attempt, so it goes too.
         kill_group(proc.pid, signal.SIGKILL)

@@ -20,13 +20,16 @@ __all__ = [
     "MONITOR_LEASE",
     "RUNNABLE",
     "TERMINAL",
+    "Beat",
     "Event",
     "Job",
     "JobState",
+    "LeaseGrant",
     "LeaseInfo",
     "NewJob",
     "Outcome",
     "Reason",
+    "RecoveryGuard",
     "Transition",
     "WorkerInfo",
     "backoff_delay",
@@ -45,6 +48,8 @@ class JobState(enum.StrEnum):
     PROCESSING -> COMPLETED          the command exited 0
     PROCESSING -> FAILED             it failed and a retry is scheduled (next_run_at)
     PROCESSING -> DEAD               it failed max_retries + 1 times: dead-letter queue
+    PROCESSING -> PENDING            recovered before its command started: the attempt
+                                     is given back (attempts -= 1)
     DEAD -> PENDING                  `dlq retry` (attempts reset to 0)
     """
 
@@ -67,15 +72,22 @@ ALLOWED: Mapping[JobState | None, frozenset[JobState]] = {
     None: frozenset({JobState.PENDING}),
     JobState.PENDING: frozenset({JobState.PROCESSING}),
     JobState.FAILED: frozenset({JobState.PROCESSING}),
-    JobState.PROCESSING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.DEAD}),
+    JobState.PROCESSING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.DEAD, JobState.PENDING}),
     JobState.DEAD: frozenset({JobState.PENDING}),
     JobState.COMPLETED: frozenset(),
 }
 
 
 class Reason(enum.StrEnum):
-    """Why the monitor (not the job's own worker) ended an attempt."""
+    """Why the monitor (not the job's own worker) ended an attempt.
 
+    WORKER_DIED: the worker's process on the monitor's host is gone (a crash);
+    HEARTBEAT_LOST: the worker is silent for heartbeat_timeout (a hang, a partition,
+    or a crash on another host); TIMEOUT: the job ran past its time limit and its
+    worker did not stop it; MANUAL: an operator's `recover`.
+    """
+
+    WORKER_DIED = "worker_died"
     HEARTBEAT_LOST = "heartbeat_lost"
     TIMEOUT = "timeout"
     ORPHAN_KILLED = "orphan_killed"
@@ -98,6 +110,20 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out and self.error is None
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A heartbeat's answer: two separate facts, so a worker that was wrongly taken
+    for dead re-registers and keeps a job whose lease is still its own."""
+
+    #: The worker's row was there (and is refreshed); False: it was removed.
+    registered: bool
+    #: The job's lease still holds (True when the heartbeat named no job).
+    held: bool
+
+    def __bool__(self) -> bool:
+        return self.registered and self.held
 
 
 @dataclass(frozen=True)
@@ -288,6 +314,9 @@ class LeaseInfo:
     last_pass_by: str | None
     last_pass_kind: str | None
     last_monitor_pass_at: float | None
+    #: When a pass last found that every process had stalled (nobody ran a pass for
+    #: heartbeat_timeout, or the clock jumped): heartbeats get one more interval.
+    resumed_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -298,7 +327,34 @@ class LeaseInfo:
             "last_pass_by": self.last_pass_by,
             "last_pass_kind": self.last_pass_kind,
             "last_monitor_pass_at": iso(self.last_monitor_pass_at),
+            "resumed_at": iso(self.resumed_at),
         }
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A lease just taken: the store's time read while holding the lock that took it,
+    and what the lease row said before."""
+
+    at: float
+    #: The latest start or end of a pass before this one (by anyone); None: first pass.
+    previous: float | None
+    resumed_at: float | None
+
+
+@dataclass(frozen=True)
+class RecoveryGuard:
+    """What must still hold, checked in the recovery's own statement, for a monitor's
+    verdict to commit (beyond the job's lease, always checked)."""
+
+    #: The recovery pass's lease holder: the lease must be held and unexpired.
+    holder: str | None = None
+    #: A silence verdict: the job's worker must not have heartbeated after
+    #: `heartbeat_seen` (None: the worker had no row, and must still have none).
+    worker_id: str | None = None
+    heartbeat_seen: float | None = None
+    #: The command never started: give the attempt back (attempts - 1, PENDING).
+    give_back: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,33 @@
 """The monitor: one recovery pass at a time, idempotent, safe with two at once.
 
 A pass, in order:
-  1. read the PROCESSING jobs, then the workers (in that order: a worker registers
-     before it claims, so every job read has its worker in the second read unless
-     that worker is really gone);
-  2. stale workers: no heartbeat for heartbeat_timeout, or, on this host, a dead pid
-     (checked with the process start time, so a reused pid does not fool it);
-  3. each job of a stale or missing worker (heartbeat_lost) and each job past its
-     timeout + kill_grace + timeout_grace (timeout): kill its processes on this host
-     first, then compare-and-set it to FAILED/DEAD on its lease; a lost CAS means
-     someone else (its worker, another monitor) got there first;
-  4. delete stale worker rows (CAS on their heartbeat);
-  5. kill job processes on this host whose attempt is over (orphan_killed);
-  6. write the recovery log for what the CAS calls actually changed.
+  1. take the pass lease (the store's time read under the lock that takes it); if
+     no pass ran for heartbeat_timeout, or the clock jumped, everyone was stalled
+     (a held lock, a suspended machine, a clock step): silence is not judged until
+     workers had one more heartbeat interval to speak;
+  2. read the PROCESSING jobs, then the workers (in that order: a worker registers
+     before it claims and keeps its row while it holds a claim, so a job whose
+     worker is missing from the second read was never received by it);
+  3. stale workers: on this host a dead pid (worker_died; checked with the process
+     start time, so a reused pid does not fool it), anywhere no heartbeat for
+     heartbeat_timeout (heartbeat_lost);
+  4. each job of a stale worker, each job its worker never received (the attempt is
+     given back: its command never started) and each job past its timeout +
+     kill_grace + timeout_grace (timeout): renew the lease (so a monitor cut off from
+     the store kills nothing), kill its processes on this host, then one guarded
+     statement recovers it: its lease, the pass lease, and for a silence verdict the
+     worker's heartbeat unchanged since it was read.  A lost guard means someone
+     else (its worker, another monitor) got there first;
+  5. delete stale worker rows (guarded on their heartbeat, and on holding no job);
+  6. kill job processes on this host whose attempt is over (orphan_killed);
+  7. write the recovery log for what the guarded statements actually changed, and
+     for every process killed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import time
@@ -32,27 +42,82 @@ from queuectl import failpoints, procs
 from queuectl.config import Config
 from queuectl.errors import Conflict, JobNotFound, QueuectlError
 from queuectl.logs import json_logger
-from queuectl.models import MONITOR_LEASE, Job, JobState, LeaseInfo, Reason, WorkerInfo, decide, iso
+from queuectl.models import (
+    MONITOR_LEASE,
+    Job,
+    JobState,
+    LeaseGrant,
+    LeaseInfo,
+    Reason,
+    RecoveryGuard,
+    WorkerInfo,
+    decide,
+    iso,
+)
 from queuectl.signals import StopSignals
 from queuectl.store import Store
+
+#: Seconds by which the store's clock may drift from this process's monotonic clock
+#: between two passes before it counts as a step.
+CLOCK_TOLERANCE = 1.0
+
+#: The fields each event of a recovery log carries (besides `time` and `event`).
+RECORD_FIELDS = {
+    "job_recovered": (
+        "reason", "job_id", "attempt", "lease", "state_before", "state_after", "next_run_at",
+        "attempt_given_back", "worker_id", "host", "pid", "command", "killed_pids", "evidence",
+    ),
+    "worker_removed": ("reason", "worker_id", "host", "pid", "evidence"),
+    "orphan_killed": (
+        "reason", "job_id", "attempt", "lease", "job_state", "host", "pid", "command", "killed_pids",
+    ),
+    "processes_killed": (
+        "reason", "job_id", "attempt", "lease", "host", "killed_pids", "command", "evidence",
+    ),
+}  # fmt: skip
 
 
 @dataclass
 class Recovery:
-    """One recovered job, removed worker or killed orphan: one line of the log."""
+    """One recovered job, removed worker, killed orphan, or kill whose recovery lost
+    the race to the job's own worker: one line of the log (RECORD_FIELDS)."""
 
     event: str
     reason: str
     job_id: str | None = None
     attempt: int | None = None
+    lease: int | None = None
     state_before: str | None = None
     state_after: str | None = None
+    job_state: str | None = None
     next_run_at: str | None = None
+    attempt_given_back: bool = False
     worker_id: str | None = None
     host: str | None = None
     pid: int | None = None
     command: str | None = None
+    #: The pids killed (in a dry run: the pids that would be killed).
     killed_pids: list[int] = field(default_factory=list)
+    #: What the verdict rests on: `pid` and `proc_start` (worker_died),
+    #: `heartbeat_age_s` (heartbeat_lost), `runtime_s` and `timeout` (timeout),
+    #: `user` (manual).
+    evidence: dict[str, Any] = field(default_factory=dict)
+    recovered_by: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        """This event's own fields, in RECORD_FIELDS order, and recovered_by."""
+        values = asdict(self)
+        out = {"event": self.event, **{k: values[k] for k in RECORD_FIELDS[self.event]}}
+        out["recovered_by"] = self.recovered_by
+        return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a worker is stale, and what shows it."""
+
+    reason: Reason
+    evidence: dict[str, Any]
 
 
 class Monitor:
@@ -71,63 +136,111 @@ class Monitor:
         self.log = log or json_logger(component="monitor", pid=os.getpid())
         self.signals = signals or StopSignals()
         self.host = procs.hostname()
+        #: (store time, monotonic time) at this process's last pass: a clock step
+        #: is the difference of their advances.
+        self._last_clock: tuple[float, float] | None = None
 
     # --- the lease: one pass at a time, anywhere ------------------------------------
 
     def guarded_pass(self, kind: str = "monitor", now: float | None = None) -> list[Recovery] | None:
         """Run one pass under the monitor lease; None if another process holds it."""
         cfg = Config.from_stored(self.store.config_items())
-        ttl = lease_ttl(cfg)
-        if not self.store.acquire_lease(LEASE, self.holder(kind), kind, ttl, now):
+        holder = self.holder(kind)
+        grant = self.store.acquire_lease(LEASE, holder, kind, lease_ttl(cfg), now)
+        if grant is None:
             return None
         passed = False
         started = time.time()
         try:
-            done = self.run_once(now)
+            judge = self._judges_silence(grant, holder, cfg)
+            done = self.run_once(grant.at, holder=holder, judge_silence=judge)
             passed = True
         finally:
             ended = time.time()  # before the release: the next pass may start right after it
             with contextlib.suppress(QueuectlError):
-                self.store.release_lease(LEASE, self.holder(kind), passed, now)
+                self.store.release_lease(LEASE, holder, passed, now)
         # Wall-clock bounds of the pass, so an audit can check no two ever overlapped.
         self.log.info("recovery_pass", kind=kind, started=started, ended=ended, recovered=len(done))
         return done
 
     def holder(self, kind: str) -> str:
+        """`role:host:pid`: the one form of `recovered_by` everywhere."""
         return f"{kind}:{self.host}:{os.getpid()}"
+
+    def _judges_silence(self, grant: LeaseGrant, holder: str, cfg: Config) -> bool:
+        """False while workers are owed one more heartbeat interval after a stall
+        that stopped everyone (this judge included): silence is not death then."""
+        resumed = grant.resumed_at
+        gap = None if grant.previous is None else grant.at - grant.previous
+        stalled = gap is not None and gap > cfg.heartbeat_timeout
+        mono = time.monotonic()
+        if self._last_clock is not None:
+            step = (grant.at - self._last_clock[0]) - (mono - self._last_clock[1])
+            if step < -CLOCK_TOLERANCE:
+                # Due times are the store's clock: jobs due now wait for the step too.
+                self.log.warning("clock_stepped_back", step_s=round(step, 3))
+            elif step > CLOCK_TOLERANCE:
+                self.log.warning("clock_jumped_forward", step_s=round(step, 3))
+                stalled = True
+        self._last_clock = (grant.at, mono)
+        if stalled:
+            self.log.warning("stall_detected", gap_s=None if gap is None else round(gap, 3))
+            self.store.mark_resumed(LEASE, holder, grant.at)
+            resumed = grant.at
+        return resumed is None or grant.at >= resumed + cfg.heartbeat_interval
 
     # --- one pass ------------------------------------------------------------------
 
-    def run_once(self, now: float | None = None, *, dry_run: bool = False) -> list[Recovery]:
+    def run_once(
+        self,
+        now: float | None = None,
+        *,
+        dry_run: bool = False,
+        holder: str | None = None,
+        judge_silence: bool = True,
+    ) -> list[Recovery]:
+        """One pass at `now` (the store's clock by default).  With `holder`, every
+        recovery commits only while that holder holds the pass lease."""
         cfg = Config.from_stored(self.store.config_items())
         t = self.store.now() if now is None else now
+        by = holder or self.holder("cli")
         jobs = self.store.processing()
         workers = {w.id: w for w in self.store.workers()}
-        stale = {wid: w for wid, w in workers.items() if self._is_stale(w, t, cfg)}
+        stale = {}
+        for w in workers.values():
+            verdict = self._judge(w, t, cfg, judge_silence)
+            if verdict is not None:
+                stale[w.id] = verdict
         done: list[Recovery] = []
         local = procs.job_processes(self.queue)
         for job in jobs:
-            reason = self._reason(job, workers, stale, t, cfg)
-            if reason is None:
+            found = self._reason(job, workers, stale, t, cfg)
+            if found is None:
                 continue
-            rec = self._recover(job, reason, workers.get(job.worker_id or ""), local, t, cfg, dry_run)
+            verdict, guard = found
+            rec = self._recover(
+                job, verdict, guard, workers.get(job.worker_id or ""), local, t, cfg, dry_run, by, holder
+            )
             if rec is not None:
                 done.append(rec)
-        for w in stale.values():
+        for wid, verdict in stale.items():
+            w = workers[wid]
             if dry_run or self.store.remove_worker(w.id, w.heartbeat_at):
                 done.append(
                     Recovery(
                         event="worker_removed",
-                        reason=Reason.HEARTBEAT_LOST.value,
+                        reason=verdict.reason.value,
                         worker_id=w.id,
                         host=w.host,
                         pid=w.pid,
+                        evidence=verdict.evidence,
+                        recovered_by=by,
                     )
                 )
-        done.extend(self._sweep_orphans(dry_run))
+        done.extend(self._sweep_orphans(dry_run, by))
         if not dry_run:
             # Job recoveries are in the outbox already (written with their CAS);
-            # removed workers and killed orphans are not job history: logged directly.
+            # the rest is not job history: logged directly.
             self.flush_audit([r for r in done if r.event != "job_recovered"])
             # Every pass, so `queuectl status` has few events to add to its snapshot.
             # Only a saving: if it fails, the pass (its recoveries committed) stands.
@@ -137,41 +250,57 @@ class Monitor:
                 self.log.warning("counts_fold_failed", error=str(exc))
         return done
 
-    def _is_stale(self, w: WorkerInfo, now: float, cfg: Config) -> bool:
-        if w.heartbeat_at < now - cfg.heartbeat_timeout:
-            return True
-        return w.host == self.host and not procs.is_alive(w.pid, w.proc_start)
+    def _judge(self, w: WorkerInfo, now: float, cfg: Config, judge_silence: bool) -> Verdict | None:
+        if w.host == self.host and not procs.is_alive(w.pid, w.proc_start):
+            return Verdict(Reason.WORKER_DIED, {"pid": w.pid, "proc_start": w.proc_start})
+        age = now - w.heartbeat_at
+        if judge_silence and age > cfg.heartbeat_timeout:
+            return Verdict(Reason.HEARTBEAT_LOST, {"heartbeat_age_s": round(age, 3)})
+        return None
 
     @staticmethod
     def _reason(
         job: Job,
         workers: dict[str, WorkerInfo],
-        stale: dict[str, WorkerInfo],
+        stale: dict[str, Verdict],
         now: float,
         cfg: Config,
-    ) -> Reason | None:
-        if job.worker_id in stale or job.worker_id not in workers:
-            return Reason.HEARTBEAT_LOST
-        w = workers[job.worker_id]
+    ) -> tuple[Verdict, RecoveryGuard] | None:
+        wid = job.worker_id or ""
         started = job.started_at if job.started_at is not None else job.updated_at
+        if wid not in workers:
+            # A worker keeps its row while it holds a claim: this one never reached
+            # it (it had been removed, or it exited) and never started the command.
+            never = Verdict(Reason.HEARTBEAT_LOST, {"worker_row": "missing"})
+            return never, RecoveryGuard(worker_id=wid, heartbeat_seen=None, give_back=True)
+        w = workers[wid]
+        if wid in stale:
+            return stale[wid], RecoveryGuard(worker_id=wid, heartbeat_seen=w.heartbeat_at)
         if w.heartbeat_at > started and w.holding != job.id:
             # Its worker heartbeated after the claim without this job: the claim
             # committed but never reached it (a connection cut mid-reply).
-            return Reason.HEARTBEAT_LOST
-        if now > started + job.timeout + cfg.kill_grace + cfg.timeout_grace:
-            return Reason.TIMEOUT
+            never = Verdict(Reason.HEARTBEAT_LOST, {"heartbeat_without_job_at": iso(w.heartbeat_at)})
+            return never, RecoveryGuard(give_back=True)
+        runtime = now - started
+        if runtime > job.timeout + cfg.kill_grace + cfg.timeout_grace:
+            evidence = {"runtime_s": round(runtime, 3), "timeout": job.timeout}
+            return Verdict(Reason.TIMEOUT, evidence), RecoveryGuard()
         return None
 
     def _recover(
         self,
         job: Job,
-        reason: Reason,
+        verdict: Verdict,
+        guard: RecoveryGuard,
         worker: WorkerInfo | None,
         local: list[procs.JobProcess],
         now: float,
         cfg: Config,
         dry_run: bool,
+        by: str,
+        holder: str | None,
     ) -> Recovery | None:
+        reason = verdict.reason
         move = decide(
             ok=False,
             attempts=job.attempts,
@@ -180,40 +309,96 @@ class Monitor:
             backoff_max=cfg.backoff_max,
             now=now,
         )
+        state, next_run_at = move.state, move.next_run_at
+        if guard.give_back:
+            state, next_run_at = JobState.PENDING, now
+        if worker is not None and next_run_at is not None and reason in (Reason.TIMEOUT, Reason.MANUAL):
+            # Its worker may still run the job on another host, cut off from the store:
+            # it kills the job by its own deadline, before heartbeat_timeout of silence.
+            next_run_at = max(next_run_at, worker.heartbeat_at + cfg.heartbeat_timeout)
+        mine = [p for p in local if p.job_id == job.id and p.lease in (job.lease, None)]
         rec = Recovery(
             event="job_recovered",
             reason=reason.value,
             job_id=job.id,
             attempt=job.attempts,
+            lease=job.lease,
             state_before=JobState.PROCESSING.value,
-            state_after=move.state.value,
-            next_run_at=iso(move.next_run_at),
+            state_after=state.value,
+            next_run_at=iso(next_run_at),
+            attempt_given_back=guard.give_back,
             worker_id=job.worker_id,
             host=worker.host if worker else None,
             pid=worker.pid if worker else None,
             command=job.command,
+            killed_pids=[p.pid for p in mine],
+            evidence=verdict.evidence,
+            recovered_by=by,
         )
         if dry_run:
             return rec
+        if mine and holder is not None and not self._renew(holder, cfg):
+            return None  # cut off from the store, or the lease is gone: kill nothing
         # Kill before the CAS: once the job is FAILED it may be claimed again, and
         # the old attempt must not still be running then.
-        mine = [p for p in local if p.job_id == job.id and p.lease in (job.lease, None)]
         rec.killed_pids = procs.kill_job_processes(mine)
-        error = _ERRORS[reason].format(timeout=job.timeout, worker=job.worker_id)
+        error = _error(verdict, job, by, guard.give_back)
         audit = json.dumps(self.audit_record(rec))
-        # PROCESSING -> FAILED / DEAD (recovery), its audit record in the same transaction
+        # PROCESSING -> FAILED / DEAD / PENDING (recovery), its audit record in the same transaction
         if not self.store.recover(
-            job.id, job.lease, move.state, move.next_run_at, reason.value, error, now, audit=audit
+            job.id,
+            job.lease,
+            state,
+            next_run_at,
+            reason.value,
+            error,
+            now,
+            audit=audit,
+            guard=RecoveryGuard(
+                holder=holder,
+                worker_id=guard.worker_id,
+                heartbeat_seen=guard.heartbeat_seen,
+                give_back=guard.give_back,
+            ),
         ):
+            if rec.killed_pids:
+                # The job's own worker recorded it first; what was killed is still told.
+                self._log_lost_race(rec)
             return None
         failpoints.hit("monitor_after_cas")
         self.log.warning("job_recovered", **_compact(rec))
         return rec
 
-    def _sweep_orphans(self, dry_run: bool) -> list[Recovery]:
+    def _renew(self, holder: str, cfg: Config) -> bool:
+        kind = holder.split(":", 1)[0]
+        try:
+            return self.store.acquire_lease(LEASE, holder, kind, lease_ttl(cfg)) is not None
+        except QueuectlError as exc:
+            self.log.warning("recovery_abandoned", error=str(exc))
+            return False
+
+    def _log_lost_race(self, rec: Recovery) -> None:
+        lost = Recovery(
+            event="processes_killed",
+            reason=rec.reason,
+            job_id=rec.job_id,
+            attempt=rec.attempt,
+            lease=rec.lease,
+            host=self.host,
+            killed_pids=rec.killed_pids,
+            command=rec.command,
+            evidence={**rec.evidence, "note": "the job's worker recorded the attempt first"},
+            recovered_by=rec.recovered_by,
+        )
+        self.log.warning("processes_killed", **_compact(lost))
+        with contextlib.suppress(OSError):
+            self.write_log([self.audit_record(lost)])
+
+    def _sweep_orphans(self, dry_run: bool, by: str) -> list[Recovery]:
         """Kill job processes on this host whose attempt is over.  Each candidate is
         checked against the store just before the kill, so an attempt claimed after
-        this pass began is never mistaken for an orphan."""
+        this pass began is never mistaken for an orphan.  The record names the
+        attempt the processes belonged to, not the job's current one."""
         out = []
         for p in procs.job_processes(self.queue):
             job = self.store.get(p.job_id)
@@ -223,13 +408,14 @@ class Monitor:
                 event="orphan_killed",
                 reason=Reason.ORPHAN_KILLED.value,
                 job_id=p.job_id,
-                attempt=job.attempts if job else None,
-                state_before=job.state.value if job else None,
-                state_after=job.state.value if job else None,
-                worker_id=job.worker_id if job else None,
+                attempt=p.attempt,
+                lease=p.lease,
+                job_state=job.state.value if job else None,
                 host=self.host,
                 pid=p.pid,
                 command=job.command if job else None,
+                killed_pids=[p.pid],
+                recovered_by=by,
             )
             if not dry_run:
                 rec.killed_pids = procs.kill_job_processes([p])
@@ -240,28 +426,62 @@ class Monitor:
         return out
 
     def recover_job(self, job_id: str, now: float | None = None) -> Recovery:
-        """An operator's manual recovery of one PROCESSING job (reason `manual`)."""
+        """An operator's manual recovery of one PROCESSING job (reason `manual`),
+        under the pass lease (so never in the middle of a pass)."""
         cfg = Config.from_stored(self.store.config_items())
-        t = self.store.now() if now is None else now
-        job = self.store.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        if job.state is not JobState.PROCESSING:
-            raise Conflict(f"job {job_id!r} is {job.state.value}, not processing: nothing to recover")
-        workers = {w.id: w for w in self.store.workers()}
-        local = procs.job_processes(self.queue)
-        rec = self._recover(job, Reason.MANUAL, workers.get(job.worker_id or ""), local, t, cfg, False)
-        if rec is None:
-            raise Conflict(f"job {job_id!r} changed while it was being recovered; try again")
-        self.flush_audit([])
-        return rec
+        holder = self.holder("cli")
+        grant = self._wait_for_lease(holder, cfg, now)
+        try:
+            t = grant.at
+            job = self.store.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.state is not JobState.PROCESSING:
+                raise Conflict(f"job {job_id!r} is {job.state.value}, not processing: nothing to recover")
+            workers = {w.id: w for w in self.store.workers()}
+            local = procs.job_processes(self.queue)
+            verdict = Verdict(Reason.MANUAL, {"user": _user()})
+            worker = workers.get(job.worker_id or "")
+            rec = self._recover(job, verdict, RecoveryGuard(), worker, local, t, cfg, False, holder, holder)
+            if rec is None:
+                raise Conflict(f"job {job_id!r} changed while it was being recovered; try again")
+            self.flush_audit([])
+            return rec
+        finally:
+            with contextlib.suppress(QueuectlError):
+                self.store.release_lease(LEASE, holder, False, now)
+
+    def _wait_for_lease(self, holder: str, cfg: Config, now: float | None) -> LeaseGrant:
+        """The pass lease for a command-line action; waits for a running pass."""
+        deadline = time.monotonic() + lease_ttl(cfg) + 1
+        while True:
+            grant = self.store.acquire_lease(LEASE, holder, "cli", lease_ttl(cfg), now)
+            if grant is not None:
+                return grant
+            if time.monotonic() > deadline:
+                raise Conflict("a recovery pass holds the lease for too long; try again")
+            time.sleep(0.05)
+
+    def cli_pass(self) -> list[Recovery]:
+        """An operator's `recover`: one pass under the lease, waiting for a running one."""
+        cfg = Config.from_stored(self.store.config_items())
+        holder = self.holder("cli")
+        grant = self._wait_for_lease(holder, cfg, None)
+        passed = False
+        try:
+            judge = self._judges_silence(grant, holder, cfg)
+            done = self.run_once(grant.at, holder=holder, judge_silence=judge)
+            passed = True
+            return done
+        finally:
+            with contextlib.suppress(QueuectlError):
+                self.store.release_lease(LEASE, holder, passed)
 
     # --- the audit log -------------------------------------------------------------
 
     def audit_record(self, rec: Recovery) -> dict[str, Any]:
         """The recovery log's line for `rec`, stamped now (the time of the recovery)."""
-        fields = asdict(rec)
-        return {"time": iso(time.time()), **fields, "recovered_by": f"{self.host}:{os.getpid()}"}
+        return {"time": iso(time.time()), **rec.fields()}
 
     def flush_audit(self, direct: list[Recovery]) -> Path | None:
         """Write every pending audit record (this pass's recoveries, and any a killed
@@ -310,7 +530,10 @@ class Monitor:
         while not self.signals.warm:
             interval = 5.0
             try:
-                interval = Config.from_stored(self.store.config_items()).monitor_interval
+                cfg = Config.from_stored(self.store.config_items())
+                interval = cfg.monitor_interval
+                # Bounded calls: a monitor cut off from the store waits, and kills nothing.
+                self.store.set_call_timeout(cfg.call_timeout)
                 if self.guarded_pass("monitor") is None:
                     # A worker's fallback pass holds the lease right now: try again soon.
                     interval = min(interval, 0.2)
@@ -351,13 +574,29 @@ def monitor_absent(info: LeaseInfo | None, now: float, cfg: Config) -> bool:
     return last is None or now - last > 2 * cfg.monitor_interval
 
 
-_ERRORS = {
-    Reason.HEARTBEAT_LOST: "recovered: worker {worker} stopped heartbeating (heartbeat_lost)",
-    Reason.TIMEOUT: "recovered: still processing past its {timeout:g}s timeout (timeout)",
-    Reason.MANUAL: "recovered by an operator (manual)",
-    Reason.ORPHAN_KILLED: "orphan process killed",
-}
+def _error(verdict: Verdict, job: Job, by: str, given_back: bool) -> str:
+    """The job's `error` (and its history's) for a recovery: who, why, the reason."""
+    ev, worker = verdict.evidence, job.worker_id
+    reason = verdict.reason
+    if given_back:
+        why = f"the claim never reached worker {worker}; attempt given back"
+    elif reason is Reason.WORKER_DIED:
+        why = f"worker {worker} died (pid {ev.get('pid')})"
+    elif reason is Reason.HEARTBEAT_LOST:
+        why = f"worker {worker} silent for {ev.get('heartbeat_age_s', 0):.1f}s"
+    elif reason is Reason.TIMEOUT:
+        why = f"still processing {ev.get('runtime_s', 0):.1f}s, past its {job.timeout:g}s timeout"
+    else:
+        why = f"on request of {ev.get('user')}"
+    return f"recovered by {by}: {why} ({reason.value})"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def _compact(rec: Recovery) -> dict[str, Any]:
-    return {k: v for k, v in asdict(rec).items() if v not in (None, []) and k != "event"}
+    return {k: v for k, v in rec.fields().items() if v not in (None, [], {}, False) and k != "event"}

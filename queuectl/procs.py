@@ -56,6 +56,9 @@ class JobProcess:
     job_id: str
     lease: int | None
     queue: str
+    #: The attempt the process belongs to (QUEUECTL_ATTEMPT), which a later claim
+    #: does not change.
+    attempt: int | None = None
 
 
 def queue_key(db_url: str) -> str:
@@ -90,6 +93,7 @@ def job_processes(queue: str) -> list[JobProcess]:
         if job_id is None or values.get(b"QUEUECTL_QUEUE", b"").decode() != queue:
             continue
         lease_text = values.get(b"QUEUECTL_LEASE", b"")
+        attempt_text = values.get(b"QUEUECTL_ATTEMPT", b"")
         try:
             pgid = os.getpgid(pid)
         except OSError:
@@ -101,6 +105,7 @@ def job_processes(queue: str) -> list[JobProcess]:
                 job_id=job_id.decode("utf-8", "replace"),
                 lease=int(lease_text) if lease_text.isdigit() else None,
                 queue=queue,
+                attempt=int(attempt_text) if attempt_text.isdigit() else None,
             )
         )
     return found

@@ -17,9 +17,10 @@ from typing import Any
 
 from queuectl import affinity, executor, failpoints, procs
 from queuectl.config import Config
-from queuectl.errors import QueuectlError
+from queuectl.errors import QueuectlError, StoreBusy, StoreUnavailable
+from queuectl.fence import Fence, deadline_after
 from queuectl.logs import json_logger
-from queuectl.models import Job, JobState, Outcome, WorkerInfo, decide
+from queuectl.models import Job, JobState, Outcome, RecoveryGuard, WorkerInfo, decide
 from queuectl.monitor import LEASE, Monitor, monitor_absent
 from queuectl.signals import StopSignals, die_with_parent
 from queuectl.store import Store
@@ -28,6 +29,12 @@ from queuectl.store import Store
 CONFIG_TTL = 2.0
 #: How often a running job's stop conditions are checked (no I/O).
 CHECK_INTERVAL = 0.25
+
+
+#: The error an attempt records when the fence killed it.
+FENCED = (
+    "lease presumed lost: no heartbeat reached the store in time, killed before any monitor may recover it"
+)
 
 
 def new_worker_id() -> str:
@@ -64,7 +71,11 @@ class Worker:
         self._files: executor.OutputFiles | None = None
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_FAILPOINT")}
         self._last_beat = 0.0
+        #: When the last heartbeat (or registration) that reached the store was sent.
         self._last_beat_ok = time.monotonic()
+        #: Kills a running job on its own clock when the store cannot be reached in time
+        #: (stores other hosts may still reach, where a monitor there would recover it).
+        self._fence = Fence(self.log) if store.partitionable else None
         self._stop_requested_at: float | None = None
         self._parent = os.getppid() if watch_parent else None
         self.jobs_done = 0
@@ -93,6 +104,7 @@ class Worker:
     def register(self) -> None:
         # The store's clock (the database server's, for PostgreSQL), like every other
         # heartbeat: a host whose clock lags would otherwise look stale at once.
+        sent = time.monotonic()
         now = self.clock() if self.clock is not None else self.store.now()
         pid = os.getpid()
         self.store.register_worker(
@@ -106,7 +118,7 @@ class Worker:
             )
         )
         self._last_beat = time.monotonic()
-        self._last_beat_ok = self._last_beat
+        self._last_beat_ok = sent
 
     def pin(self) -> int | None:
         """With cpu_affinity=auto, keep this worker to one CPU; return it (or None).
@@ -136,6 +148,20 @@ class Worker:
         return slot.cpu
 
     def unregister(self) -> None:
+        job, self._next = self._next, None
+        if job is not None:
+            # Claimed with the last finish, never started: give the attempt back.
+            # PROCESSING -> PENDING (released by its worker)
+            with contextlib.suppress(QueuectlError):
+                self.store.recover(
+                    job.id,
+                    job.lease,
+                    JobState.PENDING,
+                    self.store.now(),
+                    "released",
+                    f"released unstarted by worker {self.id} as it stopped",
+                    guard=RecoveryGuard(give_back=True),
+                )
         with contextlib.suppress(QueuectlError):
             self.store.unregister_worker(self.id)
         if self._cpu_slot is not None:
@@ -152,12 +178,20 @@ class Worker:
         return self._files
 
     def _load_config(self) -> Config:
-        return replace(Config.from_stored(self.store.config_items()), **self._overrides)
+        cfg = replace(Config.from_stored(self.store.config_items()), **self._overrides)
+        # A call that hangs must not hold the loop past a heartbeat (the fence does
+        # not depend on it: it runs on its own thread).
+        self.store.set_call_timeout(cfg.call_timeout)
+        return cfg
 
     def refresh_config(self, force: bool = False) -> None:
         if force or time.monotonic() - self._config_at >= CONFIG_TTL:
             self.config = self._load_config()
             self._config_at = time.monotonic()
+
+    def _deadline(self) -> float:
+        cfg = self.config
+        return deadline_after(self._last_beat_ok, cfg.heartbeat_timeout, cfg.heartbeat_interval)
 
     # --- one job -------------------------------------------------------------------
 
@@ -173,10 +207,41 @@ class Worker:
             if job is None:
                 return None
         failpoints.hit("after_claim_commit")
-        outcome = self.execute(job)
+        if not self._still_mine(job):
+            return job
+        try:
+            outcome = self.execute(job)
+        except Exception as exc:  # the attempt started: record it as failed, never drop it
+            self.log.exception("worker_error", job_id=job.id)
+            outcome = Outcome(exit_code=None, error=f"worker error while running the job: {exc}")
         self.record(job, outcome, now, claim_next=chain and not self.signals.warm)
         self.jobs_done += 1
         return job
+
+    def _still_mine(self, job: Job) -> bool:
+        """Before the spawn: after a heartbeat was missed (this worker was stopped or
+        starved, and may have been taken for dead), ask the store first, and run the
+        job only if its lease still holds.  Otherwise nothing to ask: the claim just
+        proved the store reachable, and heartbeats were on time."""
+        if time.monotonic() - self._last_beat_ok <= 2 * self.config.heartbeat_interval:
+            return True
+        self._last_beat = time.monotonic()
+        sent = self._last_beat
+        try:
+            beat = self.store.heartbeat(self.id, job.id, job.lease)
+        except QueuectlError as exc:
+            if self._fence is None:
+                return True  # a wait for SQLite's lock: everyone waits alike
+            self.log.warning("job_not_started", job_id=job.id, error=str(exc))
+            return False
+        self._last_beat_ok = sent
+        if not beat.registered:
+            self.log.warning("worker_reregistered", job_id=job.id)
+            self.register()
+        if not beat.held:
+            self.log.warning("lease_lost", job_id=job.id, lease=job.lease, started=False)
+            return False
+        return True
 
     def execute(self, job: Job) -> Outcome:
         cfg = self.config
@@ -193,14 +258,19 @@ class Worker:
             output_limit=cfg.output_limit * 1024,
             cpus=self._job_cpus,
         )
-        self._last_beat_ok = time.monotonic()
-        return executor.run(
+        fence = self._fence
+        outcome = executor.run(
             spec,
             self.files,
             check=lambda: self._check_running(job),
             check_interval=min(CHECK_INTERVAL, cfg.heartbeat_interval),
             wakeup_fd=self.signals.fd,
+            on_start=None if fence is None else lambda pid: fence.arm(pid, job.id, self._deadline()),
+            on_exit=None if fence is None else fence.disarm,
         )
+        if fence is not None and fence.fired == job.id:
+            return replace(outcome, error=FENCED)
+        return outcome
 
     def _check_running(self, job: Job) -> str | None:
         """Called while a job runs: heartbeat when due; say why to kill it, if so."""
@@ -220,16 +290,22 @@ class Worker:
             return None
         self._last_beat = mono
         try:
-            held = self.store.heartbeat(self.id, job.id, job.lease)
+            beat = self.store.heartbeat(self.id, job.id, job.lease)
         except QueuectlError as exc:
+            # Where other hosts may still reach the store, the fence kills the job at
+            # its deadline; on SQLite a failed heartbeat is a wait for the one lock
+            # that every process (any monitor included) waits for alike.
             self.log.warning("heartbeat_failed", job_id=job.id, error=str(exc))
-            if mono - self._last_beat_ok > self.config.heartbeat_timeout:
-                return "lease presumed lost: no heartbeat could be written for heartbeat_timeout"
             return None
         self._last_beat_ok = mono
-        if not held:
+        if self._fence is not None:
+            self._fence.renew(self._deadline())
+        if not beat.registered:
+            # Taken for dead (stopped or starved) but the job is still ours: keep it.
+            self.log.warning("worker_reregistered", job_id=job.id)
+            self.register()
+        if not beat.held:
             self.log.warning("lease_lost", job_id=job.id, lease=job.lease)
-            self._last_beat = 0.0  # heartbeat (and re-register if removed) before the next claim
             return "lease lost: the job was recovered by the monitor"
         return None
 
@@ -237,24 +313,27 @@ class Worker:
         self, job: Job, outcome: Outcome, now: float | None = None, *, claim_next: bool = False
     ) -> bool:
         """Write the attempt's outcome, fenced by the lease (and with claim_next, claim
-        the next job in the same transaction).  Busy or unreachable stores are retried
-        until heartbeat_timeout; after that the monitor owns the job."""
+        the next job in the same transaction).  A busy or unreachable store is retried
+        until the outcome is written or fenced off (dropped): a started attempt is
+        never left unrecorded while this worker lives, so its heartbeats, which stop
+        naming the job only once it is recorded, never make a started attempt look
+        never started.  Only a cold stop abandons it (the worker row stays, so the
+        monitor recovers the attempt as a counted one)."""
         cfg = self.config
-        t = self.store.now() if now is None else now
-        move = decide(
-            ok=outcome.ok,
-            attempts=job.attempts,
-            max_retries=job.max_retries,
-            backoff_base=cfg.backoff_base,
-            backoff_max=cfg.backoff_max,
-            now=t,
-        )
         failpoints.hit("before_finish_commit")
-        give_up = time.monotonic() + cfg.heartbeat_timeout
         delay = 0.05
         while True:
-            result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
             try:
+                t = self.store.now() if now is None else now
+                move = decide(
+                    ok=outcome.ok,
+                    attempts=job.attempts,
+                    max_retries=job.max_retries,
+                    backoff_base=cfg.backoff_base,
+                    backoff_max=cfg.backoff_max,
+                    now=t,
+                )
+                result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
                 if claim_next:
                     held, self._next = self.store.finish_and_claim(
                         job.id, job.lease, *result, outcome.stderr, self.id, now
@@ -262,8 +341,8 @@ class Worker:
                 else:
                     held = self.store.finish(job.id, job.lease, *result, outcome.stderr, now)
                 break
-            except QueuectlError as exc:
-                if time.monotonic() > give_up or self.signals.cold:
+            except (StoreBusy, StoreUnavailable) as exc:
+                if self.signals.cold:
                     self.log.error("finish_abandoned", job_id=job.id, error=str(exc))
                     return False
                 self.log.warning("finish_retry", job_id=job.id, error=str(exc))
@@ -372,18 +451,21 @@ class Worker:
         monitor took us for dead (we were stopped or starved)."""
         if time.monotonic() - self._last_beat < self.config.heartbeat_interval:
             return
-        self._last_beat = time.monotonic()
+        self._last_beat = sent = time.monotonic()
         held = self._next
         try:
-            if not self.store.heartbeat(self.id, held.id if held else None, held.lease if held else None):
-                if held is not None:
-                    # Recovered before it even started: not ours any more.
-                    self.log.warning("lease_lost", job_id=held.id, lease=held.lease)
-                    self._next = None
-                self.log.warning("worker_reregistered")
-                self.register()
+            beat = self.store.heartbeat(self.id, held.id if held else None, held.lease if held else None)
         except QueuectlError as exc:
             self.log.warning("heartbeat_failed", error=str(exc))
+            return
+        self._last_beat_ok = sent
+        if held is not None and not beat.held:
+            # Recovered before it even started: not ours any more.
+            self.log.warning("lease_lost", job_id=held.id, lease=held.lease, started=False)
+            self._next = None
+        if not beat.registered:
+            self.log.warning("worker_reregistered")
+            self.register()
 
     def _watch_parent(self) -> None:
         if self._parent is not None and not self.signals.warm and os.getppid() != self._parent:

@@ -7,6 +7,10 @@ a False return means "someone else got there first" and is not an error.
 
 Every state change a method makes is appended to the job's history (`job_events`)
 in the same transaction, so the history can never disagree with the jobs table.
+
+Every time a write stores or compares (`now=None`) is read after the write has its
+locks: a write that waited for a lock held elsewhere records when it happened, not
+when it was asked for.
 """
 
 from __future__ import annotations
@@ -20,15 +24,37 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Protocol
 
-    from queuectl.models import Event, Job, JobState, LeaseInfo, NewJob, WorkerInfo
+    from queuectl.models import (
+        Beat,
+        Event,
+        Job,
+        JobState,
+        LeaseGrant,
+        LeaseInfo,
+        NewJob,
+        RecoveryGuard,
+        WorkerInfo,
+    )
 else:
     # At runtime the protocol is a plain class: nothing checks it with isinstance().
     Protocol = object
 
 
 class Store(Protocol):
+    #: True where this process can be cut off from a store that other hosts still
+    #: reach (PostgreSQL): a worker must then fence itself on its own clock.  False
+    #: for SQLite, where every process shares one host and one lock: a wait for the
+    #: lock stops every writer alike, and no one can record a recovery meanwhile.
+    partitionable: bool
+
     def now(self) -> float:
         """The store's clock."""
+
+    def set_call_timeout(self, seconds: float | None) -> None:
+        """Bound every later call of this process to about `seconds` (None: unbounded):
+        a call that cannot complete by then (a hung or cut connection) raises
+        StoreUnavailable instead of blocking its caller.  SQLite: nothing to bound
+        (its waits for the lock are bounded by the busy timeout)."""
 
     # --- jobs --------------------------------------------------------------------
 
@@ -133,10 +159,15 @@ class Store(Protocol):
         error: str,
         now: float | None = None,
         audit: str | None = None,
+        *,
+        guard: RecoveryGuard | None = None,
     ) -> bool:
-        """End an attempt on the worker's behalf (monitor), guarded like finish().
-        When it changes the job and `audit` is given, that text (the recovery's log
-        record) is added to the audit outbox in the same transaction."""
+        """End an attempt on the worker's behalf (monitor), guarded like finish() and
+        by `guard` (the pass's lease, the worker's silence), all in one statement's
+        transaction.  With guard.give_back the attempt is not counted (attempts - 1)
+        and the job goes back to PENDING at `next_run_at`.  When it changes the job and
+        `audit` is given, that text (the recovery's log record) is added to the audit
+        outbox in the same transaction."""
 
     def audit_pending(self) -> list[tuple[int, str]]:
         """Audit records not yet written to a recovery log, oldest first: (id, text)."""
@@ -151,25 +182,37 @@ class Store(Protocol):
 
     def heartbeat(
         self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
-    ) -> bool:
-        """Refresh the worker's heartbeat.  Returns False if the worker's row is gone
-        or, with a job, if (job_id, PROCESSING, lease) no longer holds: either way the
-        worker has been declared dead and must kill its job."""
+    ) -> Beat:
+        """Refresh the worker's heartbeat and say what holds: `registered` is False if
+        the worker's row is gone (the worker must register again); `held` is False if,
+        with a job, (job_id, PROCESSING, lease) no longer holds (the job was recovered:
+        the worker must kill it).  The two are independent."""
 
     def unregister_worker(self, worker_id: str) -> None:
-        """Delete the worker's row (clean exit)."""
+        """Delete the worker's row (clean exit), unless it holds a PROCESSING job: an
+        attempt its worker could not record stays the worker's, and is recovered (and
+        counted) when the worker is found dead or silent."""
 
     def workers(self) -> list[WorkerInfo]:
         """All registered workers, with the job each holds."""
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
-        """Delete the row only if its heartbeat is still `heartbeat_at` (monitor)."""
+        """Delete the row only if its heartbeat is still `heartbeat_at` and the worker
+        holds no PROCESSING job (monitor): a worker keeps its row while any claim of
+        its own is open, so a job's worker is missing only if it never received it."""
 
     # --- the monitor lease --------------------------------------------------------
 
-    def acquire_lease(self, name: str, holder: str, kind: str, ttl: float, now: float | None = None) -> bool:
-        """Take or renew the lease `name` for `ttl` seconds.  True if `holder` now holds
-        it: it was free, expired, or already `holder`'s.  At most one holder at a time."""
+    def acquire_lease(
+        self, name: str, holder: str, kind: str, ttl: float, now: float | None = None
+    ) -> LeaseGrant | None:
+        """Take or renew the lease `name` for `ttl` seconds.  A grant if `holder` now
+        holds it (it was free, expired, or already `holder`'s), else None.  At most one
+        holder at a time; the grant's time is read under the lock that took it."""
+
+    def mark_resumed(self, name: str, holder: str, at: float) -> None:
+        """Record in the lease row, if `holder` holds it, that its pass at `at` found
+        every process had stalled."""
 
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
         """Give the lease up (if `holder` still holds it).  With passed=True, record that

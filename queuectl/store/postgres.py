@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import re
 import select
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -48,7 +51,19 @@ from queuectl.errors import (
     StoreError,
     StoreUnavailable,
 )
-from queuectl.models import JOB_COLUMNS, Event, Job, JobState, LeaseInfo, NewJob, WorkerInfo
+from queuectl.models import (
+    JOB_COLUMNS,
+    MONITOR_LEASE,
+    Beat,
+    Event,
+    Job,
+    JobState,
+    LeaseGrant,
+    LeaseInfo,
+    NewJob,
+    RecoveryGuard,
+    WorkerInfo,
+)
 
 #: Connection attempts per call before StoreUnavailable, and the backoff between
 #: them: doubling from BACKOFF_FIRST up to BACKOFF_CAP, each scaled by a random
@@ -78,6 +93,11 @@ _EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_c
 #: The database clock as epoch seconds; one value for the whole transaction.
 _DB_NOW = "extract(epoch FROM now())::float8"
 _T = f"COALESCE(%(now)s::float8, {_DB_NOW})"
+#: The database clock as it is now (not the transaction's start): read after a
+#: statement got its locks, for heartbeats, leases and recovery decisions.
+_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+#: How often the call guard looks at the call in flight (set_call_timeout).
+GUARD_TICK = 0.05
 
 # Each step moves the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -200,6 +220,10 @@ MIGRATIONS: tuple[str, ...] = (
         record     text NOT NULL,
         created_at double precision NOT NULL
     );
+    """,
+    # v6: when a recovery pass last found that every process had stalled (SQLite v8).
+    """
+    ALTER TABLE leases ADD COLUMN resumed_at double precision;
     """,
 )
 
@@ -364,7 +388,47 @@ def _usable(conn: Conn | None) -> bool:
     return not ready
 
 
+class _CallGuard:
+    """Bounds the calls of one store: a daemon thread shuts down the socket of a call
+    still in flight past its deadline, so a connection that hangs (a black-holed
+    network: the peer's kernel, or a proxy, still acknowledges, so neither keepalives
+    nor tcp_user_timeout fire) fails like a reset one, and the caller's thread is
+    never held longer than the bound.  The call sees a broken connection and the
+    store reconnects on the next call."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        #: (deadline, socket fd) of the call in flight, or None; replaced whole, so a
+        #: reader sees one call's pair, never a mix of two.
+        self.current: tuple[float, int] | None = None
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="queuectl-call-guard", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(GUARD_TICK):
+            call = self.current
+            if call is None or time.monotonic() < call[0]:
+                continue
+            if self.current is call:  # still the same call: cut it off
+                self.current = None
+                with contextlib.suppress(OSError):
+                    # A duplicate of the descriptor, so closing it leaves the
+                    # connection's own descriptor to psycopg; the shutdown reaches the
+                    # socket both name.
+                    sock = socket.socket(fileno=os.dup(call[1]))
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        sock.close()
+
+    def close(self) -> None:
+        self._closed.set()
+
+
 class PostgresStore:
+    #: Another host may reach the server while this one cannot (store protocol).
+    partitionable = True
+
     def __init__(self, url: str, *, connect_tries: int = CONNECT_TRIES) -> None:
         self._url = url
         #: The URL without its password: the only form that may be shown.
@@ -381,6 +445,9 @@ class PostgresStore:
         self._conn: Conn | None = None
         self._listener: Conn | None = None
         self._analyzed_at = 0.0
+        self._guard: _CallGuard | None = None
+        #: With a call timeout: when the call in flight must have ended (monotonic).
+        self._deadline: float | None = None
         self._conn = self._open()
 
     def __repr__(self) -> str:
@@ -407,11 +474,14 @@ class PostgresStore:
             except psycopg.Error as exc:
                 if not _transient(exc):
                     raise StoreError(f"cannot use PostgreSQL at {self.url}: {self._reason(exc)}") from None
-                if attempt + 1 >= tries:
+                pause = delay * random.uniform(0.5, 1.0)
+                # A bounded call never backs off past its deadline.
+                late = self._deadline is not None and time.monotonic() + pause > self._deadline
+                if attempt + 1 >= tries or late:
                     raise StoreUnavailable(
                         f"cannot reach PostgreSQL at {self.url}: {self._reason(exc)}"
                     ) from None
-            time.sleep(delay * random.uniform(0.5, 1.0))
+            time.sleep(pause)
             delay = min(delay * 2, BACKOFF_CAP)
         raise AssertionError("unreachable")
 
@@ -444,17 +514,28 @@ class PostgresStore:
         """Run fn on a healthy connection, translating errors.  A read that finds the
         connection broken is retried once on a new one; a write is not, since it may
         have committed before the connection went."""
-        for attempt in range(2 if read else 1):
-            conn = self._ready()
-            try:
-                return fn(conn)
-            except psycopg.Error as exc:
-                if not _is_lost(conn, exc):
-                    raise self._translate(exc) from None
-                self._drop()
-                if attempt == 1 or not read:
-                    raise self._translate(exc) from None
-        raise AssertionError("unreachable")
+        guard = self._guard
+        if guard is not None:
+            self._deadline = time.monotonic() + guard.timeout
+        try:
+            for attempt in range(2 if read else 1):
+                conn = self._ready()
+                if guard is not None and self._deadline is not None:
+                    guard.current = (self._deadline, conn.fileno())
+                try:
+                    return fn(conn)
+                except psycopg.Error as exc:
+                    if not _is_lost(conn, exc):
+                        raise self._translate(exc) from None
+                    self._drop()
+                    if attempt == 1 or not read:
+                        raise self._translate(exc) from None
+                finally:
+                    if guard is not None:
+                        guard.current = None
+            raise AssertionError("unreachable")
+        finally:
+            self._deadline = None
 
     def _read(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return self._run(lambda conn: conn.execute(query, params).fetchall(), read=True)
@@ -529,7 +610,17 @@ class PostgresStore:
     # --- clock -----------------------------------------------------------------------
 
     def now(self) -> float:
-        return float(self._read("SELECT extract(epoch FROM clock_timestamp())::float8")[0][0])
+        return float(self._read(_CLOCK)[0][0])
+
+    def set_call_timeout(self, seconds: float | None) -> None:
+        """Bound every call (store protocol).  libpq's connect_timeout is whole
+        seconds and at least 2: a connection attempt to a black hole takes that long,
+        and the next attempt is not made past the call's deadline."""
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+        if seconds is not None:
+            self._guard = _CallGuard(seconds)
 
     # --- jobs ----------------------------------------------------------------------
 
@@ -744,37 +835,59 @@ class PostgresStore:
         error: str,
         now: float | None = None,
         audit: str | None = None,
+        *,
+        guard: RecoveryGuard | None = None,
     ) -> bool:
-        # PROCESSING -> FAILED / DEAD on the worker's behalf, fenced by the lease
-        params = {
-            "state": state.value,
+        g = guard or RecoveryGuard()
+        attempts = "attempts - 1" if g.give_back else "attempts"
+        # PROCESSING -> FAILED / DEAD (or PENDING, the attempt given back) on the
+        # worker's behalf, fenced by the lease and by what the guard requires
+        query = (
+            f"UPDATE jobs SET state = %(state)s, attempts = {attempts}, next_run_at = %(next)s,"
+            " exit_code = NULL, error = %(error)s, finished_at = %(now)s, updated_at = %(now)s,"
+            " reason = %(reason)s WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s"
+        )
+        params: dict[str, Any] = {
+            "state": JobState.PENDING.value if g.give_back else state.value,
             "next": next_run_at,
             "error": _clean(error),
-            "now": now,
             "reason": reason,
             "id": job_id,
             "lease": lease,
+            "audit": audit,
         }
-        params["audit"] = audit
+        if g.holder is not None:
+            query += (
+                " AND EXISTS (SELECT 1 FROM leases WHERE name = %(lease_name)s"
+                " AND holder = %(holder)s AND expires_at > %(now)s)"
+            )
+            params.update(lease_name=MONITOR_LEASE, holder=g.holder)
+        if g.worker_id is not None:
+            # The worker is still silent: no heartbeat since the one the verdict saw.
+            query += " AND NOT EXISTS (SELECT 1 FROM workers WHERE id = %(wid)s AND heartbeat_at > %(seen)s)"
+            seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
+            params.update(wid=g.worker_id, seen=seen)
 
         def take_back(conn: Conn) -> bool:
             with conn.transaction():
-                changed = (
-                    conn.execute(
-                        "UPDATE jobs SET state = %(state)s, next_run_at = %(next)s, exit_code = NULL,"
-                        f" error = %(error)s, finished_at = {_T}, updated_at = {_T}, reason = %(reason)s"
-                        " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
-                        params,
-                    ).rowcount
-                    > 0
-                )
+                # The job's row first, then the time: a wait for the row (its worker's
+                # finish) comes before the clock is read.
+                conn.execute("SELECT 1 FROM jobs WHERE id = %(id)s FOR UPDATE", params)
+                params["now"] = self._clock(conn) if now is None else now
+                changed = conn.execute(query, params).rowcount > 0
                 if changed and audit is not None:
                     conn.execute(
-                        f"INSERT INTO audit_outbox (record, created_at) VALUES (%(audit)s, {_T})", params
+                        "INSERT INTO audit_outbox (record, created_at) VALUES (%(audit)s, %(now)s)", params
                     )
             return changed
 
         return self._run(take_back)
+
+    @staticmethod
+    def _clock(conn: Conn) -> float:
+        row = conn.execute(_CLOCK).fetchone()
+        assert row is not None
+        return float(row[0])
 
     def audit_pending(self) -> list[tuple[int, str]]:
         rows = self._read("SELECT id, record FROM audit_outbox ORDER BY id")
@@ -800,25 +913,42 @@ class PostgresStore:
 
     def heartbeat(
         self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
-    ) -> bool:
-        # One statement: refresh the row, and say whether the job's lease still holds.
-        query = (
-            f"WITH beat AS (UPDATE workers SET heartbeat_at = {_T}, holding = %(job)s::text"
-            " WHERE id = %(w)s RETURNING 1)"
-            " SELECT EXISTS (SELECT 1 FROM beat),"
-            " %(job)s::text IS NULL OR EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s::text"
-            "   AND state = 'processing' AND lease = %(lease)s::int8)"
-        )
+    ) -> Beat:
         params = {"now": now, "w": worker_id, "job": job_id, "lease": lease}
 
-        def beat(conn: Conn) -> bool:
-            row = conn.execute(query, params).fetchone()
-            return bool(row and row[0] and row[1])
+        def beat(conn: Conn) -> Beat:
+            with conn.transaction():
+                # The job first: a wait for a lock on jobs comes before the heartbeat's
+                # time, which the UPDATE reads from the clock as it writes the row.
+                held = job_id is None or (
+                    conn.execute(
+                        "SELECT 1 FROM jobs WHERE id = %(job)s AND state = 'processing'"
+                        " AND lease = %(lease)s::int8",
+                        params,
+                    ).fetchone()
+                    is not None
+                )
+                registered = (
+                    conn.execute(
+                        "UPDATE workers SET holding = %(job)s::text, heartbeat_at ="
+                        " COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+                        " WHERE id = %(w)s",
+                        params,
+                    ).rowcount
+                    > 0
+                )
+            return Beat(registered, held)
 
         return self._run(beat)
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._run(lambda conn: conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,)))
+        self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM workers WHERE id = %(w)s AND NOT EXISTS"
+                " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
+                {"w": worker_id},
+            )
+        )
 
     def workers(self) -> list[WorkerInfo]:
         rows = self._read(
@@ -833,8 +963,9 @@ class PostgresStore:
         return self._run(
             lambda conn: (
                 conn.execute(
-                    "DELETE FROM workers WHERE id = %s AND heartbeat_at = %s::float8",
-                    (worker_id, heartbeat_at),
+                    "DELETE FROM workers WHERE id = %(w)s AND heartbeat_at = %(hb)s::float8"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
+                    {"w": worker_id, "hb": heartbeat_at},
                 ).rowcount
                 > 0
             )
@@ -842,17 +973,40 @@ class PostgresStore:
 
     # --- the monitor lease -----------------------------------------------------------
 
-    def acquire_lease(self, name: str, holder: str, kind: str, ttl: float, now: float | None = None) -> bool:
+    def acquire_lease(
+        self, name: str, holder: str, kind: str, ttl: float, now: float | None = None
+    ) -> LeaseGrant | None:
         # One INSERT ... ON CONFLICT: atomic, so two takers never both win.
         query = (
             "INSERT INTO leases (name, holder, kind, acquired_at, expires_at)"
-            f" VALUES (%(name)s, %(holder)s, %(kind)s, {_T}, {_T} + %(ttl)s::float8)"
+            " VALUES (%(name)s, %(holder)s, %(kind)s, %(now)s, %(now)s + %(ttl)s::float8)"
             " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, kind = excluded.kind,"
             " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
             " WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at"
         )
-        params = {"name": name, "holder": holder, "kind": kind, "now": now, "ttl": ttl}
-        return self._run(lambda conn: conn.execute(query, params).rowcount > 0)
+        params: dict[str, Any] = {"name": name, "holder": holder, "kind": kind, "ttl": ttl}
+
+        def take(conn: Conn) -> LeaseGrant | None:
+            with conn.transaction():
+                before = conn.execute(
+                    "SELECT greatest(acquired_at, last_pass_at), resumed_at FROM leases"
+                    " WHERE name = %(name)s FOR UPDATE",
+                    params,
+                ).fetchone()
+                params["now"] = t = self._clock(conn) if now is None else now
+                if conn.execute(query, params).rowcount == 0:
+                    return None
+            previous, resumed = before if before else (None, None)
+            return LeaseGrant(at=t, previous=previous, resumed_at=resumed)
+
+        return self._run(take)
+
+    def mark_resumed(self, name: str, holder: str, at: float) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                "UPDATE leases SET resumed_at = %s WHERE name = %s AND holder = %s", (at, name, holder)
+            )
+        )
 
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
         query = (
@@ -870,7 +1024,7 @@ class PostgresStore:
     def lease_info(self, name: str) -> LeaseInfo | None:
         rows = self._read(
             "SELECT name, holder, kind, acquired_at, expires_at, last_pass_at, last_pass_by,"
-            " last_pass_kind, last_monitor_pass_at FROM leases WHERE name = %s",
+            " last_pass_kind, last_monitor_pass_at, resumed_at FROM leases WHERE name = %s",
             (name,),
         )
         return LeaseInfo(*rows[0]) if rows else None
@@ -963,5 +1117,6 @@ class PostgresStore:
             self._run(lambda conn: conn.execute("ANALYZE jobs"))
 
     def close(self) -> None:
+        self.set_call_timeout(None)
         self._close_listener()
         self._drop()

@@ -24,11 +24,15 @@ import apsw
 from queuectl.errors import InvalidInput, StoreError
 from queuectl.models import (
     JOB_COLUMNS,
+    MONITOR_LEASE,
+    Beat,
     Event,
     Job,
     JobState,
+    LeaseGrant,
     LeaseInfo,
     NewJob,
+    RecoveryGuard,
     WorkerInfo,
 )
 from queuectl.store.sqlite_conn import (
@@ -197,6 +201,12 @@ MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     INSERT INTO job_counts_upto (id, seq) VALUES (1, (SELECT coalesce(max(seq), 0) FROM job_events));
     """,
+    # v8: when a recovery pass last found that every process had stalled (no pass by
+    # anyone for heartbeat_timeout, or a clock jump): heartbeats get one more interval
+    # before a silence counts (monitor.py).
+    """
+    ALTER TABLE leases ADD COLUMN resumed_at REAL;
+    """,
 )
 if len(MIGRATIONS) != SCHEMA_VERSION:  # the fast path checks user_version against it
     raise AssertionError(f"sqlite_conn.SCHEMA_VERSION is {SCHEMA_VERSION}, not {len(MIGRATIONS)}")
@@ -259,7 +269,38 @@ def _finish(conn: apsw.Connection, job_id: str, lease: int, result: _Result, now
     return bool(conn.changes())
 
 
+def _real(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _recover_sql(g: RecoveryGuard) -> tuple[str, dict[str, Any]]:
+    """The recovery's one guarded UPDATE: PROCESSING -> FAILED / DEAD (or PENDING, the
+    attempt given back), fenced by the lease and by what `g` requires."""
+    attempts = "attempts - 1" if g.give_back else "attempts"
+    sql = (
+        f"UPDATE jobs SET state = :state, attempts = {attempts}, next_run_at = :next,"
+        " exit_code = NULL, error = :error, finished_at = :now, updated_at = :now, reason = :reason"
+        " WHERE id = :id AND state = 'processing' AND lease = :lease"
+    )
+    params: dict[str, Any] = {}
+    if g.holder is not None:
+        sql += (
+            " AND EXISTS (SELECT 1 FROM leases WHERE name = :lease_name AND holder = :holder"
+            " AND expires_at > :now)"
+        )
+        params.update(lease_name=MONITOR_LEASE, holder=g.holder)
+    if g.worker_id is not None:
+        # The worker is still silent: no heartbeat since the one the verdict saw.
+        seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
+        sql += " AND NOT EXISTS (SELECT 1 FROM workers WHERE id = :wid AND heartbeat_at > :seen)"
+        params.update(wid=g.worker_id, seen=seen)
+    return sql, params
+
+
 class SQLiteStore:
+    #: Every process shares this host's one write lock: never cut off (store protocol).
+    partitionable = False
+
     def __init__(self, path: str, *, synchronous: str | None = None, clock: Callable[[], float] = time.time):
         self.path = path
         self._clock = clock
@@ -316,6 +357,9 @@ class SQLiteStore:
     def now(self) -> float:
         return self._clock()
 
+    def set_call_timeout(self, seconds: float | None) -> None:
+        """Nothing to bound: lock waits end with the busy timeout."""
+
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
 
@@ -360,8 +404,7 @@ class SQLiteStore:
         self._write(fold_counts)
 
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        t = self._now(now)
-        return self._write(lambda conn: _claim(conn, worker_id, t))
+        return self._write(lambda conn: _claim(conn, worker_id, self._now(now)))
 
     def finish(
         self,
@@ -375,9 +418,8 @@ class SQLiteStore:
         stderr: str,
         now: float | None = None,
     ) -> bool:
-        t = self._now(now)
         result = (state, next_run_at, exit_code, error, stdout, stderr)
-        return self._write(lambda conn: _finish(conn, job_id, lease, result, t))
+        return self._write(lambda conn: _finish(conn, job_id, lease, result, self._now(now)))
 
     def finish_and_claim(
         self,
@@ -392,9 +434,13 @@ class SQLiteStore:
         worker_id: str,
         now: float | None = None,
     ) -> tuple[bool, Job | None]:
-        t = self._now(now)
         result = (state, next_run_at, exit_code, error, stdout, stderr)
-        return self._write(lambda conn: (_finish(conn, job_id, lease, result, t), _claim(conn, worker_id, t)))
+
+        def both(conn: apsw.Connection) -> tuple[bool, Job | None]:
+            t = self._now(now)
+            return _finish(conn, job_id, lease, result, t), _claim(conn, worker_id, t)
+
+        return self._write(both)
 
     def next_due(self) -> float | None:
         # INDEXED BY, as in claim(): otherwise a scan of every runnable job per idle poll.
@@ -467,25 +513,25 @@ class SQLiteStore:
         error: str,
         now: float | None = None,
         audit: str | None = None,
+        *,
+        guard: RecoveryGuard | None = None,
     ) -> bool:
-        t = self._now(now)
+        g = guard or RecoveryGuard()
+        sql, params = _recover_sql(g)
+        params.update(
+            {
+                "state": JobState.PENDING.value if g.give_back else state.value,
+                "next": next_run_at,
+                "error": error,
+                "reason": reason,
+                "id": job_id,
+                "lease": lease,
+            }
+        )
 
         def take_back(conn: apsw.Connection) -> bool:
-            # PROCESSING -> FAILED / DEAD on the worker's behalf, fenced by the lease
-            conn.execute(
-                "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = NULL,"
-                " error = :error, finished_at = :now, updated_at = :now, reason = :reason"
-                " WHERE id = :id AND state = 'processing' AND lease = :lease",
-                {
-                    "state": state.value,
-                    "next": next_run_at,
-                    "error": error,
-                    "now": t,
-                    "reason": reason,
-                    "id": job_id,
-                    "lease": lease,
-                },
-            )
+            params["now"] = t = self._now(now)
+            conn.execute(sql, params)
             if not conn.changes():
                 return False
             if audit is not None:
@@ -517,27 +563,31 @@ class SQLiteStore:
 
     def heartbeat(
         self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
-    ) -> bool:
-        t = self._now(now)
-
-        def beat(conn: apsw.Connection) -> bool:
+    ) -> Beat:
+        def beat(conn: apsw.Connection) -> Beat:
             conn.execute(
-                "UPDATE workers SET heartbeat_at = ?, holding = ? WHERE id = ?", (t, job_id, worker_id)
+                "UPDATE workers SET heartbeat_at = ?, holding = ? WHERE id = ?",
+                (self._now(now), job_id, worker_id),
             )
-            if not conn.changes():
-                return False
+            registered = bool(conn.changes())
             if job_id is None:
-                return True
+                return Beat(registered, True)
             rows = conn.execute(
                 "SELECT 1 FROM jobs WHERE id = ? AND state = 'processing' AND lease = ?",
                 (job_id, lease),
             ).fetchall()
-            return bool(rows)
+            return Beat(registered, bool(rows))
 
         return self._write(beat)
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._write(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))
+        self._write(
+            lambda conn: conn.execute(
+                "DELETE FROM workers WHERE id = :w AND NOT EXISTS"
+                " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
+                {"w": worker_id},
+            )
+        )
 
     def workers(self) -> list[WorkerInfo]:
         rows = self._read(
@@ -550,17 +600,27 @@ class SQLiteStore:
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
         def remove(conn: apsw.Connection) -> bool:
-            conn.execute("DELETE FROM workers WHERE id = ? AND heartbeat_at = ?", (worker_id, heartbeat_at))
+            conn.execute(
+                "DELETE FROM workers WHERE id = :w AND heartbeat_at = :hb AND NOT EXISTS"
+                " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
+                {"w": worker_id, "hb": heartbeat_at},
+            )
             return bool(conn.changes())
 
         return self._write(remove)
 
     # --- the monitor lease --------------------------------------------------------
 
-    def acquire_lease(self, name: str, holder: str, kind: str, ttl: float, now: float | None = None) -> bool:
-        t = self._now(now)
-
-        def take(conn: apsw.Connection) -> bool:
+    def acquire_lease(
+        self, name: str, holder: str, kind: str, ttl: float, now: float | None = None
+    ) -> LeaseGrant | None:
+        def take(conn: apsw.Connection) -> LeaseGrant | None:
+            t = self._now(now)
+            before = conn.execute(
+                "SELECT max(acquired_at, coalesce(last_pass_at, acquired_at)), resumed_at"
+                " FROM leases WHERE name = ?",
+                (name,),
+            ).fetchall()
             conn.execute(
                 "INSERT INTO leases (name, holder, kind, acquired_at, expires_at)"
                 " VALUES (:name, :holder, :kind, :now, :exp)"
@@ -569,13 +629,21 @@ class SQLiteStore:
                 " WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at",
                 {"name": name, "holder": holder, "kind": kind, "now": t, "exp": t + ttl},
             )
-            return bool(conn.changes())
+            if not conn.changes():
+                return None
+            previous, resumed = before[0] if before else (None, None)
+            return LeaseGrant(at=t, previous=_real(previous), resumed_at=_real(resumed))
 
         return self._write(take)
 
-    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
-        t = self._now(now)
+    def mark_resumed(self, name: str, holder: str, at: float) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "UPDATE leases SET resumed_at = ? WHERE name = ? AND holder = ?", (at, name, holder)
+            )
+        )
 
+    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
         def release(conn: apsw.Connection) -> bool:
             conn.execute(
                 "UPDATE leases SET expires_at = :now,"
@@ -585,7 +653,7 @@ class SQLiteStore:
                 " last_monitor_pass_at = CASE WHEN :passed AND kind = 'monitor' THEN :now"
                 "                        ELSE last_monitor_pass_at END"
                 " WHERE name = :name AND holder = :holder",
-                {"now": t, "passed": int(passed), "name": name, "holder": holder},
+                {"now": self._now(now), "passed": int(passed), "name": name, "holder": holder},
             )
             return bool(conn.changes())
 
@@ -594,7 +662,7 @@ class SQLiteStore:
     def lease_info(self, name: str) -> LeaseInfo | None:
         rows = self._read(
             "SELECT name, holder, kind, acquired_at, expires_at, last_pass_at, last_pass_by,"
-            " last_pass_kind, last_monitor_pass_at FROM leases WHERE name = ?",
+            " last_pass_kind, last_monitor_pass_at, resumed_at FROM leases WHERE name = ?",
             (name,),
         )
         return LeaseInfo(*rows[0]) if rows else None

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 
 from queuectl.config import Config
 from queuectl.logs import json_logger
-from queuectl.models import RUNNABLE, JobState, NewJob, decide
+from queuectl.models import RUNNABLE, JobState, NewJob, WorkerInfo, decide
 from queuectl.monitor import Monitor
 from queuectl.store import Store, open_store
 from queuectl.store.sqlite import SQLiteStore
@@ -38,9 +38,15 @@ from tests.helpers import T0
 CFG = Config()
 
 
+#: Workers the machine claims for, registered on another host (judged by heartbeat).
+WORKERS = ("w1", "w2")
+
+
 class StoreMachine(RuleBasedStateMachine):
     """`model` maps id -> the fields a store must agree on; `held` are the (id, lease)
-    pairs claims handed out and not yet finished; `old` the ones whose lease is gone."""
+    pairs claims handed out and not yet finished, `owner` who holds them and since
+    when; `old` the ones whose lease is gone; `rows` the workers table (present,
+    heartbeat, the job its last heartbeat named)."""
 
     open_store: Callable[[], tuple[Store, Callable[[], None]]]
     logs: Path
@@ -55,7 +61,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.n = 0
         self.model: dict[str, dict[str, Any]] = {}
         self.held: dict[str, int] = {}
+        self.owner: dict[str, tuple[str, float]] = {}
         self.old: list[tuple[str, int]] = []
+        self.rows: dict[str, dict[str, Any]] = {}
 
     def teardown(self) -> None:
         self._close()
@@ -86,13 +94,27 @@ class StoreMachine(RuleBasedStateMachine):
             m["next_run_at"] = move.next_run_at
         self.old.append((jid, m["lease"]))
         del self.held[jid]
+        del self.owner[jid]
         return move.state, move.next_run_at
+
+    def _give_back(self, jid: str) -> None:
+        m = self.model[jid]
+        m.update(state=JobState.PENDING, attempts=m["attempts"] - 1, next_run_at=self.now, at=self.now)
+        self.old.append((jid, m["lease"]))
+        del self.held[jid]
+        del self.owner[jid]
+
+    def _register(self, worker: str) -> None:
+        self.store.register_worker(WorkerInfo(worker, "elsewhere", 1, None, self.now, self.now))
+        self.rows[worker] = {"hb": self.now, "holding": None}
 
     # --- rules -------------------------------------------------------------------------
 
     @initialize()
     def start(self) -> None:
         assert self.store.counts()["pending"] == 0
+        for w in WORKERS:
+            self._register(w)
 
     @rule(
         jobs=st.lists(
@@ -121,7 +143,7 @@ class StoreMachine(RuleBasedStateMachine):
                 "at": self.now,
             }
 
-    @rule(worker=st.sampled_from(["w1", "w2"]))
+    @rule(worker=st.sampled_from(WORKERS))
     def claim(self, worker: str) -> None:
         due = self._due()
         job = self.store.claim(worker, self.now)
@@ -136,6 +158,28 @@ class StoreMachine(RuleBasedStateMachine):
         m["lease"] += 1
         assert (job.attempts, job.lease, job.worker_id) == (m["attempts"], m["lease"], worker)
         self.held[job.id] = job.lease
+        self.owner[job.id] = (worker, self.now)
+
+    @rule(worker=st.sampled_from(WORKERS), data=st.data(), stale_lease=st.booleans())
+    def heartbeat(self, worker: str, data: st.DataObject, stale_lease: bool) -> None:
+        """A heartbeat naming one of the worker's jobs (or an old lease, or none);
+        a worker whose row is gone registers again, as Worker does."""
+        mine = sorted(j for j, (w, _) in self.owner.items() if w == worker)
+        jid: str | None = None
+        lease: int | None = None
+        if stale_lease and self.old:
+            jid, lease = data.draw(st.sampled_from(self.old))
+        elif mine:
+            jid = data.draw(st.sampled_from(mine))
+            lease = self.held[jid]
+        beat = self.store.heartbeat(worker, jid, lease, self.now)
+        present = worker in self.rows
+        assert beat.registered == present
+        assert beat.held == (jid is None or self.held.get(jid) == lease)
+        if present:
+            self.rows[worker].update(hb=self.now, holding=jid)
+        else:
+            self._register(worker)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), ok=st.booleans())
@@ -159,12 +203,30 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def monitor_pass(self) -> None:
-        # No worker is registered, so every processing job has lost its worker.
+        """The monitor's rules: a worker silent past heartbeat_timeout is stale and
+        its jobs fail; a job whose worker has no row, or heartbeated since the claim
+        without naming it, never started (its attempt is given back); a job past
+        timeout + kill_grace + timeout_grace fails; stale rows holding no job go."""
         done = self.monitor.run_once(now=self.now)
-        recovered = {r.job_id for r in done if r.event == "job_recovered"}
-        assert recovered == set(self.held)
-        for jid in list(self.held):
+        stale = {w for w, r in self.rows.items() if self.now - r["hb"] > CFG.heartbeat_timeout}
+        failed, given_back = set(), set()
+        for jid, (w, started) in self.owner.items():
+            row = self.rows.get(w)
+            if row is None or (w not in stale and row["hb"] > started and row["holding"] != jid):
+                given_back.add(jid)
+            elif w in stale or self.now - started > 60.0 + CFG.kill_grace + CFG.timeout_grace:
+                failed.add(jid)
+        recovered = {r.job_id: r.attempt_given_back for r in done if r.event == "job_recovered"}
+        assert recovered == {**dict.fromkeys(failed, False), **dict.fromkeys(given_back, True)}
+        for jid in failed:
             self._end(jid, ok=False)
+        for jid in given_back:
+            self._give_back(jid)
+        removed = {r.worker_id for r in done if r.event == "worker_removed"}
+        busy = {w for w, _ in self.owner.values()}
+        assert removed == stale - busy
+        for w in removed:
+            del self.rows[w]
 
     @rule(data=st.data(), everything=st.booleans())
     def dlq_retry(self, data: st.DataObject, everything: bool) -> None:

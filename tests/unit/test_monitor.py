@@ -84,7 +84,8 @@ def test_a_dead_pid_on_this_host_is_stale_at_once(store: Store, tmp_path: Path) 
     store.enqueue([job("a", max_retries=0)], now=T0)
     assert store.claim("w1", now=T0) is not None
     done = monitor(store, tmp_path).run_once(now=T0 + 0.1)
-    assert done[0].reason == "heartbeat_lost" and done[0].state_after == "dead"
+    assert done[0].reason == "worker_died" and done[0].state_after == "dead"
+    assert done[0].evidence == {"pid": gone.pid, "proc_start": None}
     a = store.get("a")
     assert a is not None and a.state is JobState.DEAD
 

@@ -100,7 +100,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute("PRAGMA user_version=6")
     conn.close()
-    old = SQLiteStore(str(path))  # at v7 now; step back to v6 with jobs in three states
+    old = SQLiteStore(str(path))  # at v8 now; step back to v6 with jobs in three states
     old.enqueue([NewJob(f"j{i}", "true", 0, 0, 60.0, T0) for i in range(5)], T0)
     for _ in range(3):
         job = old.claim("w1", now=T0)
@@ -108,7 +108,10 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
         old.finish(
             job.id, job.lease, JobState.DEAD if job.id == "j0" else JobState.COMPLETED, None, 1, None, "", ""
         )
-    old.conn.execute("DROP TABLE job_counts; DROP TABLE job_counts_upto; PRAGMA user_version=6")
+    old.conn.execute(
+        "DROP TABLE job_counts; DROP TABLE job_counts_upto; ALTER TABLE leases DROP COLUMN resumed_at;"
+        " PRAGMA user_version=6"
+    )
     old.close()
 
     store = SQLiteStore(str(path))
