@@ -37,7 +37,7 @@ from tests.helpers import FAST as BASE_FAST
 FAST = {**BASE_FAST, "kill_grace": "0.5"}
 
 #: History reasons that mark an attempt ended by a recovery, not by its own worker.
-RECOVERY_REASONS = ("heartbeat_lost", "timeout", "manual")
+RECOVERY_REASONS = ("worker_died", "heartbeat_lost", "timeout", "manual")
 
 PG_SERVER = os.environ.get("QUEUECTL_TEST_PG", "postgresql://127.0.0.1:5432/test")
 

@@ -62,7 +62,7 @@ def test_bare_workers_recover_a_killed_workers_job(home: Home, tmp_path: Path) -
     wait_until(lambda: home.job(job)["state"] == "completed", 20, "the retry to complete")
     assert lines(out) == [f"start {job} 1", f"start {job} 2", f"end {job} 2"]
     recs = [r for r in home.recovery_logs() if r["event"] == "job_recovered"]
-    assert [(r["job_id"], r["attempt"], r["reason"]) for r in recs] == [(job, 1, "heartbeat_lost")]
+    assert [(r["job_id"], r["attempt"], r["reason"]) for r in recs] == [(job, 1, "worker_died")]
     survivor_log = tmp_path / ("a.log" if survivor is a else "b.log")
     assert events(survivor_log, "fallback_pass")
     survivor.send_signal(signal.SIGTERM)

@@ -63,7 +63,13 @@ def test_outcome_ok_only_for_a_clean_exit_zero() -> None:
 
 def test_transition_table() -> None:
     assert ALLOWED[None] == {JobState.PENDING}
-    assert ALLOWED[JobState.PROCESSING] == {JobState.COMPLETED, JobState.FAILED, JobState.DEAD}
+    # PENDING: an attempt given back (recovered before its command started).
+    assert ALLOWED[JobState.PROCESSING] == {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.DEAD,
+        JobState.PENDING,
+    }
     assert ALLOWED[JobState.DEAD] == {JobState.PENDING}
     assert ALLOWED[JobState.COMPLETED] == frozenset()
     for state in RUNNABLE:

@@ -153,4 +153,4 @@ def test_a_sigkilled_worker_loses_nothing(qhome: QHome, tmp_path: Path) -> None:
     assert {i for i, n in ran.items() if n > 1} == {"j05"}
     j05 = qhome.job("j05")
     assert j05["attempts"] == 2
-    assert any(e["reason"] == "heartbeat_lost" for e in j05["history"])
+    assert any(e["reason"] == "worker_died" for e in j05["history"])
