@@ -24,6 +24,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
+        self._refusing = False  # reset() until heal(): no connection may live
         self._listener = self._listen(0)
         self.port = self._listener.getsockname()[1]
 
@@ -52,6 +53,10 @@ class Proxy:
                 client.close()
                 continue
             with self._lock:
+                if self._refusing:  # accepted just as reset() began
+                    _rst(client)
+                    _rst(server)
+                    continue
                 self._conns += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -79,13 +84,14 @@ class Proxy:
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
+            self._refusing = True
             conns, self._conns = self._conns, []
         for s in conns:
-            with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.close()
+            _rst(s)
 
     def heal(self) -> None:
+        with self._lock:
+            self._refusing = False
         if self._listener.fileno() == -1:
             self._listener = self._listen(self.port)
         self._open.set()
@@ -94,3 +100,15 @@ class Proxy:
         self._closed = True
         self.reset()
         self._open.set()
+
+
+def _rst(s: socket.socket) -> None:
+    """Close `s` with RST.  A close() alone does not wake a pump thread blocked in
+    recv() on it (the kernel keeps the socket while the call is in flight, so no RST
+    is sent); shutdown() wakes it first."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        s.close()

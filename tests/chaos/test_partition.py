@@ -53,6 +53,13 @@ def _ticks(path: Path) -> dict[int, list[float]]:
     return out
 
 
+def _logs(host: Cluster, tail: int = 2500) -> str:
+    """The tail of each of `host`'s process logs."""
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(host.path.glob("*.log"))
+    )
+
+
 @pytest.mark.parametrize("mode", ["blackhole", "reset"])
 def test_a_host_cut_off_kills_its_job_before_another_host_runs_it_again(
     two_hosts: tuple[Cluster, Cluster, Proxy], mode: str
@@ -79,11 +86,13 @@ def test_a_host_cut_off_kills_its_job_before_another_host_runs_it_again(
     proxy.blackhole() if mode == "blackhole" else proxy.reset()
     try:
         wait_until(lambda: len(_ticks(ticks).get(2, [])) >= 4, 40, "attempt 2 to run on host B")
+    except Exception as exc:
+        raise AssertionError(f"{exc}\nA:\n{_logs(a)}\nB:\n{_logs(b)}") from None
     finally:
         proxy.heal()
     wait_until(lambda: b.store.get("p").state.value == "completed", 60, "p to complete after healing")
     runs = _ticks(ticks)
-    logs = "\n".join(p.read_text(errors="replace") for p in sorted(a.path.glob("*.log")))
+    logs = _logs(a, tail=10**7)
     assert max(runs[1]) < min(runs[2]), f"attempts overlapped ({mode}):\n{logs[-3000:]}"
     # The worker killed attempt 1 by its deadline: well before heartbeat_timeout after the cut.
     assert max(runs[1]) < cut + 5, (max(runs[1]) - cut, logs[-3000:])
