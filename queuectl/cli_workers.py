@@ -211,7 +211,7 @@ def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
     elif dry_run:
         done = mon.run_once(dry_run=True)
     else:
-        done = mon.cli_pass()
+        done = mon.guarded_pass("cli", wait=True) or []
     if as_json:
         emit_json([r.fields() for r in done])
         return

@@ -142,11 +142,17 @@ class Monitor:
 
     # --- the lease: one pass at a time, anywhere ------------------------------------
 
-    def guarded_pass(self, kind: str = "monitor", now: float | None = None) -> list[Recovery] | None:
-        """Run one pass under the monitor lease; None if another process holds it."""
+    def guarded_pass(
+        self, kind: str = "monitor", now: float | None = None, *, wait: bool = False
+    ) -> list[Recovery] | None:
+        """Run one pass under the pass lease; None if another process holds it (with
+        `wait`, as an operator's `recover` does: wait for that pass to end)."""
         cfg = Config.from_stored(self.store.config_items())
         holder = self.holder(kind)
-        grant = self.store.acquire_lease(LEASE, holder, kind, lease_ttl(cfg), now)
+        if wait:
+            grant: LeaseGrant | None = self._wait_for_lease(holder, cfg, now)
+        else:
+            grant = self.store.acquire_lease(LEASE, holder, kind, lease_ttl(cfg), now)
         if grant is None:
             return None
         passed = False
@@ -452,30 +458,15 @@ class Monitor:
                 self.store.release_lease(LEASE, holder, False, now)
 
     def _wait_for_lease(self, holder: str, cfg: Config, now: float | None) -> LeaseGrant:
-        """The pass lease for a command-line action; waits for a running pass."""
+        """The pass lease for an operator's action; waits for a running pass to end."""
         deadline = time.monotonic() + lease_ttl(cfg) + 1
         while True:
-            grant = self.store.acquire_lease(LEASE, holder, "cli", lease_ttl(cfg), now)
+            grant = self.store.acquire_lease(LEASE, holder, holder.split(":", 1)[0], lease_ttl(cfg), now)
             if grant is not None:
                 return grant
             if time.monotonic() > deadline:
                 raise Conflict("a recovery pass holds the lease for too long; try again")
             time.sleep(0.05)
-
-    def cli_pass(self) -> list[Recovery]:
-        """An operator's `recover`: one pass under the lease, waiting for a running one."""
-        cfg = Config.from_stored(self.store.config_items())
-        holder = self.holder("cli")
-        grant = self._wait_for_lease(holder, cfg, None)
-        passed = False
-        try:
-            judge = self._judges_silence(grant, holder, cfg)
-            done = self.run_once(grant.at, holder=holder, judge_silence=judge)
-            passed = True
-            return done
-        finally:
-            with contextlib.suppress(QueuectlError):
-                self.store.release_lease(LEASE, holder, passed)
 
     # --- the audit log -------------------------------------------------------------
 

@@ -5,6 +5,7 @@ worker loses nothing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from collections import Counter
@@ -154,3 +155,26 @@ def test_a_sigkilled_worker_loses_nothing(qhome: QHome, tmp_path: Path) -> None:
     j05 = qhome.job("j05")
     assert j05["attempts"] == 2
     assert any(e["reason"] == "worker_died" for e in j05["history"])
+
+
+def test_recover_dry_run_shows_the_processes_it_would_kill(qhome: QHome, tmp_path: Path) -> None:
+    out = tmp_path / "ran.txt"
+    assert qhome.run("enqueue", f'echo $$ >> {out}; exec sleep 60').returncode == 0
+    worker = qhome.spawn_worker("--burst", *FAST_POLL)
+    pid = int(wait_until(lambda: read_lines(out), 30, "the job to start")[0])
+    worker.kill()
+    assert wait_exit(worker) == -signal.SIGKILL
+    try:
+        dry = qhome.run("recover", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"would kill pids {pid}" in dry.stdout
+        assert "worker_died" in dry.stdout
+        os.kill(pid, 0)  # a dry run kills nothing ...
+        assert Counter(states(qhome).values()) == {"processing": 1}  # ... and changes nothing
+        done = qhome.run("recover")
+        assert done.returncode == 0 and f"killed pids {pid}" in done.stdout, done.stdout
+        wait_until(lambda: not alive(pid), 10, "the job's process to die")
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
