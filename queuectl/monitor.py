@@ -183,8 +183,10 @@ class Monitor:
         if self._last_clock is not None:
             step = (grant.at - self._last_clock[0]) - (mono - self._last_clock[1])
             if step < -CLOCK_TOLERANCE:
-                # Due times are the store's clock: jobs due now wait for the step too.
-                self.log.warning("clock_stepped_back", step_s=round(step, 3))
+                # Due times are the store's clock: what was due before the step would
+                # wait for its size; it is made due now instead.
+                kept = self.store.keep_due(self._last_clock[0], grant.at)
+                self.log.warning("clock_stepped_back", step_s=round(step, 3), jobs_kept_due=kept)
             elif step > CLOCK_TOLERANCE:
                 self.log.warning("clock_jumped_forward", step_s=round(step, 3))
                 stalled = True

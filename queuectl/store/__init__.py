@@ -214,6 +214,11 @@ class Store(Protocol):
         """Record in the lease row, if `holder` holds it, that its pass at `at` found
         every process had stalled."""
 
+    def keep_due(self, was: float, now: float) -> int:
+        """After the clock stepped back from `was` to `now`: every waiting job that was
+        due at `was` is due at `now` (it would otherwise wait for the size of the
+        step).  Returns how many jobs moved."""
+
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
         """Give the lease up (if `holder` still holds it).  With passed=True, record that
         `holder` (of its kind) completed a pass at `now`."""

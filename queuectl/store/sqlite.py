@@ -643,6 +643,17 @@ class SQLiteStore:
             )
         )
 
+    def keep_due(self, was: float, now: float) -> int:
+        def move(conn: apsw.Connection) -> int:
+            conn.execute(
+                "UPDATE jobs SET next_run_at = :now WHERE state IN ('pending', 'failed')"
+                " AND next_run_at > :now AND next_run_at <= :was",
+                {"now": now, "was": was},
+            )
+            return int(conn.changes())
+
+        return self._write(move)
+
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
         def release(conn: apsw.Connection) -> bool:
             conn.execute(

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,18 @@ def test_a_clock_step_forward_is_a_stall_and_a_step_back_is_told(store: Store, t
     assert jump["step_s"] == pytest.approx(5, abs=0.5)
     a = store.get("a")
     assert a is not None and a.state is JobState.PROCESSING
-    # Stepped back by 10 s: a warning with the size of the step.
+    # Stepped back by 10 s: a warning with the size of the step, and what was due
+    # before the step is still due after it.
+    store.enqueue([replace(job("due"), run_at=T0 + 19.5)], now=T0 + 19.5)  # due at T0 + 19.5 ...
+    store.enqueue([replace(job("later"), run_at=T0 + 60)], now=T0 + 19.5)
     assert mon.guarded_pass(now=T0 + 9.5) == []
     (back,) = log.named("clock_stepped_back")
-    assert back["step_s"] == pytest.approx(-10, abs=0.5)
+    assert back["step_s"] == pytest.approx(-10, abs=0.5) and back["jobs_kept_due"] == 1
+    register(store, "w2", at=T0 + 9.5, host="elsewhere", pid=2)
+    claimed = store.claim("w2", now=T0 + 9.5)  # ... and claimed at the new T0 + 9.5
+    assert claimed is not None and claimed.id == "due"
+    later = store.get("later")
+    assert later is not None and later.next_run_at == T0 + 60  # not due before the step: unchanged
 
 
 def test_a_kill_that_loses_the_race_to_the_worker_is_recorded(
