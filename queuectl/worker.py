@@ -324,7 +324,10 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                t = self.store.now() if now is None else now
+                # Only a retry's due time needs the store's clock (a round trip on
+                # PostgreSQL); the store stamps everything else itself.
+                retry = not outcome.ok and job.attempts <= job.max_retries
+                t = now if now is not None else (self.store.now() if retry else 0.0)
                 move = decide(
                     ok=outcome.ok,
                     attempts=job.attempts,
