@@ -92,6 +92,18 @@ def test_a_host_cut_off_kills_its_job_before_another_host_runs_it_again(
         proxy.heal()
     wait_until(lambda: b.store.get("p").state.value == "completed", 60, "p to complete after healing")
     runs = _ticks(ticks)
+    # For docs/reliability.md (pytest -s): when attempt 1 last ran, and attempt 2 first.
+    print(
+        "partition:",
+        json.dumps(
+            {
+                "mode": mode,
+                "attempt1_last_tick_after_cut_s": round(max(runs[1]) - cut, 2),
+                "attempt2_first_tick_after_cut_s": round(min(runs[2]) - cut, 2),
+                "gap_s": round(min(runs[2]) - max(runs[1]), 2),
+            }
+        ),
+    )
     logs = _logs(a, tail=10**7)
     assert max(runs[1]) < min(runs[2]), f"attempts overlapped ({mode}):\n{logs[-3000:]}"
     # The worker killed attempt 1 by its deadline: well before heartbeat_timeout after the cut.
