@@ -1010,11 +1010,13 @@ class PostgresStore:
 
     def keep_due(self, was: float, now: float) -> int:
         return self._run(
-            lambda conn: conn.execute(
-                "UPDATE jobs SET next_run_at = %(now)s WHERE state IN ('pending', 'failed')"
-                " AND next_run_at > %(now)s AND next_run_at <= %(was)s",
-                {"now": now, "was": was},
-            ).rowcount
+            lambda conn: (
+                conn.execute(
+                    "UPDATE jobs SET next_run_at = %(now)s WHERE state IN ('pending', 'failed')"
+                    " AND next_run_at > %(now)s AND next_run_at <= %(was)s",
+                    {"now": now, "was": was},
+                ).rowcount
+            )
         )
 
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:

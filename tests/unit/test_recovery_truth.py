@@ -120,7 +120,12 @@ def test_a_kill_that_loses_the_race_to_the_worker_is_recorded(
     store.enqueue([job("a", timeout=1)], now=T0)
     claimed = store.claim("w1", now=T0)
     assert claimed is not None
-    env = {**os.environ, "QUEUECTL_JOB_ID": "a", "QUEUECTL_LEASE": str(claimed.lease), "QUEUECTL_QUEUE": QUEUE}
+    env = {
+        **os.environ,
+        "QUEUECTL_JOB_ID": "a",
+        "QUEUECTL_LEASE": str(claimed.lease),
+        "QUEUECTL_QUEUE": QUEUE,
+    }
     env["QUEUECTL_ATTEMPT"] = "1"
     child = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
     try:
@@ -159,7 +164,16 @@ def test_records_name_who_recovered_and_carry_their_own_fields(store: Store, tmp
     assert job_rec["recovered_by"] == by and worker_rec["recovered_by"] == by
     assert job_rec["evidence"] == {"heartbeat_age_s": 16.0}
     # A removed worker's record has a worker's fields, not a job's set to null.
-    assert set(worker_rec) == {"time", "event", "reason", "worker_id", "host", "pid", "evidence", "recovered_by"}
+    assert set(worker_rec) == {
+        "time",
+        "event",
+        "reason",
+        "worker_id",
+        "host",
+        "pid",
+        "evidence",
+        "recovered_by",
+    }
     # The same reason and recoverer in the job's history and error.
     last = store.history("a")[-1]
     assert last.reason == "heartbeat_lost"

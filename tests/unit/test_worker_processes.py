@@ -159,7 +159,7 @@ def test_a_sigkilled_worker_loses_nothing(qhome: QHome, tmp_path: Path) -> None:
 
 def test_recover_dry_run_shows_the_processes_it_would_kill(qhome: QHome, tmp_path: Path) -> None:
     out = tmp_path / "ran.txt"
-    assert qhome.run("enqueue", f'echo $$ >> {out}; exec sleep 60').returncode == 0
+    assert qhome.run("enqueue", f"echo $$ >> {out}; exec sleep 60").returncode == 0
     worker = qhome.spawn_worker("--burst", *FAST_POLL)
     pid = int(wait_until(lambda: read_lines(out), 30, "the job to start")[0])
     worker.kill()
@@ -177,4 +177,3 @@ def test_recover_dry_run_shows_the_processes_it_would_kill(qhome: QHome, tmp_pat
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
-
