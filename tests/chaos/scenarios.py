@@ -155,6 +155,10 @@ def sigstop(c: Cluster, *, jobs: int = 40, rounds: int = 2) -> Result:
         w.enqueue(c, [{"id": jid, "command": w.command(3.0), "max_retries": 3, "priority": 10}])
         job = wait_until(lambda j=jid: (x := c.store.get(j)) and x.state.value == "processing" and x, 30, jid)
         pid = int((job.worker_id or "").split("-")[-2])
+        # Stopped mid-run (its start line written), not between its claim and spawn.
+        wait_until(
+            lambda j=jid, n=job.lease: any(r[:3] == ("start", j, n) for r in w.runs()), 30, f"{jid} to start"
+        )
         os.kill(pid, signal.SIGSTOP)
         log.kills.append((time.time(), pid))
         try:
