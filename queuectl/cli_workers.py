@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from queuectl import render
 from queuectl.cli import POLL_INTERVAL_RANGE
 from queuectl.commands import Ctx, cli, emit_json, json_option, pass_ctx, table
 from queuectl.errors import InvalidInput
@@ -218,7 +219,7 @@ def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
     if not done:
         click.echo("nothing to recover")
     for r in done:
-        click.echo(_recovery_line(r, dry_run))
+        click.echo(render.line(_recovery_line(r, dry_run)))
 
 
 def _recovery_line(r: Any, dry_run: bool) -> str:

@@ -144,6 +144,9 @@ class Store(Protocol):
         `before`; returns how many jobs were deleted.  Only COMPLETED and DEAD may be
         purged."""
 
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        """How many jobs purge(states, before) would delete now (a count, no change)."""
+
     # --- recovery ----------------------------------------------------------------
 
     def processing(self) -> list[Job]:

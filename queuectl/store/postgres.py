@@ -819,6 +819,13 @@ class PostgresStore:
         params = {"states": [s.value for s in states], "before": before}
         return self._run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
 
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        query = (
+            "SELECT count(*) FROM jobs WHERE state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+        )
+        return int(self._read(query, {"states": [s.value for s in states], "before": before})[0][0])
+
     # --- recovery ------------------------------------------------------------------
 
     def processing(self) -> list[Job]:

@@ -497,6 +497,12 @@ class SQLiteStore:
 
         return self._write(delete)
 
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        marks = ",".join("?" * len(states))
+        cutoff = float("inf") if before is None else before
+        sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ?"
+        return int(self._read(sql, [s.value for s in states] + [cutoff])[0][0])
+
     # --- recovery ------------------------------------------------------------------
 
     def processing(self) -> list[Job]:
