@@ -186,9 +186,10 @@ def monitor_run(c: Ctx) -> None:
 
 
 def _monitor(c: Ctx, signals: Any = None) -> Any:
-    from queuectl import procs
+    from queuectl import home, procs
     from queuectl.monitor import Monitor
 
+    home.secure(str(c.paths.home), writers=True)  # it writes recovery logs in logs/
     return Monitor(
         c.queue.store,
         queue=procs.queue_key(c.paths.db_url),

@@ -4,7 +4,7 @@ job may be, how a job id is made, how a job's stored defaults are read.
 Deliberately cheap to import: no dataclasses, typing, enum, pathlib or datetime at
 runtime (issue 6).  The `queuectl enqueue` fast path (cli.py) validates through this
 module alone, and api.py, models.py and config.py call the same functions, so each
-rule exists once.  Imports no other queuectl module but errors.
+rule exists once.  Imports no other queuectl module but errors (and home, as cheap).
 """
 
 from __future__ import annotations
@@ -61,10 +61,14 @@ def default_db_dir(home: str) -> str:
 
 
 def open_home(home: str, db_url: str) -> None:
-    """Check the home before a store is opened on it; create its db/ folder (mode
-    0700) when the database is the default file in it."""
+    """Check the home before a store is opened on it (and make it owner-only:
+    home.secure); create its db/ folder (mode 0700) when the database is the default
+    file in it."""
     if not os.path.isdir(home):
         raise InvalidInput(f"queuectl home {home} does not exist or is not a folder")
+    from queuectl.home import secure
+
+    secure(home)
     if not is_postgres_url(db_url) and os.path.isdir(db_url):
         raise InvalidInput(f"database path {db_url} is a folder: give the path of a database file")
     db_dir = default_db_dir(home)
