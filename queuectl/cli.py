@@ -444,6 +444,7 @@ def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | N
         logs_dir=paths.logs,
         run_dir=paths.run,
         overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
+        home=home.identity(str(paths.home)),
     )
     return w.run(burst=burst)
 

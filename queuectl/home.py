@@ -165,6 +165,12 @@ def _chmod(path: str, mode: int, what: str) -> None:
 _YOURS = "queuectl runs only from a home whose folders and files are yours"
 
 
+def identity(home: str) -> str:
+    """The name a home is known by in the workers table (with the host): its real
+    path, so two spellings of one folder are one home."""
+    return os.path.realpath(home)
+
+
 def open_private(path: str, flags: int) -> int:
     """os.open for a file queuectl writes in its home: owner-only (0600) whatever the
     umask, never through a symlink planted in its place (InvalidInput naming it)."""

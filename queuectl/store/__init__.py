@@ -197,7 +197,8 @@ class Store(Protocol):
         counted) when the worker is found dead or silent."""
 
     def workers(self) -> list[WorkerInfo]:
-        """All registered workers, with the job each holds."""
+        """All registered workers, with the job each holds and the home each was
+        started from."""
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
         """Delete the row only if its heartbeat is still `heartbeat_at` and the worker
