@@ -43,8 +43,12 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
 
 
 def _supervisor(c: Ctx) -> Any:
+    from queuectl import home
     from queuectl.supervisor import Supervisor
 
+    # Also the commands that never open the queue (shutdown, a worker start that only
+    # scales) check the home before they act on its supervisord.
+    home.secure(str(c.paths.home))
     return Supervisor(c.paths)
 
 

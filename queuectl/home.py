@@ -25,7 +25,6 @@ Cheap to import (os, stat and errors only): the enqueue fast path calls secure()
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
@@ -177,6 +176,8 @@ def open_private(path: str, flags: int) -> int:
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
+        import errno
+
         if exc.errno == errno.ELOOP or os.path.islink(path):
             raise InvalidInput(
                 f"{path} is a symbolic link (planted?): queuectl writes only its own files"

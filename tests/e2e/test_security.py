@@ -314,7 +314,13 @@ def test_a_conf_or_folder_owned_by_another_user_is_refused(open_parent: Path) ->
         os.chown(conf, NOBODY, NOBODY)
         for mode in (0o600, 0o666):
             conf.chmod(mode)
-            for args in (("status",), ("enqueue", "true"), ("worker", "start", "--detach", "--count", "1")):
+            for args in (
+                ("status",),
+                ("enqueue", "true"),
+                ("worker", "start", "--detach", "--count", "1"),
+                ("shutdown",),
+                ("worker", "stop"),
+            ):
                 assert "another user" in _refused(c, conf, *args)
             assert c.supervisord_pid() is None
             assert _mode(conf) == mode  # not ours to change
