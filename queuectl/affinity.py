@@ -44,7 +44,9 @@ def take_cpu(lock_dir: Path, cpus: list[int]) -> CpuSlot | None:
         for cpu in cpus:
             try:
                 fd = os.open(
-                    lock_dir / f"cpu-{cpu}.{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                    lock_dir / f"cpu-{cpu}.{slot}.lock",
+                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    0o600,
                 )
             except OSError:
                 return None

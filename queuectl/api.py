@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 
+#: The most rows one list call returns: within every backend's LIMIT.
+MAX_LIMIT = 1_000_000_000
+
+
 class Queue:
     # Annotations after `def list` below say `builtins.list`: inside the class body
     # the bare name means that method.
@@ -102,8 +106,8 @@ class Queue:
         return job, self.store.history(job_id)
 
     def list(self, state: str | None = None, limit: int | None = None) -> list[Job]:
-        if limit is not None and limit < 0:
-            raise InvalidInput("--limit must be 0 or more")
+        if limit is not None and not 0 <= limit <= MAX_LIMIT:
+            raise InvalidInput(f"--limit must be between 0 and {MAX_LIMIT}")
         return self.store.list_jobs(parse_state(state) if state else None, limit)
 
     def status(self) -> dict[str, Any]:
@@ -140,6 +144,8 @@ class Queue:
     # --- dead-letter queue ---------------------------------------------------------
 
     def dlq_list(self, limit: int | None = None) -> builtins.list[Job]:
+        if limit is not None and not 0 <= limit <= MAX_LIMIT:
+            raise InvalidInput(f"--limit must be between 0 and {MAX_LIMIT}")
         return self.store.list_jobs(JobState.DEAD, limit)
 
     def dlq_retry(self, job_id: str) -> str:
@@ -165,6 +171,12 @@ class Queue:
         parsed = [parse_state(s) for s in states]
         before = None if older_than is None else self.store.now() - older_than
         return self.store.purge(parsed, before)
+
+    def purgeable(self, states: builtins.list[str], older_than: float | None = None) -> int:
+        """How many jobs purge() with these arguments would delete now."""
+        parsed = [parse_state(s) for s in states]
+        before = None if older_than is None else self.store.now() - older_than
+        return self.store.purgeable(parsed, before)
 
     # --- config --------------------------------------------------------------------
 

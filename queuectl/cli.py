@@ -429,10 +429,11 @@ def _fast_worker_run(group: dict[str, str], burst: bool, poll_interval: float | 
 def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | None) -> int:
     """One worker in the foreground on `queue` until it is told to stop (or, with
     burst, until nothing is left); its exit code."""
-    from queuectl import procs
+    from queuectl import home, procs
     from queuectl.signals import StopSignals
     from queuectl.worker import Worker
 
+    home.secure(str(paths.home), writers=True)  # it writes run/ (and supervisord its log)
     signals = StopSignals()
     signals.install()
     w = Worker(
@@ -443,6 +444,7 @@ def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | N
         logs_dir=paths.logs,
         run_dir=paths.run,
         overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
+        home=home.identity(str(paths.home)),
     )
     return w.run(burst=burst)
 

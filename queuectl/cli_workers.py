@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from queuectl import render
 from queuectl.cli import POLL_INTERVAL_RANGE
 from queuectl.commands import Ctx, cli, emit_json, json_option, pass_ctx, table
 from queuectl.errors import InvalidInput
@@ -42,8 +43,12 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
 
 
 def _supervisor(c: Ctx) -> Any:
+    from queuectl import home
     from queuectl.supervisor import Supervisor
 
+    # Also the commands that never open the queue (shutdown, a worker start that only
+    # scales) check the home before they act on its supervisord.
+    home.secure(str(c.paths.home))
     return Supervisor(c.paths)
 
 
@@ -104,26 +109,41 @@ def _stop_workers(c: Ctx) -> None:
 
     sv = _supervisor(c)
     stopped = sv.stop_workers() if sv.is_running() else []
-    # Workers started by hand (`worker run`) on this host get the same warm stop.
-    bare = procs.signal_local_workers(c.queue.workers())
+    # Workers of this home started by hand (`worker run`) get the same warm stop.
+    bare = procs.signal_local_workers(_own_workers(c))
     total = len(stopped) + len(bare)
     click.echo(f"stopped {total} worker(s)" if total else "no workers were running")
 
 
+def _own_workers(c: Ctx) -> list[Any]:
+    """The registered workers started from this home on this host: homes that share a
+    database each act on their own."""
+    from queuectl import home, procs
+
+    me = home.identity(str(c.paths.home))
+    return [w for w in c.queue.workers() if w.host == procs.hostname() and w.home == me]
+
+
 @worker.command("status")
+@click.option(
+    "--all", "all_", is_flag=True, help="Also the workers of other homes and hosts on this database."
+)
 @json_option
 @pass_ctx
-def worker_status(c: Ctx, as_json: bool) -> None:
-    """Each worker's process state (supervisord) beside its heartbeat (database)."""
+def worker_status(c: Ctx, all_: bool, as_json: bool) -> None:
+    """Each worker of this home: its process state (supervisord) beside its heartbeat
+    (database)."""
     sv = _supervisor(c)
     procs_ = [p for p in sv.processes() if p.up or p.group != "workers"] if sv.is_running() else []
-    rows_db = {w.pid: w for w in c.queue.workers()}
+    from queuectl.procs import hostname
+
+    rows_db = {(w.host, w.pid): w for w in (c.queue.workers() if all_ else _own_workers(c))}
     now = c.queue.store.now()
     out = []
     for p in procs_:
-        w = rows_db.pop(p.pid, None) if p.pid else None
+        w = rows_db.pop((hostname(), p.pid), None) if p.pid else None
         out.append(_worker_row(p.full_name, p.state, p.pid or None, w, now))
-    for w in rows_db.values():  # workers not under this supervisord (bare or other hosts)
+    for w in rows_db.values():  # workers not under this supervisord (bare; with --all, any)
         out.append(_worker_row(None, None, w.pid, w, now))
     if as_json:
         emit_json(out)
@@ -150,6 +170,7 @@ def _worker_row(name: str | None, state: str | None, pid: int | None, w: Any, no
         "heartbeat_at": iso(w.heartbeat_at) if w else None,
         "heartbeat_age_s": round(now - w.heartbeat_at, 1) if w else None,
         "job_id": w.job_id if w else None,
+        "home": w.home if w else None,
     }
 
 
@@ -185,9 +206,10 @@ def monitor_run(c: Ctx) -> None:
 
 
 def _monitor(c: Ctx, signals: Any = None) -> Any:
-    from queuectl import procs
+    from queuectl import home, procs
     from queuectl.monitor import Monitor
 
+    home.secure(str(c.paths.home), writers=True)  # it writes recovery logs in logs/
     return Monitor(
         c.queue.store,
         queue=procs.queue_key(c.paths.db_url),
@@ -218,7 +240,7 @@ def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
     if not done:
         click.echo("nothing to recover")
     for r in done:
-        click.echo(_recovery_line(r, dry_run))
+        click.echo(render.line(_recovery_line(r, dry_run)))
 
 
 def _recovery_line(r: Any, dry_run: bool) -> str:

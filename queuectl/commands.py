@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from queuectl import __version__
+from queuectl import __version__, render
 from queuectl.config import Paths, resolve_paths
 from queuectl.errors import EXIT_CODES, InvalidInput
 
@@ -50,7 +50,7 @@ def emit_json(value: Any) -> None:
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    cells = [[("" if c is None else render.line(str(c))) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, c in enumerate(r):
@@ -62,9 +62,12 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 
 
 def _clip(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
+    text = render.line(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
+
+#: --limit of the list commands: what every backend can take as a row count.
+LIMIT = click.IntRange(0, 1_000_000_000)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only (stable format).")
 
@@ -157,7 +160,7 @@ def status(c: Ctx, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--state", help="Only jobs in this state.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most N jobs (oldest first).")
+@click.option("--limit", type=LIMIT, help="At most N jobs (oldest first).")
 @json_option
 @pass_ctx
 def list_(c: Ctx, state: str | None, limit: int | None, as_json: bool) -> None:
@@ -198,10 +201,10 @@ def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
     for key, value in data.items():
         if key in ("history", "stdout", "stderr"):
             continue
-        click.echo(f"{key:<12} {'' if value is None else value}")
+        click.echo(f"{key:<12} {'' if value is None else render.line(str(value))}")
     for stream in ("stdout", "stderr"):
         click.echo(f"--- {stream} ---")
-        text = data[stream] or ""
+        text = render.block(data[stream] or "")
         click.echo(text, nl=not text.endswith("\n"))
     click.echo("--- history ---")
     rows = [
@@ -222,14 +225,17 @@ def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("job_id")
 @click.option("--stream", type=click.Choice(["both", "stdout", "stderr"]), default="both")
+@click.option("--raw", is_flag=True, help="Print the output as the job wrote it (control characters too).")
 @pass_ctx
-def logs(c: Ctx, job_id: str, stream: str) -> None:
-    """The stdout and stderr of a job's last attempt."""
+def logs(c: Ctx, job_id: str, stream: str, raw: bool) -> None:
+    """The stdout and stderr of a job's last attempt (terminal control characters
+    shown escaped, unless --raw)."""
     job = c.queue.get(job_id)
+    shown = (lambda text: text) if raw else render.block
     if stream in ("both", "stdout") and job.stdout:
-        click.echo(job.stdout, nl=False)
+        click.echo(shown(job.stdout), nl=False)
     if stream in ("both", "stderr") and job.stderr:
-        click.echo(job.stderr, nl=False, err=stream == "both")
+        click.echo(shown(job.stderr), nl=False, err=stream == "both")
 
 
 # --- dead-letter queue ---------------------------------------------------------------
@@ -241,7 +247,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", type=click.IntRange(min=0))
+@click.option("--limit", type=LIMIT, help="At most N jobs (oldest first).")
 @json_option
 @pass_ctx
 def dlq_list(c: Ctx, limit: int | None, as_json: bool) -> None:
@@ -259,7 +265,7 @@ def dlq_retry(c: Ctx, job_ids: tuple[str, ...], all_: bool) -> None:
         raise InvalidInput("give job ids or --all (not both)")
     ids = c.queue.dlq_retry_all() if all_ else c.queue.dlq_retry_many(job_ids)
     if ids:
-        click.echo("\n".join(ids))
+        click.echo("\n".join(map(render.line, ids)))
     elif all_:
         click.echo("no dead jobs", err=True)
 
@@ -318,10 +324,24 @@ def _fmt(v: Any) -> str:
 @pass_ctx
 def purge(c: Ctx, states: tuple[str, ...], older_than: float | None, yes: bool) -> None:
     """Delete finished jobs and their history for good."""
-    if not yes and not click.confirm(f"Delete {'/'.join(states)} jobs and their history?", err=True):
-        raise InvalidInput("not confirmed: nothing deleted")
+    if not yes:
+        n = c.queue.purgeable(list(states), older_than)
+        what = f"{n} {'/'.join(states)} job{'' if n == 1 else 's'}"
+        if not _confirm(f"Delete {what} and their history?"):
+            raise InvalidInput("not confirmed: nothing deleted")
     n = c.queue.purge(list(states), older_than)
     click.echo(f"purged {n} jobs")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read one answer from stdin: yes, or no (the default).  No answer
+    at all (stdin closed or at its end) is a usage error; ^C stays an interrupt."""
+    click.echo(f"{question} [y/N]: ", nl=False, err=True)
+    answer = sys.stdin.readline() if sys.stdin is not None else ""
+    if not answer:
+        click.echo(err=True)
+        raise InvalidInput("no answer on stdin: nothing deleted (give --yes to purge without asking)")
+    return answer.strip().lower() in ("y", "yes")
 
 
 # The process commands (worker, monitor, recover, shutdown) live in cli_workers.py;

@@ -276,6 +276,9 @@ class WorkerInfo:
     job_id: str | None = None
     #: The job the worker said it runs in its last heartbeat (None: it was idle).
     holding: str | None = None
+    #: The home (its real path on `host`) the worker was started from: lifecycle
+    #: commands of one home act on its own workers only (None: not recorded).
+    home: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
@@ -293,6 +296,7 @@ class WorkerInfo:
             "started_at": iso(self.started_at),
             "heartbeat_at": iso(self.heartbeat_at),
             "job_id": self.job_id,
+            "home": self.home,
         }
 
 

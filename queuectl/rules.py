@@ -4,7 +4,7 @@ job may be, how a job id is made, how a job's stored defaults are read.
 Deliberately cheap to import: no dataclasses, typing, enum, pathlib or datetime at
 runtime (issue 6).  The `queuectl enqueue` fast path (cli.py) validates through this
 module alone, and api.py, models.py and config.py call the same functions, so each
-rule exists once.  Imports no other queuectl module but errors.
+rule exists once.  Imports no other queuectl module but errors (and home, as cheap).
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+def url_scheme(text: str) -> str | None:
+    """The scheme of `text` when it is written as a URL (`name://...`), else None."""
+    scheme, sep, _ = text.partition("://")
+    if not sep or not scheme[:1].isalpha() or not scheme.isascii():
+        return None
+    if all(ch.isalnum() or ch in "+-." for ch in scheme):
+        return scheme
+    return None
+
+
 def resolve_locations(home: str | None = None, db: str | None = None) -> tuple[str, str]:
     """(home folder, database URL or file) from the flags, else the environment; the
     default home is the current directory, the default database HOME/db/queue.db."""
@@ -38,6 +48,11 @@ def resolve_locations(home: str | None = None, db: str | None = None) -> tuple[s
         return home_path, _join(home_path, "db", "queue.db")
     if is_postgres_url(db_text):
         return home_path, db_text
+    scheme = url_scheme(db_text)
+    if scheme is not None:
+        raise InvalidInput(
+            f"database URL scheme {scheme!r} is not supported: give a SQLite file path or a postgresql:// URL"
+        )
     return home_path, absolute(db_text)
 
 
@@ -46,10 +61,16 @@ def default_db_dir(home: str) -> str:
 
 
 def open_home(home: str, db_url: str) -> None:
-    """Check the home before a store is opened on it; create its db/ folder (mode
-    0700) when the database is the default file in it."""
+    """Check the home before a store is opened on it (and make it owner-only:
+    home.secure); create its db/ folder (mode 0700) when the database is the default
+    file in it."""
     if not os.path.isdir(home):
         raise InvalidInput(f"queuectl home {home} does not exist or is not a folder")
+    from queuectl.home import secure
+
+    secure(home)
+    if not is_postgres_url(db_url) and os.path.isdir(db_url):
+        raise InvalidInput(f"database path {db_url} is a folder: give the path of a database file")
     db_dir = default_db_dir(home)
     if is_postgres_url(db_url) or os.path.dirname(db_url) != db_dir:
         return
@@ -294,9 +315,14 @@ def _start_time(spec: Mapping[str, Any], now: float) -> float:
     if not isinstance(raw, str):
         raise InvalidInput("run_at must be an ISO-8601 time string")
     try:
-        return parse_time(raw)
+        at = parse_time(raw)
     except (ValueError, OverflowError, OSError):
         raise InvalidInput(f"run_at is not an ISO-8601 time: {raw!r}") from None
+    if not MIN_TIME <= at <= MAX_TIME:
+        raise InvalidInput(
+            f"run_at must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in UTC, not {raw!r}"
+        )
+    return at
 
 
 def _check_initial(spec: Mapping[str, Any]) -> None:
@@ -323,9 +349,14 @@ def _check_id(value: Any) -> str:
         raise InvalidInput("id must be non-empty, without leading or trailing spaces")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"id is longer than {MAX_ID_LENGTH} characters")
-    if any(_is_control(ch) for ch in value):
-        raise InvalidInput("id must not contain control characters")
+    if any(_is_control(ch) or ch in BIDI_CONTROLS for ch in value):
+        raise InvalidInput("id must not contain control characters or bidirectional overrides")
     return value
+
+
+#: Characters that reorder the text around them on screen (Unicode's bidirectional
+#: formatting characters): an id holding one could show as another id.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _int(spec: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -361,14 +392,34 @@ def _number(spec: Mapping[str, Any], key: str, default: float, low: float, high:
 # --- times and ids ------------------------------------------------------------------
 
 
+#: The times a job may be given: years 1 to 9999 in UTC, what ISO-8601 prints with
+#: four digits and Python's datetime (and so every read path) can hold.
+MIN_TIME = -62_135_596_800.0  # 0001-01-01T00:00:00Z
+MAX_TIME = 253_402_300_799.999  # 9999-12-31T23:59:59.999Z
+#: Seconds in 400 Gregorian years: the calendar repeats after them exactly.
+_CYCLE = 146_097 * 86_400
+
+
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds -> ISO-8601 UTC with milliseconds (`2026-11-23T11:50:00.123Z`)."""
+    """Epoch seconds -> ISO-8601 UTC with milliseconds (`2026-11-23T11:50:00.123Z`).
+
+    Total over every float a database can hold: a time outside years 1-9999 is
+    printed with a signed, expanded year (`+10000-01-01T...Z`), from the same date
+    400 years (one calendar cycle) at a time nearer; a non-finite one as its name."""
     if ts is None:
         return None
     from datetime import UTC, datetime  # here: `queuectl enqueue CMD` never needs it (issue 6)
 
+    if not math.isfinite(ts):
+        return str(ts)
+    shift = 0
+    if not MIN_TIME <= ts <= MAX_TIME:
+        shift = int((ts - 946_684_800.0) // _CYCLE)  # cycles away from 2000-01-01
+        ts -= shift * _CYCLE
     dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    year = dt.year + 400 * shift
+    year_text = f"{year:04d}" if 1 <= year <= 9999 else f"{year:+05d}"
+    return year_text + dt.strftime("-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def parse_time(text: str) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from queuectl import home
 from queuectl.config import MAX_SOCKET_PATH, Paths
 from queuectl.errors import InvalidInput, SupervisorError
 
@@ -29,12 +30,13 @@ DOWN_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 
 
 def default_conf_dir() -> Path:
-    """The configuration shipped with queuectl: inside the wheel, or the checkout's."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_conf", here.parent / "conf"):
-        if (candidate / "supervisord.conf").is_file():
-            return candidate
-    raise SupervisorError("queuectl's default conf/supervisord.conf is missing from the installation")
+    """The configuration shipped with queuectl (package data: a home's conf/ is
+    copied from it, never tracked in a repository, where a clone would give it the
+    cloner's umask)."""
+    here = Path(__file__).resolve().parent / "_conf"
+    if (here / "supervisord.conf").is_file():
+        return here
+    raise SupervisorError("queuectl's default _conf/supervisord.conf is missing from the installation")
 
 
 def conf_file(paths: Paths) -> Path:
@@ -50,6 +52,9 @@ def prepare_home(paths: Paths) -> Path:
     """Create conf/ (from the defaults), run/ and logs/ as needed; return the conf file."""
     if not paths.home.is_dir():
         raise InvalidInput(f"queuectl home {paths.home} does not exist or is not a folder")
+    # Before supervisord starts: it opens its logs, pid file and socket following
+    # symlinks, so nothing may be planted where they go, and no one else may plant later.
+    home.secure(str(paths.home), writers=True)
     sock = socket_path(paths)
     if len(str(sock)) > MAX_SOCKET_PATH:
         raise InvalidInput(
@@ -63,7 +68,7 @@ def prepare_home(paths: Paths) -> Path:
         # Owner-only whatever the umask: whoever can edit the conf runs commands as us.
         paths.conf.mkdir(mode=0o700, exist_ok=True)
         data = (default_conf_dir() / "supervisord.conf").read_bytes()
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = home.open_private(str(conf), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     return conf
@@ -155,7 +160,8 @@ class Supervisor:
         if foreground:
             args.insert(3, "-n")
         err_path = self.paths.run / "supervisord.err"
-        with open(err_path, "wb") as err:
+        err_fd = home.open_private(str(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(err_fd, "wb") as err:
             proc = subprocess.Popen(
                 args,
                 env=env,
@@ -268,8 +274,9 @@ class Supervisor:
     def save_count(self, count: int) -> None:
         self.paths.run.mkdir(mode=0o700, exist_ok=True)
         tmp = self._count_file.with_suffix(".tmp")
-        tmp.write_text(f"{count}\n")
-        os.replace(tmp, self._count_file)
+        with os.fdopen(home.open_private(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+            f.write(f"{count}\n")
+        os.replace(tmp, self._count_file)  # replaces a symlink itself, never its target
 
     def saved_count(self) -> int | None:
         try:

@@ -56,8 +56,11 @@ class Worker:
         logs_dir: Path | None = None,
         run_dir: Path | None = None,
         overrides: dict[str, Any] | None = None,
+        home: str | None = None,
     ) -> None:
         self.store = store
+        #: The home this worker was started from, recorded with its row.
+        self.home = home
         self.queue = queue
         self.signals = signals or StopSignals()
         self.id = worker_id or new_worker_id()
@@ -115,6 +118,7 @@ class Worker:
                 proc_start=procs.proc_start(pid),
                 started_at=now,
                 heartbeat_at=now,
+                home=self.home,
             )
         )
         self._last_beat = time.monotonic()

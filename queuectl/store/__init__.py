@@ -144,6 +144,9 @@ class Store(Protocol):
         `before`; returns how many jobs were deleted.  Only COMPLETED and DEAD may be
         purged."""
 
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        """How many jobs purge(states, before) would delete now (a count, no change)."""
+
     # --- recovery ----------------------------------------------------------------
 
     def processing(self) -> list[Job]:
@@ -194,7 +197,8 @@ class Store(Protocol):
         counted) when the worker is found dead or silent."""
 
     def workers(self) -> list[WorkerInfo]:
-        """All registered workers, with the job each holds."""
+        """All registered workers, with the job each holds and the home each was
+        started from."""
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
         """Delete the row only if its heartbeat is still `heartbeat_at` and the worker

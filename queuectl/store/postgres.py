@@ -225,6 +225,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE leases ADD COLUMN resumed_at double precision;
     """,
+    # v7: the home each worker was started from (SQLite v9).
+    """
+    ALTER TABLE workers ADD COLUMN home text;
+    """,
 )
 
 T = TypeVar("T")
@@ -819,6 +823,13 @@ class PostgresStore:
         params = {"states": [s.value for s in states], "before": before}
         return self._run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
 
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        query = (
+            "SELECT count(*) FROM jobs WHERE state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+        )
+        return int(self._read(query, {"states": [s.value for s in states], "before": before})[0][0])
+
     # --- recovery ------------------------------------------------------------------
 
     def processing(self) -> list[Job]:
@@ -902,12 +913,20 @@ class PostgresStore:
     def register_worker(self, info: WorkerInfo) -> None:
         self._run(
             lambda conn: conn.execute(
-                "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)"
+                "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at, home)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
                 " proc_start = excluded.proc_start, started_at = excluded.started_at,"
-                " heartbeat_at = excluded.heartbeat_at",
-                (info.id, info.host, info.pid, info.proc_start, info.started_at, info.heartbeat_at),
+                " heartbeat_at = excluded.heartbeat_at, home = excluded.home",
+                (
+                    info.id,
+                    info.host,
+                    info.pid,
+                    info.proc_start,
+                    info.started_at,
+                    info.heartbeat_at,
+                    info.home,
+                ),
             )
         )
 
@@ -954,7 +973,7 @@ class PostgresStore:
         rows = self._read(
             "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
             " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
-            "  ORDER BY j.id LIMIT 1), w.holding"
+            "  ORDER BY j.id LIMIT 1), w.holding, w.home"
             " FROM workers w ORDER BY w.started_at, w.id"
         )
         return [WorkerInfo.from_tuple(r) for r in rows]

@@ -207,6 +207,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE leases ADD COLUMN resumed_at REAL;
     """,
+    # v9: the home each worker was started from: homes that share a database stop,
+    # and list, only their own workers.
+    """
+    ALTER TABLE workers ADD COLUMN home TEXT;
+    """,
 )
 if len(MIGRATIONS) != SCHEMA_VERSION:  # the fast path checks user_version against it
     raise AssertionError(f"sqlite_conn.SCHEMA_VERSION is {SCHEMA_VERSION}, not {len(MIGRATIONS)}")
@@ -497,6 +502,12 @@ class SQLiteStore:
 
         return self._write(delete)
 
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        marks = ",".join("?" * len(states))
+        cutoff = float("inf") if before is None else before
+        sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ?"
+        return int(self._read(sql, [s.value for s in states] + [cutoff])[0][0])
+
     # --- recovery ------------------------------------------------------------------
 
     def processing(self) -> list[Job]:
@@ -556,8 +567,16 @@ class SQLiteStore:
         self._write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO workers (id, host, pid, proc_start, started_at,"
-                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (info.id, info.host, info.pid, info.proc_start, info.started_at, info.heartbeat_at),
+                " heartbeat_at, home) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.id,
+                    info.host,
+                    info.pid,
+                    info.proc_start,
+                    info.started_at,
+                    info.heartbeat_at,
+                    info.home,
+                ),
             )
         )
 
@@ -593,7 +612,7 @@ class SQLiteStore:
         rows = self._read(
             "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
             " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
-            "  LIMIT 1), w.holding"
+            "  LIMIT 1), w.holding, w.home"
             " FROM workers w ORDER BY w.started_at, w.id"
         )
         return [WorkerInfo.from_tuple(r) for r in rows]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 APPLICATION_ID = 0x5143544C
 #: PRAGMA user_version of a database with every migration applied: the number of
 #: steps in store/sqlite.py's MIGRATIONS (it checks that the two agree).
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_MS = 10_000
 #: Waits for a lock start at 50 µs and double up to 10 ms.  SQLite's own handler
 #: (set_busy_timeout) sleeps 1 ms, then 2, 5, 10 ... 100 ms; two workers take the

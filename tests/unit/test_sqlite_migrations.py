@@ -6,7 +6,7 @@ from pathlib import Path
 
 import apsw
 
-from queuectl.models import JobState, NewJob
+from queuectl.models import JobState, NewJob, WorkerInfo
 from queuectl.store.sqlite import APPLICATION_ID, MIGRATIONS, SQLiteStore
 from tests.helpers import T0
 
@@ -100,7 +100,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute("PRAGMA user_version=6")
     conn.close()
-    old = SQLiteStore(str(path))  # at v8 now; step back to v6 with jobs in three states
+    old = SQLiteStore(str(path))  # at the newest version now; step back to v6 with jobs in three states
     old.enqueue([NewJob(f"j{i}", "true", 0, 0, 60.0, T0) for i in range(5)], T0)
     for _ in range(3):
         job = old.claim("w1", now=T0)
@@ -110,7 +110,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
         )
     old.conn.execute(
         "DROP TABLE job_counts; DROP TABLE job_counts_upto; ALTER TABLE leases DROP COLUMN resumed_at;"
-        " PRAGMA user_version=6"
+        " ALTER TABLE workers DROP COLUMN home; PRAGMA user_version=6"
     )
     old.close()
 
@@ -164,5 +164,30 @@ def test_a_purge_of_the_newest_events_keeps_the_counts_right(tmp_path: Path) -> 
         store.enqueue([NewJob("new", "true", 0, 0, 60.0, T0)], T0)  # takes seq 2 again
         assert _upto(store) == (1, 2)
         assert store.counts() == _counted(store) == {**_counted(store), "pending": 2}
+    finally:
+        store.close()
+
+
+def test_a_version_8_database_takes_the_home_of_each_worker(tmp_path: Path) -> None:
+    # v9: workers.home; a worker registered by an older queuectl has none, and no
+    # home's lifecycle command takes it for its own.
+    path = tmp_path / "v8.db"
+    conn = apsw.Connection(str(path))
+    for step in MIGRATIONS[:8]:
+        conn.execute(step)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=8")
+    conn.execute(
+        "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at)"
+        " VALUES ('old', 'h', 1, 2, ?, ?)",
+        (T0, T0),
+    )
+    conn.close()
+
+    store = SQLiteStore(str(path))
+    try:
+        assert store.conn.execute("PRAGMA user_version").fetchall()[0][0] == len(MIGRATIONS) == 9
+        store.register_worker(WorkerInfo("new", "h", 3, 4, T0, T0, home="/srv/q"))
+        assert {w.id: w.home for w in store.workers()} == {"old": None, "new": "/srv/q"}
     finally:
         store.close()
