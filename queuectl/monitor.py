@@ -40,7 +40,7 @@ import structlog
 
 from queuectl import failpoints, procs
 from queuectl.config import Config
-from queuectl.errors import Conflict, JobNotFound, QueuectlError
+from queuectl.errors import Conflict, JobNotFound, QueuectlError, StoreFatal
 from queuectl.logs import json_logger
 from queuectl.models import (
     MONITOR_LEASE,
@@ -242,13 +242,19 @@ class Monitor:
             # Job recoveries are in the outbox already (written with their CAS);
             # the rest is not job history: logged directly.
             self.flush_audit([r for r in done if r.event != "job_recovered"])
-            # Every pass, so `queuectl status` has few events to add to its snapshot.
-            # Only a saving: if it fails, the pass (its recoveries committed) stands.
-            try:
-                self.store.fold_counts()
-            except QueuectlError as exc:
-                self.log.warning("counts_fold_failed", error=str(exc))
+            self._fold_counts()
         return done
+
+    def _fold_counts(self) -> None:
+        """Every pass, so `queuectl status` has few events to add to its snapshot.
+        Only a saving: if it fails, the pass (its recoveries committed) stands; but a
+        database that can no longer be used fails the pass."""
+        try:
+            self.store.fold_counts()
+        except StoreFatal:
+            raise
+        except QueuectlError as exc:
+            self.log.warning("counts_fold_failed", error=str(exc))
 
     def _judge(self, w: WorkerInfo, now: float, cfg: Config, judge_silence: bool) -> Verdict | None:
         if w.host == self.host and not procs.is_alive(w.pid, w.proc_start):
@@ -373,6 +379,8 @@ class Monitor:
         kind = holder.split(":", 1)[0]
         try:
             return self.store.acquire_lease(LEASE, holder, kind, lease_ttl(cfg)) is not None
+        except StoreFatal:
+            raise
         except QueuectlError as exc:
             self.log.warning("recovery_abandoned", error=str(exc))
             return False
@@ -530,6 +538,7 @@ class Monitor:
         while not self.signals.warm:
             interval = 5.0
             try:
+                self.store.check_database()
                 cfg = Config.from_stored(self.store.config_items())
                 interval = cfg.monitor_interval
                 # Bounded calls: a monitor cut off from the store waits, and kills nothing.
@@ -537,6 +546,10 @@ class Monitor:
                 if self.guarded_pass("monitor") is None:
                     # A worker's fallback pass holds the lease right now: try again soon.
                     interval = min(interval, 0.2)
+            except StoreFatal as exc:
+                # Deleted, replaced or damaged: a restart opens what the path names now.
+                self.log.error("database_unusable", error=str(exc))
+                raise
             except QueuectlError as exc:
                 self.log.warning("monitor_store_error", error=str(exc))
             except Exception:

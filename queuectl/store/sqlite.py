@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import InvalidInput, StoreError
+from queuectl.errors import InvalidInput, StoreError, StoreGone
 from queuectl.models import (
     JOB_COLUMNS,
     MONITOR_LEASE,
@@ -51,6 +51,7 @@ from queuectl.store.sqlite_conn import (
     translate,
     write,
 )
+from queuectl.store.sqlite_file import DatabaseFile
 
 _COLS = ", ".join(JOB_COLUMNS)
 #: The jobs in the jobs_next index (migration v6): queries name it word for word, so
@@ -314,6 +315,7 @@ class SQLiteStore:
         except StoreError:
             self.conn.close()
             raise
+        self._file = self._watch()
 
     # --- opening -------------------------------------------------------------------
 
@@ -339,6 +341,18 @@ class SQLiteStore:
 
     def _ids(self) -> tuple[int, int]:
         return schema_ids(self.conn)
+
+    def _watch(self) -> DatabaseFile:
+        page_size = int(self._read("PRAGMA page_size")[0][0])
+        try:
+            return DatabaseFile(self.path, page_size)
+        except OSError as exc:  # deleted between the open and here
+            self.conn.close()
+            raise StoreGone(f"database file {self.path} vanished as it was opened: {exc.strerror}") from None
+
+    def check_database(self) -> None:
+        """The path still names the file this store opened, whole (store protocol)."""
+        self._file.check()
 
     # --- plumbing ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 import apsw
 
 from queuectl import rules
-from queuectl.errors import DuplicateJob, InvalidInput, StoreBusy, StoreError
+from queuectl.errors import DuplicateJob, InvalidInput, StoreBusy, StoreCorrupt, StoreError
 
 # Not typing.TYPE_CHECKING, which would import typing (issue 6).
 TYPE_CHECKING = False
@@ -178,12 +178,13 @@ def busy_handler(timeout: float) -> Callable[[int], bool]:
 
 
 def translate(exc: apsw.Error, path: str) -> StoreError:
+    # Damage first: a damaged file is never reported as busy (retrying cannot help).
+    if isinstance(exc, apsw.NotADBError):
+        return StoreCorrupt(f"{path} is not a SQLite database (or it is corrupt)")
+    if isinstance(exc, apsw.CorruptError):
+        return StoreCorrupt(f"database {path} is corrupt (check it with sqlite3 '.recover')")
     if isinstance(exc, apsw.BusyError | apsw.LockedError):
         return StoreBusy(f"database busy: another process held {path} locked for too long")
-    if isinstance(exc, apsw.NotADBError):
-        return StoreError(f"{path} is not a SQLite database")
-    if isinstance(exc, apsw.CorruptError):
-        return StoreError(f"database {path} is corrupt (check it with sqlite3 '.recover')")
     if isinstance(exc, apsw.ReadOnlyError):
         return StoreError(f"database {path} is read-only")
     if isinstance(exc, apsw.CantOpenError | apsw.PermissionsError):

@@ -1,0 +1,111 @@
+"""Store.check_database() and the errors of a damaged database, on every backend:
+a usable database passes the check; a SQLite file deleted, replaced or truncated
+under an open store fails it with StoreGone / StoreCorrupt, and a corrupt page is
+StoreCorrupt (exit 5, never "busy", never retried)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import apsw
+import pytest
+
+from queuectl.errors import StoreBusy, StoreCorrupt, StoreFatal, StoreGone
+from queuectl.models import JobState, NewJob
+from queuectl.store.sqlite import SQLiteStore
+from tests.conftest import StoreFactory
+from tests.helpers import T0
+
+
+def jobs(n: int) -> list[NewJob]:
+    return [NewJob(f"j{i}", f"echo {i} {'x' * 300}", 3, 0, 30.0, T0) for i in range(n)]
+
+
+def test_a_usable_database_passes_the_check(stores: StoreFactory) -> None:
+    a, b = stores.open(), stores.open()
+    a.check_database()
+    a.enqueue(jobs(50), now=T0)
+    assert a.claim("w1", now=T0) is not None
+    a.check_database()
+    b.check_database()  # another connection's writes, checkpoints included
+    assert b.counts()[JobState.PENDING.value] == 49
+
+
+def test_exit_code_of_every_fatal_store_error_is_5() -> None:
+    for cls in (StoreFatal, StoreGone, StoreCorrupt):
+        assert cls("x").exit_code == 5
+    assert issubclass(StoreGone, StoreFatal) and issubclass(StoreCorrupt, StoreFatal)
+    assert not issubclass(StoreBusy, StoreFatal)
+
+
+# --- SQLite: the file under the store --------------------------------------------------
+
+
+def sqlite_factory(stores: StoreFactory) -> Path:
+    if stores.backend != "sqlite":
+        pytest.skip("PostgreSQL: the server owns its files (check_database checks nothing)")
+    return Path(stores.url)
+
+
+def test_a_deleted_file_is_store_gone(stores: StoreFactory) -> None:
+    path = sqlite_factory(stores)
+    store = stores.open()
+    store.enqueue(jobs(3), now=T0)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StoreGone, match="deleted"):
+        store.check_database()
+
+
+def test_a_replaced_file_is_store_gone(stores: StoreFactory, tmp_path: Path) -> None:
+    path = sqlite_factory(stores)
+    store = stores.open()
+    store.enqueue(jobs(3), now=T0)
+    other = SQLiteStore(str(tmp_path / "other.db"))
+    other.close()
+    shutil.copyfile(tmp_path / "other.db", tmp_path / "incoming.db")
+    os.replace(tmp_path / "incoming.db", path)
+    with pytest.raises(StoreGone, match="replaced"):
+        store.check_database()
+
+
+@pytest.mark.parametrize("cut", ["half", "odd"])
+def test_a_truncated_file_is_store_corrupt(stores: StoreFactory, cut: str) -> None:
+    path = sqlite_factory(stores)
+    writer = stores.open()
+    writer.enqueue(jobs(500), now=T0)
+    writer.close()  # the last connection: everything checkpointed into the file
+    store = stores.open()
+    store.check_database()
+    size = path.stat().st_size
+    os.truncate(path, size // 2 if cut == "half" else size - 100)
+    with pytest.raises(StoreCorrupt, match="truncated"):
+        store.check_database()
+
+
+def test_a_corrupt_page_is_store_corrupt_not_busy(stores: StoreFactory) -> None:
+    path = sqlite_factory(stores)
+    writer = stores.open()
+    writer.enqueue(jobs(500), now=T0)
+    writer.close()
+    conn = apsw.Connection(str(path))
+    size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
+    root = int(conn.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'jobs'").fetchall()[0][0])
+    conn.close()
+    store = stores.open()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * size)
+        f.write(b"\xa5" * size)
+    with pytest.raises(StoreCorrupt, match="corrupt"):
+        store.list_jobs()
+    with pytest.raises(StoreCorrupt):
+        store.claim("w1", now=T0)
+
+
+def test_a_file_that_is_not_a_database_is_store_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"this is not a database\n" * 400)
+    with pytest.raises(StoreCorrupt, match="not a SQLite database"):
+        SQLiteStore(str(path))
