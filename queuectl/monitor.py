@@ -139,6 +139,11 @@ class Monitor:
         #: (store time, monotonic time) at this process's last pass: a clock step
         #: is the difference of their advances.
         self._last_clock: tuple[float, float] | None = None
+        #: Why the last recovery log could not be written (None: it was, or none was
+        #: due); its records wait for the next write: the job recoveries in the
+        #: store's outbox, the others (not job history) here.
+        self.log_error: str | None = None
+        self._unwritten: list[dict[str, Any]] = []
 
     # --- the lease: one pass at a time, anywhere ------------------------------------
 
@@ -497,10 +502,18 @@ class Monitor:
         drop them from the outbox.  A crash between the two writes them again on the
         next pass: the same record (same `time`, job and attempt) twice, never none."""
         pending = self.store.audit_pending()
-        records = [json.loads(text) for _, text in pending] + [self.audit_record(r) for r in direct]
+        own = self._unwritten + [self.audit_record(r) for r in direct]
+        records = [json.loads(text) for _, text in pending] + own
         if not records:
             return None
-        path = self.write_log(records)
+        try:
+            path = self.write_log(records)
+        except OSError as exc:  # a full disk, a logs/ that cannot be written
+            self._unwritten = own
+            self.log_error = f"cannot write a recovery log in {self.logs_dir}: {exc.strerror or exc}"
+            self.log.warning("recovery_log_failed", error=self.log_error, records=len(records))
+            return None
+        self._unwritten, self.log_error = [], None
         self.store.audit_clear([i for i, _ in pending])
         return path
 
@@ -518,17 +531,24 @@ class Monitor:
             except FileExistsError:
                 n += 1
                 path = self.logs_dir / f"recovered_jobs_{stamp}-{n}.json"
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            logger = structlog.wrap_logger(
-                structlog.PrintLogger(f),
-                processors=[structlog.processors.JSONRenderer()],
-                context_class=dict,
-            )
-            for record in records:
-                fields = dict(record)
-                logger.info(fields.pop("event"), **fields)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                logger = structlog.wrap_logger(
+                    structlog.PrintLogger(f),
+                    processors=[structlog.processors.JSONRenderer()],
+                    context_class=dict,
+                )
+                for record in records:
+                    fields = dict(record)
+                    logger.info(fields.pop("event"), **fields)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            # An empty or cut log would pass for the whole record: leave none, and
+            # the caller keeps the records for the next write.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         return path
 
     # --- the loop ------------------------------------------------------------------
