@@ -734,3 +734,8 @@ class SQLiteStore:
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
             self.conn.close()
+        # A file deleted or replaced under us: SQLite's close checkpoints nothing and
+        # deletes nothing then.  Our -wal and -shm at the path belong to the old file,
+        # and would be read as the new file's: take them away (never a newer file's).
+        if self._file.gone():
+            self._file.remove_own_wal()

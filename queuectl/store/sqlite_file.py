@@ -12,6 +12,7 @@ drops every POSIX lock the process holds on it, SQLite's included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from queuectl.errors import StoreCorrupt, StoreGone
@@ -28,6 +29,23 @@ class DatabaseFile:
         st = os.stat(path)
         self._identity = (st.st_dev, st.st_ino)
         self._largest = st.st_size
+        # The connection keeps its WAL open (and no one deletes a WAL in use), so
+        # this is the WAL's identity for the connection's whole life.
+        self._wal = _identity(path + "-wal")
+        self._shm = _identity(path + "-shm")
+
+    def gone(self) -> bool:
+        """The path names no file, or another one."""
+        return _identity(self.path) != self._identity
+
+    def remove_own_wal(self) -> None:
+        """Delete the path's -wal and -shm if they are still the ones this (closed)
+        connection used: after the file was deleted or replaced they are stale, and a
+        process opening the new file would take their pages for its own."""
+        for suffix, identity in (("-wal", self._wal), ("-shm", self._shm)):
+            if identity is not None and _identity(self.path + suffix) == identity:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + suffix)
 
     def check(self) -> None:
         """Raise StoreGone if the path is missing or names another file, StoreCorrupt
@@ -51,3 +69,11 @@ class DatabaseFile:
                 f" ({st.st_size} bytes, was {self._largest}; check it with sqlite3 '.recover')"
             )
         self._largest = st.st_size
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

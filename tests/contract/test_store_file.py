@@ -109,3 +109,51 @@ def test_a_file_that_is_not_a_database_is_store_corrupt(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database\n" * 400)
     with pytest.raises(StoreCorrupt, match="not a SQLite database"):
         SQLiteStore(str(path))
+
+
+def test_closing_a_store_whose_file_was_deleted_keeps_the_new_files_wal(stores: StoreFactory) -> None:
+    """rm db/queue.db* under a running process, and a new process at work on the new
+    file: the old process's close must not delete the new file's WAL (its commits)."""
+    path = sqlite_factory(stores)
+    old = SQLiteStore(str(path))
+    old.enqueue(jobs(3), now=T0)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink()
+    new = SQLiteStore(str(path))
+    try:
+        new.enqueue([NewJob("in-the-new-file", "true", 3, 0, 30.0, T0)], now=T0)
+        with pytest.raises(StoreGone):
+            old.check_database()
+        old.close()  # the last connection on the old file
+        later = SQLiteStore(str(path))
+        try:
+            assert later.get("in-the-new-file") is not None
+            assert later.get("j0") is None
+        finally:
+            later.close()
+    finally:
+        new.close()
+
+
+def test_closing_a_store_whose_file_was_replaced_removes_its_own_wal(
+    stores: StoreFactory, tmp_path: Path
+) -> None:
+    """mv other.db db/queue.db under a running process: the old -wal at the path is
+    the old file's; the old process's close takes it away, so the new file opens
+    clean (not overlaid with the old file's pages)."""
+    path = sqlite_factory(stores)
+    old = SQLiteStore(str(path))
+    old.enqueue(jobs(300), now=T0)
+    other = SQLiteStore(str(tmp_path / "other.db"))
+    other.enqueue([NewJob("in-the-new-file", "true", 3, 0, 30.0, T0)], now=T0)
+    other.close()
+    os.replace(tmp_path / "other.db", path)
+    old.close()
+    assert not Path(f"{path}-wal").exists()
+    later = SQLiteStore(str(path))
+    try:
+        assert later.get("in-the-new-file") is not None
+        assert later.get("j0") is None
+        assert later.integrity_check() == "ok"
+    finally:
+        later.close()
