@@ -501,6 +501,9 @@ class Monitor:
         monitor left in the outbox) and `direct` ones to a new recovery log, then
         drop them from the outbox.  A crash between the two writes them again on the
         next pass: the same record (same `time`, job and attempt) twice, never none."""
+        # Never the records of a file the path no longer names: they are not the
+        # history of the database every other process now uses.
+        self.store.check_database()
         pending = self.store.audit_pending()
         own = self._unwritten + [self.audit_record(r) for r in direct]
         records = [json.loads(text) for _, text in pending] + own

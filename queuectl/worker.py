@@ -203,6 +203,8 @@ class Worker:
         """
         job, self._next = self._next, None
         if job is None:
+            # One stat per claim: no job is taken from a file the path no longer names.
+            self.store.check_database()
             job = self.store.claim(self.id, now)
             if job is None:
                 return None
@@ -335,6 +337,10 @@ class Worker:
         monitor recovers the attempt as a counted one)."""
         cfg = self.config
         failpoints.hit("before_finish_commit")
+        # Not into a file the path no longer names (StoreFatal goes up, unrecorded:
+        # the file at the path says the job is still processing, and its recovery
+        # follows this worker's exit).
+        self.store.check_database()
         delay = 0.05
         while True:
             try:
