@@ -343,12 +343,14 @@ class SQLiteStore:
         return schema_ids(self.conn)
 
     def _watch(self) -> DatabaseFile:
-        page_size = int(self._read("PRAGMA page_size")[0][0])
         try:
-            return DatabaseFile(self.path, page_size)
+            return DatabaseFile(self.path, int(self._read("PRAGMA page_size")[0][0]))
         except OSError as exc:  # deleted between the open and here
             self.conn.close()
             raise StoreGone(f"database file {self.path} vanished as it was opened: {exc.strerror}") from None
+        except StoreError:
+            self.conn.close()
+            raise
 
     def check_database(self) -> None:
         """The path still names the file this store opened, whole (store protocol)."""
