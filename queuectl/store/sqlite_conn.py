@@ -47,6 +47,8 @@ BUSY_MAX_SLEEP = 0.01
 WAL_AUTOCHECKPOINT = 4000
 #: Whole-transaction retries after the busy timeout ran out, before StoreBusy.
 BUSY_RETRIES = 3
+#: A WAL file's header; frames follow it.
+WAL_HEADER_SIZE = 32
 
 # None -> PENDING (insert_jobs writes the first events with INSERT_FIRST_EVENTS).  Parameters: id,
 # command, max_retries, priority, timeout, created_at, updated_at, run_at, next_run_at.
@@ -104,10 +106,27 @@ def prepare_file(path: str) -> None:
         raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
 
 
+def check_not_cut(path: str) -> None:
+    """A database in WAL mode always has its first page in the file (switching to
+    WAL writes it there before the WAL exists): an empty file beside a WAL with
+    frames was cut, and SQLite would wait for a lock to recover it, then say busy."""
+    try:
+        size = os.stat(path).st_size
+        wal = os.stat(path + "-wal").st_size
+    except OSError:
+        return
+    if size == 0 and wal > WAL_HEADER_SIZE:
+        raise StoreCorrupt(
+            f"database {path} is corrupt: the file is empty but its write-ahead log is not"
+            " (truncated; check it with sqlite3 '.recover')"
+        )
+
+
 def connect(path: str, synchronous: str | None) -> apsw.Connection:
     """A configured connection to the database file `path` (created if missing, with
     no schema yet).  synchronous: 'normal' or 'full'; None reads the stored setting."""
     prepare_file(path)
+    check_not_cut(path)
     try:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     except apsw.Error as exc:

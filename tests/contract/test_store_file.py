@@ -157,3 +157,18 @@ def test_closing_a_store_whose_file_was_replaced_removes_its_own_wal(
         assert later.integrity_check() == "ok"
     finally:
         later.close()
+
+
+def test_an_empty_file_beside_a_wal_with_frames_is_store_corrupt_not_busy(stores: StoreFactory) -> None:
+    """Cut to 0 bytes while another connection holds it and its WAL: opening it must
+    not wait for the lock and call it busy."""
+    path = sqlite_factory(stores)
+    holder = SQLiteStore(str(path))
+    try:
+        holder.enqueue(jobs(20), now=T0)
+        assert Path(f"{path}-wal").stat().st_size > 0
+        os.truncate(path, 0)
+        with pytest.raises(StoreCorrupt, match="truncated"):
+            SQLiteStore(str(path))
+    finally:
+        holder.close()

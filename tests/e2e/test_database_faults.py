@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -213,3 +214,30 @@ def test_the_monitor_stops_on_a_deleted_database(home: Home, tmp_path: Path) -> 
     line = one_error_line((code, text))
     assert "deleted" in line, line
     assert events(log, "database_unusable"), text
+
+
+def test_a_database_truncated_to_nothing_under_a_process_says_corrupt_not_busy(
+    home: Home, tmp_path: Path
+) -> None:
+    """The file cut to 0 bytes while a (stopped) worker holds it and its WAL: a new
+    process must not wait for a lock and call it busy."""
+    home.fast()
+    fill(home)
+    worker, log = started(home, tmp_path, "w1")
+    db = db_files(home)[0]
+    assert db_files(home)[1].stat().st_size > 0  # the worker's WAL
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        os.truncate(db, 0)
+        for command in (["status"], ["list"], ["recover"], ["enqueue", "true"]):
+            proc = subprocess.run(
+                home.cmd(*command), env=home.env, capture_output=True, text=True, timeout=90
+            )
+            line = one_error_line(proc)
+            assert "corrupt" in line or "not a database" in line, (command, line)
+            assert "busy" not in line, (command, line)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    code, text = finished(worker, log)
+    line = one_error_line((code, text))
+    assert "corrupt" in line, line
