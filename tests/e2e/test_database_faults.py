@@ -241,3 +241,27 @@ def test_a_database_truncated_to_nothing_under_a_process_says_corrupt_not_busy(
     code, text = finished(worker, log)
     line = one_error_line((code, text))
     assert "corrupt" in line, line
+
+
+def test_a_pool_on_a_database_outside_its_home_logs_recoveries_in_its_home(
+    home: Home, tmp_path: Path
+) -> None:
+    """`--home H --db OTHER/db/queue.db worker start`: the workers and the monitor
+    under supervisord keep H as their home (a bare --db names its own home only when
+    no home is given), so a recovery is logged in H/logs/."""
+    other = tmp_path / "other"
+    (other / "db").mkdir(parents=True)
+    db = str(other / "db" / "queue.db")
+    q = ["--db", db]
+    home.run(*q, "config", "set", "heartbeat_interval", "0.2")
+    home.run(*q, "config", "set", "monitor_interval", "0.3")
+    home.run(*q, "worker", "start", "--count", "1", "--detach")
+    job = home.run(*q, "enqueue", "sleep 30").stdout.strip()
+    inspect = lambda: json.loads(home.run(*q, "inspect", job, "--json").stdout)  # noqa: E731
+    wait_until(lambda: inspect()["state"] == "processing", 30, "the job to start")
+    worker_pid = int(inspect()["worker_id"].split("-")[-2])
+    os.kill(worker_pid, signal.SIGKILL)
+    wait_until(lambda: list((home.path / "logs").glob("recovered_jobs_*.json")), 30, "a recovery log in H")
+    assert not (other / "logs").exists()
+    assert not (other / "run").exists()
+    home.run(*q, "shutdown")
