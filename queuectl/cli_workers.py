@@ -234,6 +234,12 @@ def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
         done = mon.run_once(dry_run=True)
     else:
         done = mon.guarded_pass("cli", wait=True) or []
+    if mon.log_error is not None:  # the recoveries stand: a warning, not a failure
+        click.echo(
+            f"queuectl: warning: {mon.log_error}; the records stay in the database"
+            " and the next recovery pass writes them",
+            err=True,
+        )
     if as_json:
         emit_json([r.fields() for r in done])
         return

@@ -50,6 +50,20 @@ class StoreUnavailable(StoreError):
     """The database server cannot be reached (PostgreSQL)."""
 
 
+class StoreFatal(StoreError):
+    """The database this process opened can no longer be used, and retrying cannot
+    help: a worker or monitor stops (exit 5) so that a restart opens it afresh."""
+
+
+class StoreGone(StoreFatal):
+    """The database file was deleted or replaced: the path no longer names the file
+    this process has open, so its writes would go where no one else looks."""
+
+
+class StoreCorrupt(StoreFatal):
+    """The database file is corrupt, truncated, or not a database."""
+
+
 class SupervisorError(QueuectlError):
     """supervisord could not be started, reached or commanded."""
 
@@ -62,6 +76,6 @@ EXIT_CODES = {
     2: "usage error or invalid input (nothing was changed)",
     3: "job not found",
     4: "conflict with stored data (duplicate id, job not in the required state)",
-    5: "database unavailable: busy, corrupt, not a queuectl database, read-only, full",
+    5: "database unavailable: busy, corrupt, deleted, not a queuectl database, read-only, full",
     6: "supervisord could not be started or reached",
 }

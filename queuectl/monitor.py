@@ -40,7 +40,7 @@ import structlog
 
 from queuectl import failpoints, procs
 from queuectl.config import Config
-from queuectl.errors import Conflict, JobNotFound, QueuectlError
+from queuectl.errors import Conflict, JobNotFound, QueuectlError, StoreFatal
 from queuectl.logs import json_logger
 from queuectl.models import (
     MONITOR_LEASE,
@@ -139,6 +139,11 @@ class Monitor:
         #: (store time, monotonic time) at this process's last pass: a clock step
         #: is the difference of their advances.
         self._last_clock: tuple[float, float] | None = None
+        #: Why the last recovery log could not be written (None: it was, or none was
+        #: due); its records wait for the next write: the job recoveries in the
+        #: store's outbox, the others (not job history) here.
+        self.log_error: str | None = None
+        self._unwritten: list[dict[str, Any]] = []
 
     # --- the lease: one pass at a time, anywhere ------------------------------------
 
@@ -250,13 +255,19 @@ class Monitor:
             # Job recoveries are in the outbox already (written with their CAS);
             # the rest is not job history: logged directly.
             self.flush_audit([r for r in done if r.event != "job_recovered"])
-            # Every pass, so `queuectl status` has few events to add to its snapshot.
-            # Only a saving: if it fails, the pass (its recoveries committed) stands.
-            try:
-                self.store.fold_counts()
-            except QueuectlError as exc:
-                self.log.warning("counts_fold_failed", error=str(exc))
+            self._fold_counts()
         return done
+
+    def _fold_counts(self) -> None:
+        """Every pass, so `queuectl status` has few events to add to its snapshot.
+        Only a saving: if it fails, the pass (its recoveries committed) stands; but a
+        database that can no longer be used fails the pass."""
+        try:
+            self.store.fold_counts()
+        except StoreFatal:
+            raise
+        except QueuectlError as exc:
+            self.log.warning("counts_fold_failed", error=str(exc))
 
     def _judge(self, w: WorkerInfo, now: float, cfg: Config, judge_silence: bool) -> Verdict | None:
         if w.host == self.host and not procs.is_alive(w.pid, w.proc_start):
@@ -381,6 +392,8 @@ class Monitor:
         kind = holder.split(":", 1)[0]
         try:
             return self.store.acquire_lease(LEASE, holder, kind, lease_ttl(cfg)) is not None
+        except StoreFatal:
+            raise
         except QueuectlError as exc:
             self.log.warning("recovery_abandoned", error=str(exc))
             return False
@@ -481,11 +494,22 @@ class Monitor:
         monitor left in the outbox) and `direct` ones to a new recovery log, then
         drop them from the outbox.  A crash between the two writes them again on the
         next pass: the same record (same `time`, job and attempt) twice, never none."""
+        # Never the records of a file the path no longer names: they are not the
+        # history of the database every other process now uses.
+        self.store.check_database()
         pending = self.store.audit_pending()
-        records = [json.loads(text) for _, text in pending] + [self.audit_record(r) for r in direct]
+        own = self._unwritten + [self.audit_record(r) for r in direct]
+        records = [json.loads(text) for _, text in pending] + own
         if not records:
             return None
-        path = self.write_log(records)
+        try:
+            path = self.write_log(records)
+        except OSError as exc:  # a full disk, a logs/ that cannot be written
+            self._unwritten = own
+            self.log_error = f"cannot write a recovery log in {self.logs_dir}: {exc.strerror or exc}"
+            self.log.warning("recovery_log_failed", error=self.log_error, records=len(records))
+            return None
+        self._unwritten, self.log_error = [], None
         self.store.audit_clear([i for i, _ in pending])
         return path
 
@@ -503,17 +527,24 @@ class Monitor:
             except FileExistsError:
                 n += 1
                 path = self.logs_dir / f"recovered_jobs_{stamp}-{n}.json"
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            logger = structlog.wrap_logger(
-                structlog.PrintLogger(f),
-                processors=[structlog.processors.JSONRenderer()],
-                context_class=dict,
-            )
-            for record in records:
-                fields = dict(record)
-                logger.info(fields.pop("event"), **fields)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                logger = structlog.wrap_logger(
+                    structlog.PrintLogger(f),
+                    processors=[structlog.processors.JSONRenderer()],
+                    context_class=dict,
+                )
+                for record in records:
+                    fields = dict(record)
+                    logger.info(fields.pop("event"), **fields)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            # An empty or cut log would pass for the whole record: leave none, and
+            # the caller keeps the records for the next write.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         return path
 
     # --- the loop ------------------------------------------------------------------
@@ -523,6 +554,7 @@ class Monitor:
         while not self.signals.warm:
             interval = 5.0
             try:
+                self.store.check_database()
                 cfg = Config.from_stored(self.store.config_items())
                 interval = cfg.monitor_interval
                 # Bounded calls: a monitor cut off from the store waits, and kills nothing.
@@ -530,6 +562,10 @@ class Monitor:
                 if self.guarded_pass("monitor") is None:
                     # A worker's fallback pass holds the lease right now: try again soon.
                     interval = min(interval, 0.2)
+            except StoreFatal as exc:
+                # Deleted, replaced or damaged: a restart opens what the path names now.
+                self.log.error("database_unusable", error=str(exc))
+                raise
             except QueuectlError as exc:
                 self.log.warning("monitor_store_error", error=str(exc))
             except Exception:

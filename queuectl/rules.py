@@ -41,19 +41,28 @@ def url_scheme(text: str) -> str | None:
 
 def resolve_locations(home: str | None = None, db: str | None = None) -> tuple[str, str]:
     """(home folder, database URL or file) from the flags, else the environment; the
-    default home is the current directory, the default database HOME/db/queue.db."""
-    home_path = absolute(home or os.environ.get("QUEUECTL_HOME") or ".")
+    default database is HOME/db/queue.db.  The default home is the current directory,
+    except for a database file in a folder named db: its home is that folder's parent
+    (so its logs/ are found from any folder, as HOME/db/queue.db is from its home)."""
+    home_text = home or os.environ.get("QUEUECTL_HOME")
     db_text = db or os.environ.get("QUEUECTL_DB") or ""
     if not db_text:
+        home_path = absolute(home_text or ".")
         return home_path, _join(home_path, "db", "queue.db")
     if is_postgres_url(db_text):
-        return home_path, db_text
+        return absolute(home_text or "."), db_text
     scheme = url_scheme(db_text)
     if scheme is not None:
         raise InvalidInput(
             f"database URL scheme {scheme!r} is not supported: give a SQLite file path or a postgresql:// URL"
         )
-    return home_path, absolute(db_text)
+    db_path = absolute(db_text)
+    if home_text:
+        return absolute(home_text), db_path
+    folder = db_path.rsplit("/", 1)[0] or "/"
+    if folder.rsplit("/", 1)[-1] == "db" and folder.count("/") > 1:
+        return folder.rsplit("/", 1)[0], db_path
+    return absolute("."), db_path
 
 
 def default_db_dir(home: str) -> str:

@@ -153,7 +153,9 @@ class Supervisor:
         env = dict(os.environ)
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-        env.pop("QUEUECTL_HOME", None)  # the conf's directory= names the home
+        # Named outright: with only QUEUECTL_DB set, a database at DIR/db/FILE would
+        # name DIR as the home (rules.resolve_locations), not the conf's directory=.
+        env["QUEUECTL_HOME"] = str(self.paths.home)
         if db_url:
             env["QUEUECTL_DB"] = db_url
         args = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]

@@ -17,10 +17,10 @@ from typing import Any
 
 from queuectl import affinity, executor, failpoints, procs
 from queuectl.config import Config
-from queuectl.errors import QueuectlError, StoreBusy, StoreUnavailable
+from queuectl.errors import QueuectlError, StoreBusy, StoreFatal, StoreUnavailable
 from queuectl.fence import Fence, deadline_after
 from queuectl.logs import json_logger
-from queuectl.models import Job, JobState, Outcome, RecoveryGuard, WorkerInfo, decide
+from queuectl.models import Beat, Job, JobState, Outcome, RecoveryGuard, WorkerInfo, decide
 from queuectl.monitor import LEASE, Monitor, monitor_absent
 from queuectl.signals import StopSignals, die_with_parent
 from queuectl.store import Store
@@ -207,6 +207,8 @@ class Worker:
         """
         job, self._next = self._next, None
         if job is None:
+            # One stat per claim: no job is taken from a file the path no longer names.
+            self.store.check_database()
             job = self.store.claim(self.id, now)
             if job is None:
                 return None
@@ -215,6 +217,8 @@ class Worker:
             return job
         try:
             outcome = self.execute(job)
+        except StoreFatal:
+            raise  # the job was killed: no store here can record it
         except Exception as exc:  # the attempt started: record it as failed, never drop it
             self.log.exception("worker_error", job_id=job.id)
             outcome = Outcome(exit_code=None, error=f"worker error while running the job: {exc}")
@@ -233,6 +237,8 @@ class Worker:
         sent = self._last_beat
         try:
             beat = self.store.heartbeat(self.id, job.id, job.lease)
+        except StoreFatal:
+            raise
         except QueuectlError as exc:
             if self._fence is None:
                 return True  # a wait for SQLite's lock: everyone waits alike
@@ -293,13 +299,8 @@ class Worker:
         if mono - self._last_beat < self.config.heartbeat_interval:
             return None
         self._last_beat = mono
-        try:
-            beat = self.store.heartbeat(self.id, job.id, job.lease)
-        except QueuectlError as exc:
-            # Where other hosts may still reach the store, the fence kills the job at
-            # its deadline; on SQLite a failed heartbeat is a wait for the one lock
-            # that every process (any monitor included) waits for alike.
-            self.log.warning("heartbeat_failed", job_id=job.id, error=str(exc))
+        beat = self._running_beat(job)
+        if beat is None:
             return None
         self._last_beat_ok = mono
         if self._fence is not None:
@@ -313,6 +314,21 @@ class Worker:
             return "lease lost: the job was recovered by the monitor"
         return None
 
+    def _running_beat(self, job: Job) -> Beat | None:
+        """The heartbeat of a running job; None if it did not reach the store.
+        StoreFatal goes up: the job is killed (executor.run) and the worker stops."""
+        try:
+            self.store.check_database()
+            return self.store.heartbeat(self.id, job.id, job.lease)
+        except StoreFatal:
+            raise
+        except QueuectlError as exc:
+            # Where other hosts may still reach the store, the fence kills the job at
+            # its deadline; on SQLite a failed heartbeat is a wait for the one lock
+            # that every process (any monitor included) waits for alike.
+            self.log.warning("heartbeat_failed", job_id=job.id, error=str(exc))
+            return None
+
     def record(
         self, job: Job, outcome: Outcome, now: float | None = None, *, claim_next: bool = False
     ) -> bool:
@@ -325,6 +341,10 @@ class Worker:
         monitor recovers the attempt as a counted one)."""
         cfg = self.config
         failpoints.hit("before_finish_commit")
+        # Not into a file the path no longer names (StoreFatal goes up, unrecorded:
+        # the file at the path says the job is still processing, and its recovery
+        # follows this worker's exit).
+        self.store.check_database()
         delay = 0.05
         while True:
             try:
@@ -391,6 +411,8 @@ class Worker:
                     self._covering = False
                 return
             done = self._monitor.guarded_pass("worker")
+        except StoreFatal:
+            raise
         except QueuectlError as exc:
             self.log.warning("fallback_pass_failed", error=str(exc))
             return
@@ -424,6 +446,8 @@ class Worker:
                         break
                     # Inside the try too: an outage between two claims must not end us.
                     timeout = self._idle_timeout()
+                except StoreFatal:
+                    raise
                 except QueuectlError as exc:  # a busy or lost database: wait, go on
                     self.log.warning("worker_store_error", error=str(exc))
                     timeout = self.config.poll_interval
@@ -431,6 +455,11 @@ class Worker:
                     self.log.exception("worker_error")
                     timeout = self.config.poll_interval
                 self._idle(timeout)
+        except StoreFatal as exc:
+            # Deleted, replaced or damaged: retrying cannot help, and a restart
+            # (supervisord's) opens whatever file the path names now.
+            self.log.error("database_unusable", error=str(exc))
+            raise
         finally:
             self.unregister()
             self.log.info("worker_stopped", jobs=self.jobs_done, signals=self.signals.count)
@@ -461,7 +490,10 @@ class Worker:
         self._last_beat = sent = time.monotonic()
         held = self._next
         try:
+            self.store.check_database()
             beat = self.store.heartbeat(self.id, held.id if held else None, held.lease if held else None)
+        except StoreFatal:
+            raise
         except QueuectlError as exc:
             self.log.warning("heartbeat_failed", error=str(exc))
             return

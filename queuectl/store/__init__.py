@@ -56,6 +56,14 @@ class Store(Protocol):
         StoreUnavailable instead of blocking its caller.  SQLite: nothing to bound
         (its waits for the lock are bounded by the busy timeout)."""
 
+    def check_database(self) -> None:
+        """Raise StoreFatal if the database this store opened can no longer be used by
+        this process, whatever a retry does: StoreGone when its file was deleted or
+        replaced (the path names no file, or another one: other processes work on that
+        one), StoreCorrupt when the file was truncated.  Cheap (SQLite: one stat), so
+        a long-running process calls it at every heartbeat.  PostgreSQL: nothing to
+        check."""
+
     # --- jobs --------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:

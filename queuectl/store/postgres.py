@@ -616,6 +616,9 @@ class PostgresStore:
     def now(self) -> float:
         return float(self._read(_CLOCK)[0][0])
 
+    def check_database(self) -> None:
+        """Nothing to check: the server owns its files (store protocol)."""
+
     def set_call_timeout(self, seconds: float | None) -> None:
         """Bound every call (store protocol).  libpq's connect_timeout is whole
         seconds and at least 2: a connection attempt to a black hole takes that long,

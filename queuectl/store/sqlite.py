@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import InvalidInput, StoreError
+from queuectl.errors import InvalidInput, StoreError, StoreGone
 from queuectl.models import (
     JOB_COLUMNS,
     MONITOR_LEASE,
@@ -51,6 +51,7 @@ from queuectl.store.sqlite_conn import (
     translate,
     write,
 )
+from queuectl.store.sqlite_file import DatabaseFile
 
 _COLS = ", ".join(JOB_COLUMNS)
 #: The jobs in the jobs_next index (migration v6): queries name it word for word, so
@@ -319,6 +320,7 @@ class SQLiteStore:
         except StoreError:
             self.conn.close()
             raise
+        self._file = self._watch()
 
     # --- opening -------------------------------------------------------------------
 
@@ -344,6 +346,20 @@ class SQLiteStore:
 
     def _ids(self) -> tuple[int, int]:
         return schema_ids(self.conn)
+
+    def _watch(self) -> DatabaseFile:
+        try:
+            return DatabaseFile(self.path, int(self._read("PRAGMA page_size")[0][0]))
+        except OSError as exc:  # deleted between the open and here
+            self.conn.close()
+            raise StoreGone(f"database file {self.path} vanished as it was opened: {exc.strerror}") from None
+        except StoreError:
+            self.conn.close()
+            raise
+
+    def check_database(self) -> None:
+        """The path still names the file this store opened, whole (store protocol)."""
+        self._file.check()
 
     # --- plumbing ------------------------------------------------------------------
 
@@ -750,3 +766,8 @@ class SQLiteStore:
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
             self.conn.close()
+        # A file deleted or replaced under us: SQLite's close checkpoints nothing and
+        # deletes nothing then.  Our -wal and -shm at the path belong to the old file,
+        # and would be read as the new file's: take them away (never a newer file's).
+        if self._file.gone():
+            self._file.remove_own_wal()

@@ -16,7 +16,7 @@ import time
 import apsw
 
 from queuectl import rules
-from queuectl.errors import DuplicateJob, InvalidInput, StoreBusy, StoreError
+from queuectl.errors import DuplicateJob, InvalidInput, StoreBusy, StoreCorrupt, StoreError
 
 # Not typing.TYPE_CHECKING, which would import typing (issue 6).
 TYPE_CHECKING = False
@@ -47,6 +47,8 @@ BUSY_MAX_SLEEP = 0.01
 WAL_AUTOCHECKPOINT = 4000
 #: Whole-transaction retries after the busy timeout ran out, before StoreBusy.
 BUSY_RETRIES = 3
+#: A WAL file's header; frames follow it.
+WAL_HEADER_SIZE = 32
 
 # None -> PENDING (insert_jobs writes the first events with INSERT_FIRST_EVENTS).  Parameters: id,
 # command, max_retries, priority, timeout, created_at, updated_at, run_at, next_run_at.
@@ -104,10 +106,27 @@ def prepare_file(path: str) -> None:
         raise StoreError(f"cannot create database {path}: {exc.strerror}") from None
 
 
+def check_not_cut(path: str) -> None:
+    """A database in WAL mode always has its first page in the file (switching to
+    WAL writes it there before the WAL exists): an empty file beside a WAL with
+    frames was cut, and SQLite would wait for a lock to recover it, then say busy."""
+    try:
+        size = os.stat(path).st_size
+        wal = os.stat(path + "-wal").st_size
+    except OSError:
+        return
+    if size == 0 and wal > WAL_HEADER_SIZE:
+        raise StoreCorrupt(
+            f"database {path} is corrupt: the file is empty but its write-ahead log is not"
+            " (truncated; check it with sqlite3 '.recover')"
+        )
+
+
 def connect(path: str, synchronous: str | None) -> apsw.Connection:
     """A configured connection to the database file `path` (created if missing, with
     no schema yet).  synchronous: 'normal' or 'full'; None reads the stored setting."""
     prepare_file(path)
+    check_not_cut(path)
     try:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     except apsw.Error as exc:
@@ -178,12 +197,13 @@ def busy_handler(timeout: float) -> Callable[[int], bool]:
 
 
 def translate(exc: apsw.Error, path: str) -> StoreError:
+    # Damage first: a damaged file is never reported as busy (retrying cannot help).
+    if isinstance(exc, apsw.NotADBError):
+        return StoreCorrupt(f"{path} is not a SQLite database (or it is corrupt)")
+    if isinstance(exc, apsw.CorruptError):
+        return StoreCorrupt(f"database {path} is corrupt (check it with sqlite3 '.recover')")
     if isinstance(exc, apsw.BusyError | apsw.LockedError):
         return StoreBusy(f"database busy: another process held {path} locked for too long")
-    if isinstance(exc, apsw.NotADBError):
-        return StoreError(f"{path} is not a SQLite database")
-    if isinstance(exc, apsw.CorruptError):
-        return StoreError(f"database {path} is corrupt (check it with sqlite3 '.recover')")
     if isinstance(exc, apsw.ReadOnlyError):
         return StoreError(f"database {path} is read-only")
     if isinstance(exc, apsw.CantOpenError | apsw.PermissionsError):
