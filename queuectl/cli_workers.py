@@ -175,12 +175,14 @@ def monitor() -> None:
 @pass_ctx
 def monitor_run(c: Ctx) -> None:
     """Run recovery passes every monitor_interval until stopped."""
-    from queuectl.signals import StopSignals, die_with_parent
+    from queuectl import logs
+    from queuectl.signals import StopSignals
 
+    logs.install(c.paths.logs / "monitor.direct.log")
     signals = StopSignals()
     signals.install()
     if os.environ.get("SUPERVISOR_ENABLED"):
-        die_with_parent()
+        signals.watch_parent()
     sys.exit(_monitor(c, signals).run())
 
 

@@ -542,7 +542,8 @@ class Monitor:
             except Exception:
                 self.log.exception("monitor_error")
             self._sleep(interval)
-        self.log.info("monitor_stopped")
+        gone = self.signals.parent is not None and self.signals.parent.gone
+        self.log.info("monitor_stopped", supervisor_gone=gone)
         return 0
 
     def _sleep(self, seconds: float) -> None:

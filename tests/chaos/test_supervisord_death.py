@@ -1,0 +1,98 @@
+"""supervisord itself dies (SIGKILL) under running workers (docs/reliability.md:
+"supervisord killed").  Its children lose their parent and the read end of their
+stdout/stderr pipe at once: each worker finishes (or, past stop_timeout, kills) its
+running job, records it, unregisters and exits; the monitor ends its pass and exits.
+Nothing is left processing or running, and the next `worker start` just works.
+Real supervisord, real processes, the chaos checker's invariants on both stores."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from tests.chaos.harness import Cluster, Workload, check, wait_until
+
+#: A job that sleeps `seconds` on its first attempt only (so a retry is quick).
+FIRST_ONLY = '[ "$QUEUECTL_ATTEMPT" = 1 ] && sleep {seconds}; '
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+def _processes_in(home: Path) -> list[int]:
+    """Every live process whose working directory is in the home (supervisord runs
+    its programs from the home; jobs inherit their worker's directory)."""
+    found = []
+    root = str(home.resolve())
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"/proc/{name}/cwd")
+            if (cwd == root or cwd.startswith(root + os.sep)) and _alive(int(name)):
+                found.append(int(name))
+    return found
+
+
+def _started(w: Workload, jid: str) -> bool:
+    return any(kind == "start" and rid == jid for kind, rid, _, _ in w.runs())
+
+
+def test_sigkilled_supervisord_leaves_no_job_processing_and_no_process(chaos: Cluster) -> None:
+    c = chaos
+    # `long` outlives stop_timeout: its worker kills it and records the attempt;
+    # `short` ends within stop_timeout: its worker lets it complete.
+    c.fast(stop_timeout="3")
+    w = Workload(c.path / "runs")
+    c.start(2)
+    workers = wait_until(lambda: len(c.running_workers()) == 2 and c.running_workers(), 30, "2 workers")
+    monitor = wait_until(c.monitor_pid, 30, "the monitor")
+    w.enqueue(
+        c,
+        [
+            {"id": "long", "command": w.command(0.1, extra=FIRST_ONLY.format(seconds=60)), "max_retries": 1},
+            {"id": "short", "command": w.command(2), "max_retries": 0},
+        ],
+    )
+    wait_until(lambda: _started(w, "long") and _started(w, "short"), 30, "both jobs to start")
+    sv = c.supervisord_pid()
+    assert sv is not None
+    os.kill(sv, signal.SIGKILL)
+
+    # Within stop_timeout (3 s) + kill_grace (0.5 s) + slack, every process of the home is gone.
+    mine = [*workers.values(), monitor]
+    wait_until(lambda: not any(_alive(p) for p in mine), 20, "the workers and the monitor to exit")
+    wait_until(lambda: not c.job_pids(), 10, "no job process left")
+    wait_until(lambda: not _processes_in(c.path), 10, "no process of the home left")
+
+    # Each worker recorded its own job: nothing processing, no worker registered.
+    assert c.counts()["processing"] == 0, c.counts()
+    assert c.store.workers() == []
+    short = c.store.get("short")
+    assert short is not None and short.state.value == "completed"
+    long = c.store.get("long")
+    assert long is not None and long.state.value == "failed" and long.attempts == 1
+    assert "stop" in (long.error or ""), long.error
+    # No recovery was needed, and none waits in the outbox; any record names its host and pid.
+    assert c.store.audit_pending() == []
+    for rec in c.recovery_logs():
+        assert rec.get("host") and rec.get("pid"), rec
+
+    # The log lines written after supervisord's pipes closed went to each process's own file.
+    own = sorted(p.name for p in (c.path / "logs").glob("*.direct.log"))
+    assert own, sorted(p.name for p in (c.path / "logs").iterdir())
+    text = "".join((c.path / "logs" / n).read_text() for n in own)
+    assert "supervisor_gone" in text and "worker_stopped" in text and "monitor_stopped" in text
+
+    # The next start just works: `long` runs again (quickly) and everything completes.
+    c.start(2)
+    wait_until(c.drained, 60, "the queue to drain after the restart")
+    check(c, w, timeouts=True).ok()
