@@ -56,7 +56,9 @@ def worker_start(c: Ctx, count: int | None, detach: bool) -> None:
 
     In the foreground it blocks until Ctrl+C, SIGTERM or `queuectl worker stop`,
     then stops every worker gracefully (running jobs finish) and exits 0.  If
-    supervisord already runs for this home, it only brings the pool to N and returns.
+    supervisord dies, the workers finish their jobs and exit by themselves; it
+    waits for them, then exits 6.  If supervisord already runs for this home, it
+    only brings the pool to N and returns.
     """
     from queuectl.supervisor import pool_size, prepare_home, run_foreground
 

@@ -51,7 +51,7 @@ class StoreUnavailable(StoreError):
 
 
 class SupervisorError(QueuectlError):
-    """supervisord could not be started, reached or commanded."""
+    """supervisord could not be started, reached or commanded (or it died)."""
 
     exit_code = 6
 
@@ -63,5 +63,5 @@ EXIT_CODES = {
     3: "job not found",
     4: "conflict with stored data (duplicate id, job not in the required state)",
     5: "database unavailable: busy, corrupt, not a queuectl database, read-only, full",
-    6: "supervisord could not be started or reached",
+    6: "supervisord could not be started or reached, or died under a foreground `worker start`",
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 from tests.chaos.harness import Cluster, Workload, check, wait_until
@@ -93,6 +94,63 @@ def test_sigkilled_supervisord_leaves_no_job_processing_and_no_process(chaos: Cl
     assert "supervisor_gone" in text and "worker_stopped" in text and "monitor_stopped" in text
 
     # The next start just works: `long` runs again (quickly) and everything completes.
+    c.start(2)
+    wait_until(c.drained, 60, "the queue to drain after the restart")
+    check(c, w, timeouts=True).ok()
+
+
+def _foreground(c: Cluster) -> tuple[subprocess.Popen[bytes], dict[str, int], Workload]:
+    """`worker start --count 2` in the foreground, running `long` and `short`."""
+    c.fast(stop_timeout="3")
+    w = Workload(c.path / "runs")
+    proc = c.spawn("worker", "start", "--count", "2", name="start")
+    workers = wait_until(lambda: len(c.running_workers()) == 2 and c.running_workers(), 30, "2 workers")
+    w.enqueue(
+        c,
+        [
+            {"id": "long", "command": w.command(0.1, extra=FIRST_ONLY.format(seconds=60)), "max_retries": 1},
+            {"id": "short", "command": w.command(2), "max_retries": 0},
+        ],
+    )
+    wait_until(lambda: _started(w, "long") and _started(w, "short"), 30, "both jobs to start")
+    return proc, workers, w
+
+
+def _all_recorded_and_gone(c: Cluster, workers: dict[str, int]) -> None:
+    assert not any(_alive(p) for p in workers.values())
+    assert c.counts()["processing"] == 0, c.counts()
+    assert c.store.workers() == []
+    assert c.store.get("short").state.value == "completed"
+    assert c.store.get("long").state.value == "failed"
+    wait_until(lambda: not c.job_pids(), 10, "no job process left")
+    wait_until(lambda: not _processes_in(c.path), 10, "no process of the home left")
+
+
+def test_foreground_start_whose_supervisord_dies_exits_6_once_its_workers_stopped(chaos: Cluster) -> None:
+    c = chaos
+    proc, workers, w = _foreground(c)
+    sv = c.supervisord_pid()
+    assert sv is not None
+    os.kill(sv, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 6
+    # It returned only after every worker had recorded its job and exited.
+    _all_recorded_and_gone(c, workers)
+    said = (c.path / "start-0.log").read_text()
+    assert "supervisord died" in said and "Traceback" not in said, said
+    c.start(2)
+    wait_until(c.drained, 60, "the queue to drain after the restart")
+    check(c, w, timeouts=True).ok()
+
+
+def test_sigkilled_foreground_start_stops_its_workers_the_same_graceful_way(chaos: Cluster) -> None:
+    c = chaos
+    proc, workers, w = _foreground(c)
+    sv = c.supervisord_pid()
+    assert sv is not None
+    proc.kill()
+    # supervisord gets SIGTERM from the kernel and stops its workers gracefully.
+    wait_until(lambda: not _alive(sv) and not any(_alive(p) for p in workers.values()), 30, "all to stop")
+    _all_recorded_and_gone(c, workers)
     c.start(2)
     wait_until(c.drained, 60, "the queue to drain after the restart")
     check(c, w, timeouts=True).ok()
