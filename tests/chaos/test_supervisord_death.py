@@ -154,3 +154,51 @@ def test_sigkilled_foreground_start_stops_its_workers_the_same_graceful_way(chao
     c.start(2)
     wait_until(c.drained, 60, "the queue to drain after the restart")
     check(c, w, timeouts=True).ok()
+
+
+def test_a_worker_killed_with_supervisord_is_recovered_by_the_monitors_last_pass(chaos: Cluster) -> None:
+    """A worker dies together with supervisord (nobody restarts it) while the other
+    worker idles and exits at once: the monitor, woken by its parent's death, runs
+    one last pass before it exits.  A long monitor_interval keeps every earlier pass
+    (and the workers' fallback passes) out of the way."""
+    c = chaos
+    c.fast(monitor_interval="30")
+    w = Workload(c.path / "runs")
+    c.start(2)
+    workers = wait_until(lambda: len(c.running_workers()) == 2 and c.running_workers(), 30, "2 workers")
+    monitor = wait_until(c.monitor_pid, 30, "the monitor")
+    w.enqueue(
+        c,
+        [{"id": "orphan", "command": w.command(0.1, extra=FIRST_ONLY.format(seconds=30)), "max_retries": 1}],
+    )
+    wait_until(lambda: _started(w, "orphan"), 30, "the job to start")
+    job = c.store.get("orphan")
+    assert job is not None and job.worker_id is not None
+    holder = int(job.worker_id.split("-")[-2])
+    sv = c.supervisord_pid()
+    assert sv is not None
+    os.kill(sv, signal.SIGSTOP)  # it must not restart the worker killed next
+    try:
+        os.kill(holder, signal.SIGKILL)
+        wait_until(lambda: not _alive(holder), 10, "the worker to die")
+    finally:
+        os.kill(sv, signal.SIGKILL)
+
+    mine = [*workers.values(), monitor]
+    wait_until(lambda: not any(_alive(p) for p in mine), 20, "the workers and the monitor to exit")
+    wait_until(lambda: not _processes_in(c.path), 10, "no process of the home left")
+    assert not c.job_pids()
+    job = c.store.get("orphan")
+    assert job is not None and job.state.value == "failed", job
+    assert c.store.audit_pending() == []
+    (rec,) = [r for r in c.recovery_logs() if r["event"] == "job_recovered"]
+    assert rec["job_id"] == "orphan" and rec["reason"] == "worker_died"
+    assert rec["host"] and rec["pid"] == holder
+    assert rec["recovered_by"].startswith("monitor:"), [
+        (p.name, p.read_text()) for p in (c.path / "logs").glob("*.log")
+    ]
+
+    c.configure(monitor_interval="0.3")
+    c.start(2)
+    wait_until(c.drained, 60, "the queue to drain after the restart")
+    check(c, w).ok()
