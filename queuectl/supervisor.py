@@ -376,12 +376,15 @@ def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> 
 def _wait_orphans(sv: Supervisor, signals: Any) -> list[int]:
     """Wait until the workers and the monitor that the dead supervisord started have
     exited (each stops by itself when it loses its parent); a cold stop (a second
-    signal) ends the wait early.  Returns the pids still running then."""
+    signal) ends the wait early.  Returns the pids still running then.  Only the
+    processes found now count: a supervisord started meanwhile for this home has
+    children with the same socket in their environment."""
     import select
 
-    from queuectl.procs import supervised_processes
+    from queuectl.procs import is_alive, proc_start, supervised_processes
 
-    while left := supervised_processes(str(sv.sock)):
+    orphans = [(pid, proc_start(pid)) for pid in supervised_processes(str(sv.sock))]
+    while left := [pid for pid, start in orphans if is_alive(pid, start)]:
         if signals.cold:
             return left
         with contextlib.suppress(InterruptedError):
