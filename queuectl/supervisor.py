@@ -361,7 +361,7 @@ def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> 
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
         say(
             f"supervisord died unexpectedly ({how}): its workers finish their running jobs "
-            "(up to stop_timeout), record them and exit; waiting for them (Ctrl+C twice stops waiting)"
+            "(up to stop_timeout), record them and exit; waiting for them (Ctrl+C stops waiting)"
         )
         left = _wait_orphans(sv, signals)
         if left:
@@ -375,8 +375,8 @@ def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> 
 
 def _wait_orphans(sv: Supervisor, signals: Any) -> list[int]:
     """Wait until the workers and the monitor that the dead supervisord started have
-    exited (each stops by itself when it loses its parent); a cold stop (a second
-    signal) ends the wait early.  Returns the pids still running then.  Only the
+    exited (each stops by itself when it loses its parent); a stop signal ends the
+    wait early (they go on stopping alone).  Returns the pids still running then.  Only the
     processes found now count: a supervisord started meanwhile for this home has
     children with the same socket in their environment."""
     import select
@@ -385,7 +385,7 @@ def _wait_orphans(sv: Supervisor, signals: Any) -> list[int]:
 
     orphans = [(pid, proc_start(pid)) for pid in supervised_processes(str(sv.sock))]
     while left := [pid for pid, start in orphans if is_alive(pid, start)]:
-        if signals.cold:
+        if signals.warm:
             return left
         with contextlib.suppress(InterruptedError):
             select.select([signals.fd], [], [], 0.1)

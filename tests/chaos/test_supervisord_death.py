@@ -99,9 +99,11 @@ def test_sigkilled_supervisord_leaves_no_job_processing_and_no_process(chaos: Cl
     check(c, w, timeouts=True).ok()
 
 
-def _foreground(c: Cluster) -> tuple[subprocess.Popen[bytes], dict[str, int], Workload]:
+def _foreground(
+    c: Cluster, stop_timeout: str = "3"
+) -> tuple[subprocess.Popen[bytes], dict[str, int], Workload]:
     """`worker start --count 2` in the foreground, running `long` and `short`."""
-    c.fast(stop_timeout="3")
+    c.fast(stop_timeout=stop_timeout)
     w = Workload(c.path / "runs")
     proc = c.spawn("worker", "start", "--count", "2", name="start")
     workers = wait_until(lambda: len(c.running_workers()) == 2 and c.running_workers(), 30, "2 workers")
@@ -206,3 +208,22 @@ def test_a_worker_killed_with_supervisord_is_recovered_by_the_monitors_last_pass
     c.start(2)
     wait_until(c.drained, 60, "the queue to drain after the restart")
     check(c, w).ok()
+
+
+def test_ctrl_c_ends_the_wait_of_a_foreground_start_and_the_workers_stop_alone(sqlite_chaos: Cluster) -> None:
+    c = sqlite_chaos
+    # The long job's worker is still stopping when the wait ends.
+    proc, workers, _ = _foreground(c, stop_timeout="8")
+    sv = c.supervisord_pid()
+    assert sv is not None
+    os.kill(sv, signal.SIGKILL)
+    said = c.path / "start-0.log"
+    wait_until(lambda: "waiting for them" in said.read_text(), 15, "the wait to begin")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 6
+    assert "stopped waiting" in said.read_text()
+    # Not killed by the Ctrl+C: the worker of `long` records it at its own stop_timeout.
+    assert any(_alive(p) for p in workers.values())
+    wait_until(lambda: not any(_alive(p) for p in workers.values()), 30, "the workers to stop alone")
+    assert c.counts()["processing"] == 0
+    assert not c.store.workers()
