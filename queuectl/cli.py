@@ -429,11 +429,12 @@ def _fast_worker_run(group: dict[str, str], burst: bool, poll_interval: float | 
 def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | None) -> int:
     """One worker in the foreground on `queue` until it is told to stop (or, with
     burst, until nothing is left); its exit code."""
-    from queuectl import home, procs
+    from queuectl import home, logs, procs
     from queuectl.signals import StopSignals
     from queuectl.worker import Worker
 
     home.secure(str(paths.home), writers=True)  # it writes run/ (and supervisord its log)
+    logs.install(paths.logs / "workers.direct.log")
     signals = StopSignals()
     signals.install()
     w = Worker(

@@ -61,7 +61,9 @@ def worker_start(c: Ctx, count: int | None, detach: bool) -> None:
 
     In the foreground it blocks until Ctrl+C, SIGTERM or `queuectl worker stop`,
     then stops every worker gracefully (running jobs finish) and exits 0.  If
-    supervisord already runs for this home, it only brings the pool to N and returns.
+    supervisord dies, the workers finish their jobs and exit by themselves; it
+    waits for them, then exits 6.  If supervisord already runs for this home, it
+    only brings the pool to N and returns.
     """
     from queuectl.supervisor import pool_size, prepare_home, run_foreground
 
@@ -196,12 +198,14 @@ def monitor() -> None:
 @pass_ctx
 def monitor_run(c: Ctx) -> None:
     """Run recovery passes every monitor_interval until stopped."""
-    from queuectl.signals import StopSignals, die_with_parent
+    from queuectl import logs
+    from queuectl.signals import StopSignals
 
+    logs.install(c.paths.logs / "monitor.direct.log")
     signals = StopSignals()
     signals.install()
     if os.environ.get("SUPERVISOR_ENABLED"):
-        die_with_parent()
+        signals.watch_parent()
     sys.exit(_monitor(c, signals).run())
 
 

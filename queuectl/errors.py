@@ -65,7 +65,7 @@ class StoreCorrupt(StoreFatal):
 
 
 class SupervisorError(QueuectlError):
-    """supervisord could not be started, reached or commanded."""
+    """supervisord could not be started, reached or commanded (or it died)."""
 
     exit_code = 6
 
@@ -77,5 +77,5 @@ EXIT_CODES = {
     3: "job not found",
     4: "conflict with stored data (duplicate id, job not in the required state)",
     5: "database unavailable: busy, corrupt, deleted, not a queuectl database, read-only, full",
-    6: "supervisord could not be started or reached",
+    6: "supervisord could not be started or reached, or died under a foreground `worker start`",
 }

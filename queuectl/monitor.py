@@ -571,8 +571,22 @@ class Monitor:
             except Exception:
                 self.log.exception("monitor_error")
             self._sleep(interval)
-        self.log.info("monitor_stopped")
+        gone = self.signals.parent is not None and self.signals.parent.gone
+        if gone:
+            self._last_pass()
+        self.log.info("monitor_stopped", supervisor_gone=gone)
         return 0
+
+    def _last_pass(self) -> None:
+        """One more pass as the supervisor is gone: what died with it (a worker killed
+        at the same time) is recovered now, since no monitor runs here again until
+        the next `worker start`."""
+        try:
+            self.guarded_pass("monitor")
+        except QueuectlError as exc:
+            self.log.warning("monitor_store_error", error=str(exc))
+        except Exception:
+            self.log.exception("monitor_error")
 
     def _sleep(self, seconds: float) -> None:
         import select

@@ -139,3 +139,24 @@ def signal_local_workers(workers: list[Any], sig: int = signal.SIGTERM) -> list[
             os.kill(w.pid, sig)
             hit.append(w.pid)
     return hit
+
+
+def supervised_processes(sock: str) -> list[int]:
+    """The processes on this host that the supervisord listening on the unix socket
+    `sock` started (its workers and monitor), also after it died: their environment
+    names its socket.  Job processes (which inherit it) are left out."""
+    # As supervisord spells it: the socket path made absolute, symlinks kept.
+    want = b"SUPERVISOR_SERVER_URL=unix://" + os.path.abspath(sock).encode()
+    found = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if want in env and not any(item.startswith(b"QUEUECTL_JOB_ID=") for item in env):
+            found.append(int(name))
+    return [pid for pid in found if is_alive(pid, None)]

@@ -338,6 +338,8 @@ def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> 
     First SIGINT/SIGTERM: stop the workers gracefully, then supervisord, exit 0.
     Second: a cold stop (workers kill their jobs and record the attempts).
     `worker stop` from elsewhere sets the count to 0: we notice and shut down too.
+    If supervisord dies, its workers and monitor stop by themselves (they watch
+    their parent); we wait until they have, then return 6 (SupervisorError).
     """
     import select
     import threading
@@ -365,10 +367,39 @@ def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> 
             cold_sent = True
     rc = proc.wait()
     if stopper is None:
-        say(f"supervisord exited unexpectedly (code {rc})")
-        return 1
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
+        say(
+            f"supervisord died unexpectedly ({how}): its workers finish their running jobs "
+            "(up to stop_timeout), record them and exit; waiting for them (Ctrl+C stops waiting)"
+        )
+        left = _wait_orphans(sv, signals)
+        if left:
+            say(f"stopped waiting; {len(left)} process(es) still stopping: {' '.join(map(str, left))}")
+        else:
+            say("every worker and the monitor stopped; `queuectl worker start` starts them again")
+        return SupervisorError.exit_code
     say("stopped")
     return 0
+
+
+def _wait_orphans(sv: Supervisor, signals: Any) -> list[int]:
+    """Wait until the workers and the monitor that the dead supervisord started have
+    exited (each stops by itself when it loses its parent); a stop signal ends the
+    wait early (they go on stopping alone).  Returns the pids still running then.  Only the
+    processes found now count: a supervisord started meanwhile for this home has
+    children with the same socket in their environment."""
+    import select
+
+    from queuectl.procs import is_alive, proc_start, supervised_processes
+
+    orphans = [(pid, proc_start(pid)) for pid in supervised_processes(str(sv.sock))]
+    while left := [pid for pid, start in orphans if is_alive(pid, start)]:
+        if signals.warm:
+            return left
+        with contextlib.suppress(InterruptedError):
+            select.select([signals.fd], [], [], 0.1)
+        signals.drain()
+    return []
 
 
 def _stop_all(sv: Supervisor) -> None:

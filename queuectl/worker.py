@@ -22,7 +22,7 @@ from queuectl.fence import Fence, deadline_after
 from queuectl.logs import json_logger
 from queuectl.models import Beat, Job, JobState, Outcome, RecoveryGuard, WorkerInfo, decide
 from queuectl.monitor import LEASE, Monitor, monitor_absent
-from queuectl.signals import StopSignals, die_with_parent
+from queuectl.signals import StopSignals
 from queuectl.store import Store
 
 #: How often (seconds) a worker re-reads the config table.
@@ -80,7 +80,7 @@ class Worker:
         #: (stores other hosts may still reach, where a monitor there would recover it).
         self._fence = Fence(self.log) if store.partitionable else None
         self._stop_requested_at: float | None = None
-        self._parent = os.getppid() if watch_parent else None
+        self._parent = self.signals.watch_parent() if watch_parent else None
         self.jobs_done = 0
         #: A job claimed together with the last finish, to be run next.
         self._next: Job | None = None
@@ -97,10 +97,6 @@ class Worker:
         )
         self._next_recovery_check = 0.0
         self._covering = False
-        if watch_parent:
-            die_with_parent()
-            if self._parent == 1:  # the parent died before we could ask
-                self.signals.request()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -461,6 +457,7 @@ class Worker:
             self.log.error("database_unusable", error=str(exc))
             raise
         finally:
+            self._watch_parent()
             self.unregister()
             self.log.info("worker_stopped", jobs=self.jobs_done, signals=self.signals.count)
         return 0
@@ -507,6 +504,7 @@ class Worker:
             self.register()
 
     def _watch_parent(self) -> None:
-        if self._parent is not None and not self.signals.warm and os.getppid() != self._parent:
-            self.log.warning("supervisor_gone", parent=self._parent)
+        """Once the supervisor is gone (a warm stop): say so, once."""
+        if self._parent is not None and self._parent.gone and not self.signals.parent_gone:
+            self.log.warning("supervisor_gone", parent=self._parent.pid)
             self.signals.request()

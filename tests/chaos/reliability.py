@@ -41,6 +41,13 @@ def plan(jobs: int) -> list[tuple[str, Scenario, dict[str, Any], bool, tuple[str
         ),
         ("monitor + worker SIGKILLs, 3 monitors", scenarios.monitor_chaos, {"jobs": jobs}, True, both),
         ("supervisord tree SIGKILL + restart", scenarios.supervisord_kill, {"jobs": jobs}, True, both),
+        (
+            "supervisord alone SIGKILL, workers stop by themselves + restart",
+            scenarios.supervisord_kill,
+            {"jobs": jobs, "everything": False},
+            True,
+            both,
+        ),
         ("database held busy 4 s", scenarios.busy_database, {"jobs": jobs, "hold": 4.0}, True, both),
         ("pg_terminate_backend every 1 s", scenarios.pg_terminate, {"jobs": jobs}, True, ("postgres",)),
         ("PostgreSQL server restarted mid-drain", scenarios.pg_restart, {"jobs": jobs}, True, ("postgres",)),

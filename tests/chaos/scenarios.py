@@ -243,6 +243,12 @@ def supervisord_kill(c: Cluster, *, jobs: int = 120, everything: bool = True, fa
     log.other.append(t)
     # The workers left alive (group kill only) notice and stop by themselves.
     wait_until(lambda: not any(_alive(pid) for _s, pid in members if pid), 30, "the old workers to exit")
+    if not everything:
+        # Each worker recorded its job (or gave an unstarted one back) before it
+        # exited: nothing waits for the next start as `processing`.
+        assert c.counts()["processing"] == 0, c.counts()
+        assert not c.store.workers(), c.store.workers()
+        wait_until(lambda: not c.job_pids(), 15, "every job process to be gone")
     c.start(2)
     _settle(c, 60)
     return _finish(c, w, "supervisord " + ("tree SIGKILL" if everything else "group SIGKILL"), log, started)
