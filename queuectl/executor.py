@@ -2,7 +2,8 @@
 
 The job gets a new session (so its whole tree is one process group the worker can
 kill, and a Ctrl+C or supervisord's stop signal reaches the worker, not the job),
-no stdin, and files for stdout and stderr (pipes would deadlock on large output).
+an empty stdin that names the attempt, and files of its own for stdout and stderr
+(pipes would deadlock on large output).
 The wait is a pidfd in select(): one thread, an exact wake-up when the job exits,
 and a tick every `tick_interval` seconds for heartbeats.  Knows nothing of the store.
 """
@@ -18,45 +19,72 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from queuectl import contain
 from queuectl.affinity import widen, widen_one
 from queuectl.models import Outcome
+from queuectl.procs import proc_start
+
+#: The variables of a job's environment its stdin marker repeats (procs.job_processes).
+MARKED = ("QUEUECTL_JOB_ID", "QUEUECTL_LEASE", "QUEUECTL_ATTEMPT", "QUEUECTL_QUEUE")
+#: The name of every attempt's stdin marker (`/memfd:<name> (deleted)` in /proc).
+MARKER_NAME = "queuectl-attempt"
+#: The marker's text stays below this offset, where the job's stdin starts: the job
+#: reads an empty stdin.
+MARKER_SIZE = 4096
 
 
 class OutputFiles:
-    """Two anonymous files reused for every job of one worker: truncated before each
-    job, and only their last `limit` bytes are read back."""
+    """The descriptors of one attempt: its stdout and stderr, anonymous files made
+    for it alone (so a process it leaves behind can only ever write into its own
+    attempt's output, never another's), and its stdin, an empty read-only memfd
+    whose text, past the job's reach, names the attempt: the QUEUECTL_* variables of
+    its environment, then its session id and its shell's start time.  A process
+    that scrubs its environment (`env -i`) keeps the descriptor, so procs finds it
+    by that.  open() makes them for an attempt, close() lets them go; only the last
+    `limit` bytes of each output are read back."""
 
     def __init__(self) -> None:
-        # Open for the worker's whole life; closed by close().
-        self.out = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
-        self.err = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
-        #: The job's stdin: /dev/null, opened once, not once per job.
-        self.null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        #: Whether the files may hold output.  Only tails() clears it, having found both
-        #: empty after the job's group was killed: the next reset() then has nothing to
-        #: truncate (most jobs print nothing; 4 system calls fewer per job).
-        self._dirty = True
+        self._dir = tempfile.gettempdir()
+        self.out = self.err = self.null = self._marker = -1
+        self.label = b""
 
-    def reset(self) -> None:
-        if self._dirty:
-            for f in (self.out, self.err):
-                os.ftruncate(f.fileno(), 0)
-                os.lseek(f.fileno(), 0, os.SEEK_SET)
-        self._dirty = True  # until tails() has looked: the job about to start may write
+    def open(self, env: Mapping[str, str]) -> None:
+        self.close()
+        self.out = self._anonymous()
+        self.err = self._anonymous()
+        #: What names the attempt (also the label of a job cgroup, contain.py).
+        self.label = "".join(f"{k}={env[k]}\0" for k in MARKED if k in env).encode()[: MARKER_SIZE // 2]
+        self._marker = os.memfd_create(MARKER_NAME, os.MFD_CLOEXEC)
+        os.write(self._marker, self.label)
+        #: The job's stdin: the same memfd, read-only, at an offset past its text.
+        self.null = os.open(f"/proc/self/fd/{self._marker}", os.O_RDONLY | os.O_CLOEXEC)
+        os.lseek(self.null, MARKER_SIZE, os.SEEK_SET)
+
+    def mark(self, sid: int, start: int | None) -> None:
+        """Add the attempt's session (its shell's pid) and start to the marker."""
+        text = f"QUEUECTL_SID={sid}\0QUEUECTL_SID_START={start}\0".encode()
+        os.write(self._marker, text)
+
+    def _anonymous(self) -> int:
+        try:
+            return os.open(self._dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError:  # a file system without O_TMPFILE
+            fd, name = tempfile.mkstemp(dir=self._dir)
+            os.unlink(name)
+            return fd
 
     def tails(self, limit: int) -> tuple[str, str]:
-        out, out_size = _tail(self.out.fileno(), limit)
-        err, err_size = _tail(self.err.fileno(), limit)
-        # A job's group is killed before this, so nothing writes after the sizes are read.
-        self._dirty = bool(out_size or err_size)
+        out, _ = _tail(self.out, limit)
+        err, _ = _tail(self.err, limit)
         return out, err
 
     def close(self) -> None:
-        self.out.close()
-        self.err.close()
-        if self.null >= 0:
-            os.close(self.null)
-            self.null = -1
+        for name in ("out", "err", "null", "_marker"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def _tail(fd: int, limit: int) -> tuple[str, int]:
@@ -125,8 +153,8 @@ class _Child:
             env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, files.null, 0),
-                (os.POSIX_SPAWN_DUP2, files.out.fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, files.err.fileno(), 2),
+                (os.POSIX_SPAWN_DUP2, files.out, 1),
+                (os.POSIX_SPAWN_DUP2, files.err, 2),
             ],
             setsid=True,
             setsigdef=_DEFAULT_SIGNALS,
@@ -171,10 +199,11 @@ def run(
     `on_start(pid)` is called once the shell (the group's leader) runs, `on_exit()`
     once the wait is over, before the group is killed and reaped.
     """
-    files.reset()
+    box = contain.active()
     try:
-        proc = _Child.spawn(job.command, job.env, files)
+        proc = _start(job, files, box)
     except OSError as exc:
+        files.close()
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
     if job.cpus is not None:
         # Started on the worker's CPU (posix_spawn has no affinity attribute).
@@ -189,12 +218,11 @@ def run(
         if on_exit is not None:
             on_exit()
         # The job is over once its shell exits: anything it left in its session
-        # (background children, daemons) would outlive the attempt, so it goes too.
+        # (background children, daemons) would outlive the attempt, so it goes too,
+        # and so does what left the session (the containment of a worker process).
         kill_group(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            proc.wait()
+        stdout, stderr = _end(proc, files, box, job.output_limit)
     code = proc.wait()
-    stdout, stderr = files.tails(job.output_limit)
     exit_code: int | None
     if code < 0:
         exit_code = 128 - code
@@ -205,6 +233,32 @@ def run(
         if error is None and code != 0:
             error = f"exited with code {code}{_HINTS.get(code, '')}"
     return Outcome(exit_code=exit_code, error=error, stdout=stdout, stderr=stderr, timed_out=timed_out)
+
+
+def _start(job: Job, files: OutputFiles, box: contain.Containment | None) -> _Child:
+    files.open(job.env)
+    if box is not None:
+        box.before_spawn(files.label)
+    try:
+        proc = _Child.spawn(job.command, job.env, files)
+    finally:
+        if box is not None:
+            box.after_spawn()
+    files.mark(proc.pid, proc_start(proc.pid))
+    return proc
+
+
+def _end(proc: _Child, files: OutputFiles, box: contain.Containment | None, limit: int) -> tuple[str, str]:
+    """Reap the shell (its group killed), kill and reap what it left, and read the
+    attempt's output; its descriptors are closed."""
+    try:
+        if proc.returncode is None:
+            proc.wait()
+        if box is not None:
+            box.end_attempt()
+        return files.tails(limit)
+    finally:
+        files.close()
 
 
 _HINTS = {126: " (command not executable)", 127: " (command not found)"}

@@ -1,0 +1,295 @@
+"""Nothing a job starts outlives its attempt: a worker process contains its jobs.
+
+A worker is the child subreaper of its jobs (PR_SET_CHILD_SUBREAPER): whatever a
+job leaves behind when its shell exits (a background child, a `setsid -f` daemon, a
+double fork) is re-parented to the worker, however it scrubbed its environment or
+left its session.  When an attempt ends, whether it succeeded, failed, timed out
+or was stopped, the worker kills every child it still has but the next job's
+(it runs one job at a time and starts nothing else, so every other child is what
+an attempt left) and reaps them, until it has no child left.
+
+Where the machine delegates a cgroup v2 subtree to the worker (its own cgroup can
+have children it may write), each attempt also runs in a cgroup of the worker's
+own, which is killed whole with `cgroup.kill` at the attempt's end; a monitor
+finds in it, by name, what is left of a worker that was SIGKILLed.
+
+Only `queuectl worker run` makes its process a container (start() + install()):
+a library caller's process (tests, embedding programs) may have children of its
+own that are none of a job's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from pathlib import Path
+
+#: prctl(2) option: orphaned descendants are re-parented to this process.
+PR_SET_CHILD_SUBREAPER = 36
+#: The name every worker's job cgroup starts with (then the worker's id).
+CGROUP_PREFIX = "queuectl."
+#: The extended attribute of a job cgroup that names the attempt running in it (the
+#: text of executor.OutputFiles' stdin marker): procs reads it for a process that
+#: shows nothing else.
+LABEL = "user.queuectl"
+#: The longest a worker waits for what it killed at an attempt's end to exit (a
+#: process in uninterruptible sleep takes its time; SIGKILL is never lost).
+REAP_TIMEOUT = 5.0
+
+
+def set_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants; False if the
+    kernel refused (or this is not Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def cgroup2_mount() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted in this mount namespace."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        return None
+    return None
+
+
+def cgroup_home() -> Path | None:
+    """This process's cgroup v2 folder, if this process may make cgroups under it
+    (a delegated subtree, or root on a cgroup v2 mount) and kill them whole."""
+    mount = cgroup2_mount()
+    if mount is None:
+        return None
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+            own = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if own is None or own.endswith(" (deleted)"):
+        return None
+    home = Path(mount) / own.lstrip("/")
+    if not (home / "cgroup.procs").exists() or not os.access(home, os.W_OK):
+        return None
+    if not os.access(home / "cgroup.procs", os.W_OK):
+        return None
+    return home
+
+
+class Cgroup:
+    """One worker's job cgroup, a child of the worker's own.  The worker enters it
+    for the spawn of each job (a child starts in its parent's cgroup, and
+    posix_spawn cannot name another), and goes back to its own cgroup at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pid = str(os.getpid()).encode()
+        self._enter = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self._leave = os.open(path.parent / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            self._events = os.open(path / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self._enter)
+            raise
+
+    @classmethod
+    def make(cls, home: Path, worker_id: str) -> Cgroup | None:
+        sweep(home)
+        path = home / f"{CGROUP_PREFIX}{_safe(worker_id)}"
+        try:
+            path.mkdir(mode=0o755)
+        except FileExistsError:
+            pass  # a worker of the same id: its pid was reused after it died
+        except OSError:
+            return None
+        if not (path / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            return None
+        try:
+            return cls(path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            return None
+
+    def enter(self, label: bytes) -> None:
+        with contextlib.suppress(OSError):  # no user xattrs on cgroupfs before Linux 5.7
+            os.setxattr(self.path, LABEL, label)
+        os.write(self._enter, self._pid)
+
+    def leave(self) -> None:
+        os.write(self._leave, self._pid)
+
+    def populated(self) -> bool:
+        return b"populated 1" in os.pread(self._events, 256, 0)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / "cgroup.kill").write_text("1")
+
+    def close(self) -> None:
+        for fd in (self._enter, self._leave, self._events):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()  # refused while a process is still in it
+
+
+def sweep(home: Path) -> None:
+    """Remove the job cgroups of workers that are gone (a SIGKILLed worker leaves
+    its own behind).  A cgroup that still holds a process is refused by rmdir; one of
+    a live worker is left alone (its pid, from the worker id, still runs)."""
+    try:
+        names = [d.name for d in home.iterdir() if d.name.startswith(CGROUP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        parts = name.rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit() and os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        with contextlib.suppress(OSError):
+            (home / name).rmdir()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:200]
+
+
+class Containment:
+    """What one worker process does to contain each of its jobs' attempts."""
+
+    def __init__(self, *, subreaper: bool, cgroup: Cgroup | None) -> None:
+        self.subreaper = subreaper
+        self.cgroup = cgroup
+
+    @classmethod
+    def start(cls, worker_id: str, *, cgroup: bool) -> Containment:
+        """Become the subreaper and, with `cgroup` and where the machine allows it,
+        make the worker's job cgroup."""
+        home = cgroup_home() if cgroup else None
+        group = Cgroup.make(home, worker_id) if home is not None else None
+        return cls(subreaper=set_subreaper(), cgroup=group)
+
+    @property
+    def mode(self) -> str:
+        if self.cgroup is not None:
+            return "cgroup"
+        return "subreaper" if self.subreaper else "group"
+
+    def before_spawn(self, label: bytes) -> None:
+        """Before the spawn of an attempt that `label` names."""
+        if self.cgroup is not None:
+            try:
+                self.cgroup.enter(label)
+            except OSError:
+                self._drop_cgroup()
+
+    def after_spawn(self) -> None:
+        if self.cgroup is not None:
+            try:
+                self.cgroup.leave()
+            except OSError:
+                # Still in the job cgroup: killing it would kill this worker.
+                self._drop_cgroup()
+
+    def _drop_cgroup(self) -> None:
+        """Go on with the subreaper alone (the cgroup was removed under us, or the
+        worker cannot move itself any more)."""
+        group, self.cgroup = self.cgroup, None
+        if group is not None:
+            group.close()
+
+    def end_attempt(self) -> list[int]:
+        """Kill and reap every process left of the attempt that just ended (its
+        shell already reaped); returns the pids killed."""
+        if self.cgroup is not None and self.cgroup.populated():
+            self.cgroup.kill()
+        if not self.subreaper:
+            return []
+        return reap_all(time.monotonic() + REAP_TIMEOUT)
+
+    def close(self) -> None:
+        if self.cgroup is not None:
+            self.end_attempt()
+            self.cgroup.close()
+            self.cgroup = None
+
+
+def children() -> list[int]:
+    """This process's live children (any thread's), from /proc."""
+    me = os.getpid()
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children", "rb") as f:
+                found.extend(int(p) for p in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def reap_all(deadline: float) -> list[int]:
+    """SIGKILL every child of this process and reap them, and then what they leave
+    (re-parented here in turn), until none is left or `deadline` (monotonic) passes."""
+    killed: list[int] = []
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return killed  # no child at all: the common case, one system call
+        if info is not None:
+            continue  # reaped one that had exited
+        for pid in children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                if pid not in killed:
+                    killed.append(pid)
+        if time.monotonic() >= deadline:
+            return killed
+        # Wait for the next exit (or a child re-parented in the meantime).
+        with contextlib.suppress(ChildProcessError):
+            _wait_any(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _wait_any(timeout: float) -> None:
+    """Block up to `timeout` seconds until some child can be reaped."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return
+        select.select([], [], [], 0.002)
+
+
+_active: Containment | None = None
+
+
+def install(box: Containment) -> None:
+    """Make `box` the containment every job this process runs gets."""
+    global _active
+    _active = box
+
+
+def active() -> Containment | None:
+    return _active
+
+
+def uninstall() -> None:
+    global _active
+    box, _active = _active, None
+    if box is not None:
+        box.close()
