@@ -14,10 +14,10 @@ import contextlib
 import os
 import select
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from queuectl import contain
 from queuectl.affinity import widen, widen_one
@@ -34,25 +34,27 @@ MARKER_SIZE = 4096
 
 
 class OutputFiles:
-    """The descriptors of one attempt: its stdout and stderr, anonymous files made
-    for it alone (so a process it leaves behind can only ever write into its own
-    attempt's output, never another's), and its stdin, an empty read-only memfd
-    whose text, past the job's reach, names the attempt: the QUEUECTL_* variables of
-    its environment, then its session id and its shell's start time.  A process
-    that scrubs its environment (`env -i`) keeps the descriptor, so procs finds it
-    by that.  open() makes them for an attempt, close() lets them go; only the last
-    `limit` bytes of each output are read back."""
+    """The descriptors of one attempt: its stdout and stderr, memfds made for it
+    alone (so a process it leaves behind can only ever write into its own attempt's
+    output, never another's), and its stdin, an empty read-only memfd whose text,
+    past the job's reach, names the attempt: the QUEUECTL_* variables of its
+    environment, its session id (its shell's pid) and, once it has run a moment, its
+    shell's start time.  A process that scrubs its environment (`env -i`) keeps the
+    descriptor, so procs finds it by that.  open() makes them for an attempt, close()
+    lets them go; only the last `limit` bytes of each output are kept (trim()) and
+    read back."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.gettempdir()
         self.out = self.err = self.null = self._marker = -1
+        self._started = False
+        #: What names the attempt (also the label of a job cgroup, contain.py).
         self.label = b""
 
     def open(self, env: Mapping[str, str]) -> None:
         self.close()
-        self.out = self._anonymous()
-        self.err = self._anonymous()
-        #: What names the attempt (also the label of a job cgroup, contain.py).
+        self._started = False
+        self.out = os.memfd_create("queuectl-out", os.MFD_CLOEXEC)
+        self.err = os.memfd_create("queuectl-err", os.MFD_CLOEXEC)
         self.label = "".join(f"{k}={env[k]}\0" for k in MARKED if k in env).encode()[: MARKER_SIZE // 2]
         self._marker = os.memfd_create(MARKER_NAME, os.MFD_CLOEXEC)
         os.write(self._marker, self.label)
@@ -60,18 +62,28 @@ class OutputFiles:
         self.null = os.open(f"/proc/self/fd/{self._marker}", os.O_RDONLY | os.O_CLOEXEC)
         os.lseek(self.null, MARKER_SIZE, os.SEEK_SET)
 
-    def mark(self, sid: int, start: int | None) -> None:
-        """Add the attempt's session (its shell's pid) and start to the marker."""
-        text = f"QUEUECTL_SID={sid}\0QUEUECTL_SID_START={start}\0".encode()
-        os.write(self._marker, text)
+    def mark(self, text: str) -> None:
+        """Add `text` (NAME=value pairs, NUL-terminated) to the marker."""
+        os.write(self._marker, text.encode())
 
-    def _anonymous(self) -> int:
-        try:
-            return os.open(self._dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        except OSError:  # a file system without O_TMPFILE
-            fd, name = tempfile.mkstemp(dir=self._dir)
-            os.unlink(name)
-            return fd
+    def tick(self, pid: int, limit: int) -> None:
+        """While the attempt runs, every check interval: the first time, add its
+        shell's start time to the marker (a job that ends sooner, as most do, costs
+        no read of /proc); every time, trim its output."""
+        if not self._started:
+            self._started = True
+            self.mark(f"QUEUECTL_SID_START={proc_start(pid)}\0")
+        self.trim(limit)
+
+    def trim(self, limit: int) -> None:
+        """Give back the memory of what lies before the last `limit` bytes of each
+        output, once there is at least TRIM_SLACK of it (the file keeps its size:
+        the job's writes go on at its offset)."""
+        for fd in (self.out, self.err):
+            size = os.fstat(fd).st_size
+            drop = (size - max(limit, 0)) // _PAGE * _PAGE
+            if drop >= TRIM_SLACK:
+                _punch_hole(fd, drop)
 
     def tails(self, limit: int) -> tuple[str, str]:
         out, _ = _tail(self.out, limit)
@@ -85,6 +97,26 @@ class OutputFiles:
                 setattr(self, name, -1)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+#: Output before the kept tail is given back in pieces of at least this many bytes.
+TRIM_SLACK = 1 << 20
+_PAGE = 4096
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_fallocate: Any = None
+
+
+def _punch_hole(fd: int, length: int) -> None:
+    """Free [0, length) of a memfd; it reads as zeros afterwards."""
+    global _fallocate
+    if _fallocate is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _fallocate = libc.fallocate
+        _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+    _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, length)
 
 
 def _tail(fd: int, limit: int) -> tuple[str, int]:
@@ -213,7 +245,7 @@ def run(
     error: str | None = None
     timed_out = False
     try:
-        error, timed_out = _wait(proc, job, check, check_interval, wakeup_fd)
+        error, timed_out = _wait(proc, job, files, check, check_interval, wakeup_fd)
     finally:
         if on_exit is not None:
             on_exit()
@@ -244,7 +276,7 @@ def _start(job: Job, files: OutputFiles, box: contain.Containment | None) -> _Ch
     finally:
         if box is not None:
             box.after_spawn()
-    files.mark(proc.pid, proc_start(proc.pid))
+    files.mark(f"QUEUECTL_SID={proc.pid}\0")
     return proc
 
 
@@ -274,6 +306,7 @@ def _signame(sig: int) -> str:
 def _wait(
     proc: _Child,
     job: Job,
+    files: OutputFiles,
     check: Callable[[], str | None] | None,
     check_interval: float,
     wakeup_fd: int | None,
@@ -283,7 +316,7 @@ def _wait(
     try:
         start = time.monotonic()
         deadline = start + job.timeout
-        next_check = start + check_interval
+        next_check = next_tick = start + check_interval
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
         error: str | None = None
         timed_out = False
@@ -293,17 +326,16 @@ def _wait(
         fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
         while True:
             now = time.monotonic()
-            wake = min(next_check, kill_at if kill_at is not None else deadline, *widen_at)
+            wake = min(next_check, next_tick, kill_at if kill_at is not None else deadline, *widen_at)
             ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
             if pidfd in ready:
                 proc.wait()
                 return error, timed_out
             now = time.monotonic()
-            if widen_at and now >= widen_at[0]:
-                widen(proc.pid, job.cpus)  # type: ignore[arg-type]
-                # After a late wake-up the next walk still comes a while after this one:
-                # it is there for what was in flight during this one.
-                widen_at = [max(t, now + _WALK_GAP) for t in widen_at[1:]]
+            widen_at = _widen_when_due(proc, job, widen_at, now)
+            if now >= next_tick:
+                next_tick = now + check_interval
+                files.tick(proc.pid, job.output_limit)
             woken = wakeup_fd is not None and wakeup_fd in ready
             if woken:
                 _drain(wakeup_fd)  # type: ignore[arg-type]
@@ -328,6 +360,16 @@ def _wait(
                 widen_at = []  # the group is being killed: nothing left to widen
     finally:
         os.close(pidfd)
+
+
+def _widen_when_due(proc: _Child, job: Job, widen_at: list[float], now: float) -> list[float]:
+    """Walk the job's tree onto its CPUs if the next walk is due; the walks left."""
+    if not widen_at or now < widen_at[0]:
+        return widen_at
+    widen(proc.pid, job.cpus)  # type: ignore[arg-type]
+    # After a late wake-up the next walk still comes a while after this one: it is
+    # there for what was in flight during this one.
+    return [max(t, now + _WALK_GAP) for t in widen_at[1:]]
 
 
 def _drain(fd: int) -> None:

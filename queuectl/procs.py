@@ -102,7 +102,7 @@ def job_processes(queue: str) -> list[JobProcess]:
     by_sid: dict[int, dict[bytes, bytes]] = {}
     by_cgroup: dict[str, dict[bytes, bytes]] = {}
     labels: dict[str, dict[bytes, bytes]] = {}
-    pids = {p.pid for p in seen}
+    pids = {p.pid: p for p in seen}
     for p in seen:
         if p.values is None or p.values.get(b"QUEUECTL_QUEUE", b"").decode() != queue:
             continue
@@ -110,18 +110,15 @@ def job_processes(queue: str) -> list[JobProcess]:
             by_cgroup.setdefault(p.cgroup, p.values)
         if p.sid == p.pid:  # a session a process of the attempt made
             by_sid.setdefault(p.sid, p.values)
-        sid, start = _int(p.values.get(b"QUEUECTL_SID")), _int(p.values.get(b"QUEUECTL_SID_START"))
-        if sid is not None and start is not None and (sid not in pids or _start_of(seen, sid) == start):
-            # The attempt's own session, while its leader runs (the same process, by
-            # its start), or once it is gone: a pid stays taken while its session
-            # has members, so the session is still the attempt's.
-            by_sid.setdefault(sid, {**p.values, b"_start": str(start).encode()})
+        sid = _int(p.values.get(b"QUEUECTL_SID"))
+        if sid is not None and _attempts_session(p.values, pids.get(sid)):
+            by_sid.setdefault(sid, p.values)
     found = []
     for p in seen:
         values = p.values
         if values is None:
             values = by_sid.get(p.sid) or (_cgroup_values(p.cgroup, labels, by_cgroup) if p.cgroup else None)
-            if values is not None and p.start < (_int(values.get(b"_start")) or 0):
+            if values is not None and p.start < (_int(values.get(b"QUEUECTL_SID_START")) or 0):
                 values = None  # older than the attempt: not one of its processes
         if values is not None and values.get(b"QUEUECTL_QUEUE", b"").decode() == queue:
             found.append(_job_process(p, values, queue))
@@ -211,8 +208,18 @@ def _int(text: bytes | None) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
-def _start_of(seen: list[_Seen], pid: int) -> int | None:
-    return next((p.start for p in seen if p.pid == pid), None)
+def _attempts_session(values: dict[bytes, bytes], leader: _Seen | None) -> bool:
+    """Whether the session the marker `values` names (its shell's pid) is still the
+    attempt's: while its leader runs, if that is the same process (by the start time
+    the marker holds, or, before it holds one, by the leader's own marker); once the
+    leader is gone, always: a pid stays taken while its session has members."""
+    if leader is None:
+        return True
+    start = _int(values.get(b"QUEUECTL_SID_START"))
+    if start is not None:
+        return leader.start == start
+    mine = (b"QUEUECTL_JOB_ID", b"QUEUECTL_LEASE")
+    return leader.values is not None and all(leader.values.get(k) == values.get(k) for k in mine)
 
 
 def _job_process(p: _Seen, values: dict[bytes, bytes], queue: str) -> JobProcess:
