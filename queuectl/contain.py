@@ -124,8 +124,10 @@ class Cgroup:
             return None
 
     def enter(self, label: bytes) -> None:
+        # The worker itself is in the cgroup for a moment: the label names it, so
+        # that it is never taken for a process of the attempt.
         with contextlib.suppress(OSError):  # no user xattrs on cgroupfs before Linux 5.7
-            os.setxattr(self.path, LABEL, label)
+            os.setxattr(self.path, LABEL, label + b"QUEUECTL_WORKER_PID=" + self._pid + b"\0")
         os.write(self._enter, self._pid)
 
     def leave(self) -> None:

@@ -100,14 +100,11 @@ def job_processes(queue: str) -> list[JobProcess]:
     (contain.py), whose label names the attempt that last ran in it."""
     seen = [p for p in map(_look, _pids()) if p is not None]
     by_sid: dict[int, dict[bytes, bytes]] = {}
-    by_cgroup: dict[str, dict[bytes, bytes]] = {}
     labels: dict[str, dict[bytes, bytes]] = {}
     pids = {p.pid: p for p in seen}
     for p in seen:
         if p.values is None or p.values.get(b"QUEUECTL_QUEUE", b"").decode() != queue:
             continue
-        if p.cgroup is not None:
-            by_cgroup.setdefault(p.cgroup, p.values)
         if p.sid == p.pid:  # a session a process of the attempt made
             by_sid.setdefault(p.sid, p.values)
         sid = _int(p.values.get(b"QUEUECTL_SID"))
@@ -117,7 +114,7 @@ def job_processes(queue: str) -> list[JobProcess]:
     for p in seen:
         values = p.values
         if values is None:
-            values = by_sid.get(p.sid) or (_cgroup_values(p.cgroup, labels, by_cgroup) if p.cgroup else None)
+            values = by_sid.get(p.sid) or (_cgroup_values(p.cgroup, labels, p.pid) if p.cgroup else None)
             if values is not None and p.start < (_int(values.get(b"QUEUECTL_SID_START")) or 0):
                 values = None  # older than the attempt: not one of its processes
         if values is not None and values.get(b"QUEUECTL_QUEUE", b"").decode() == queue:
@@ -182,12 +179,10 @@ def _job_cgroup(pid: int) -> str | None:
     return None
 
 
-def _cgroup_values(
-    path: str, known: dict[str, dict[bytes, bytes]], members: dict[str, dict[bytes, bytes]]
-) -> dict[bytes, bytes] | None:
-    """The attempt a job cgroup's label names (contain.LABEL, read once per pass),
-    else the one its other processes show."""
-    if path not in known:
+def _cgroup_values(path: str, labels: dict[str, dict[bytes, bytes]], pid: int) -> dict[bytes, bytes] | None:
+    """The attempt a job cgroup's label names (contain.LABEL, read once per pass);
+    None for the worker itself, which is in it for a moment at each spawn."""
+    if path not in labels:
         from queuectl import contain
 
         mount = contain.cgroup2_mount()
@@ -195,9 +190,11 @@ def _cgroup_values(
             label = os.getxattr(f"{mount}/{path.lstrip('/')}", contain.LABEL) if mount else b""
         except OSError:
             label = b""
-        known[path] = _parse(label)
-    values = known[path]
-    return values if b"QUEUECTL_JOB_ID" in values else members.get(path)
+        labels[path] = _parse(label)
+    values = labels[path]
+    if b"QUEUECTL_JOB_ID" not in values or values.get(b"QUEUECTL_WORKER_PID") == str(pid).encode():
+        return None
+    return values
 
 
 def _parse(data: bytes) -> dict[bytes, bytes]:

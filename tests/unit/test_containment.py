@@ -9,13 +9,15 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from queuectl import contain
-from tests.helpers import FAST, QHome, alive, proc_state, wait_until
+from queuectl import contain, procs
+from tests.helpers import FAST, QHome, alive, clean_env, proc_state, wait_until
 
 FAST_POLL = ("--poll-interval", "0.05")
 #: Both ways a worker contains its jobs: a cgroup of its own where the machine
@@ -183,3 +185,31 @@ def test_with_a_cgroup_a_job_that_hides_every_way_is_still_killed_after_its_work
     assert [r["job_id"] for r in done] == [job]
     assert pid in done[0]["killed_pids"]
     wait_until(lambda: not alive(pid), 5, "the hidden daemon to be dead")
+
+
+@pytest.mark.skipif(contain.cgroup_home() is None, reason="no writable cgroup v2 here")
+def test_the_worker_in_its_job_cgroup_for_a_spawn_is_never_taken_for_its_job(tmp_path: Path) -> None:
+    # A worker enters its job cgroup for each spawn: a monitor scanning /proc then
+    # must find the job's processes there, by the cgroup's label, and not the worker
+    # (its orphan sweep would SIGKILL it once the attempt was over).
+    ready = tmp_path / "ready"
+    code = f"""
+import os, subprocess, time
+from queuectl import contain
+box = contain.Containment.start("t-self-%d" % os.getpid(), cgroup=True)
+assert box.cgroup is not None
+box.before_spawn(b"QUEUECTL_JOB_ID=j1\\0QUEUECTL_LEASE=1\\0QUEUECTL_QUEUE=qself\\0")
+job = subprocess.Popen(["sleep", "30"], env={{}}, stdin=subprocess.DEVNULL, start_new_session=True)
+open({str(ready)!r}, "w").write(str(job.pid))
+time.sleep(30)
+"""
+    worker = subprocess.Popen([sys.executable, "-c", code], env=clean_env())
+    try:
+        job = int(wait_until(lambda: ready.exists() and ready.read_text(), 10, "the worker in its cgroup"))
+        found = {p.pid: (p.job_id, p.lease) for p in procs.job_processes("qself")}
+        assert found == {job: ("j1", 1)}
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.kill(job, signal.SIGKILL)
