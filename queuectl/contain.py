@@ -221,6 +221,21 @@ class Containment:
             return []
         return reap_all(time.monotonic() + REAP_TIMEOUT)
 
+    def reap_exited(self, keep: int) -> None:
+        """While an attempt runs: reap what it left that has exited since (it is
+        this worker's child), but not its shell `keep`, whose exit ends the wait."""
+        if not self.subreaper:
+            return
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == keep:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+
     def close(self) -> None:
         if self.cgroup is not None:
             self.end_attempt()

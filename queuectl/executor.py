@@ -245,7 +245,9 @@ def run(
     error: str | None = None
     timed_out = False
     try:
-        error, timed_out = _wait(proc, job, files, check, check_interval, wakeup_fd)
+        error, timed_out = _wait(
+            proc, job, lambda: _tick(proc, job, files, box), check, check_interval, wakeup_fd
+        )
     finally:
         if on_exit is not None:
             on_exit()
@@ -280,6 +282,13 @@ def _start(job: Job, files: OutputFiles, box: contain.Containment | None) -> _Ch
     return proc
 
 
+def _tick(proc: _Child, job: Job, files: OutputFiles, box: contain.Containment | None) -> None:
+    """Every check interval while the attempt runs."""
+    files.tick(proc.pid, job.output_limit)
+    if box is not None:
+        box.reap_exited(keep=proc.pid)
+
+
 def _end(proc: _Child, files: OutputFiles, box: contain.Containment | None, limit: int) -> tuple[str, str]:
     """Reap the shell (its group killed), kill and reap what it left, and read the
     attempt's output; its descriptors are closed."""
@@ -306,7 +315,7 @@ def _signame(sig: int) -> str:
 def _wait(
     proc: _Child,
     job: Job,
-    files: OutputFiles,
+    tick: Callable[[], None],
     check: Callable[[], str | None] | None,
     check_interval: float,
     wakeup_fd: int | None,
@@ -335,7 +344,7 @@ def _wait(
             widen_at = _widen_when_due(proc, job, widen_at, now)
             if now >= next_tick:
                 next_tick = now + check_interval
-                files.tick(proc.pid, job.output_limit)
+                tick()
             woken = wakeup_fd is not None and wakeup_fd in ready
             if woken:
                 _drain(wakeup_fd)  # type: ignore[arg-type]

@@ -213,3 +213,27 @@ time.sleep(30)
         worker.wait(timeout=10)
         with contextlib.suppress(NameError, ProcessLookupError):
             os.kill(job, signal.SIGKILL)
+
+
+def test_what_a_running_job_left_and_has_exited_is_reaped_before_the_attempt_ends(
+    qhome: QHome, tmp_path: Path, pids: list[int]
+) -> None:
+    # An orphan re-parented to the worker is its child: once it exits it stays a
+    # zombie until the worker reaps it, and a long job may leave many.
+    pidfile, go = tmp_path / "orphan.pid", tmp_path / "go"
+    qhome.configure(job_cgroup="off")
+    qhome.enqueue(
+        f"setsid -f sh -c 'echo $$ > {pidfile}; while [ ! -e {go} ]; do sleep 0.01; done'; sleep 30",
+        "--timeout",
+        "60",
+    )
+    worker = qhome.spawn_worker(*FAST_POLL)
+    try:
+        pid = wait_until(lambda: pid_in(pidfile), 10, "the orphan to start")
+        pids.append(pid)
+        go.touch()
+        wait_until(lambda: proc_state(pid) is None, 3, f"the exited orphan {pid} to be reaped")
+        assert qhome.json("list")[0]["state"] == "processing"
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
