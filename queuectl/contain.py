@@ -35,6 +35,8 @@ CGROUP_PREFIX = "queuectl."
 #: text of executor.OutputFiles' stdin marker): procs reads it for a process that
 #: shows nothing else.
 LABEL = "user.queuectl"
+#: At most this many walks of an attempt's tree move it into its cgroup.
+ADOPT_WALKS = 8
 #: The longest a worker waits for what it killed at an attempt's end to exit (a
 #: process in uninterruptible sleep takes its time; SIGKILL is never lost).
 REAP_TIMEOUT = 5.0
@@ -87,19 +89,17 @@ def cgroup_home() -> Path | None:
 
 
 class Cgroup:
-    """One worker's job cgroup, a child of the worker's own.  The worker enters it
-    for the spawn of each job (a child starts in its parent's cgroup, and
-    posix_spawn cannot name another), and goes back to its own cgroup at once."""
+    """One worker's job cgroup, a child of the worker's own.  The worker itself never
+    enters it (cgroup.kill would kill it too): an attempt's processes are moved in,
+    the whole tree of them, FIRST_TICK after its start (executor.py)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pid = str(os.getpid()).encode()
-        self._enter = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        self._procs = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         try:
-            self._leave = os.open(path.parent / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
             self._events = os.open(path / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            os.close(self._enter)
+            os.close(self._procs)
             raise
 
     @classmethod
@@ -123,15 +123,13 @@ class Cgroup:
                 path.rmdir()
             return None
 
-    def enter(self, label: bytes) -> None:
-        # The worker itself is in the cgroup for a moment: the label names it, so
-        # that it is never taken for a process of the attempt.
+    def label(self, text: bytes) -> None:
         with contextlib.suppress(OSError):  # no user xattrs on cgroupfs before Linux 5.7
-            os.setxattr(self.path, LABEL, label + b"QUEUECTL_WORKER_PID=" + self._pid + b"\0")
-        os.write(self._enter, self._pid)
+            os.setxattr(self.path, LABEL, text)
 
-    def leave(self) -> None:
-        os.write(self._leave, self._pid)
+    def move(self, pid: int) -> None:
+        with contextlib.suppress(OSError):  # gone, or a zombie
+            os.write(self._procs, str(pid).encode())
 
     def populated(self) -> bool:
         return b"populated 1" in os.pread(self._events, 256, 0)
@@ -141,7 +139,7 @@ class Cgroup:
             (self.path / "cgroup.kill").write_text("1")
 
     def close(self) -> None:
-        for fd in (self._enter, self._leave, self._events):
+        for fd in (self._procs, self._events):
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(OSError):
@@ -174,6 +172,9 @@ class Containment:
     def __init__(self, *, subreaper: bool, cgroup: Cgroup | None) -> None:
         self.subreaper = subreaper
         self.cgroup = cgroup
+        self._shell = 0
+        self._label = b""
+        self._adopted = False
 
     @classmethod
     def start(cls, worker_id: str, *, cgroup: bool) -> Containment:
@@ -189,41 +190,23 @@ class Containment:
             return "cgroup"
         return "subreaper" if self.subreaper else "group"
 
-    def before_spawn(self, label: bytes) -> None:
-        """Before the spawn of an attempt that `label` names."""
-        if self.cgroup is not None:
-            try:
-                self.cgroup.enter(label)
-            except OSError:
-                self._drop_cgroup()
+    def start_attempt(self, shell: int, label: bytes) -> None:
+        """An attempt started: its shell, and the text that names it."""
+        self._shell, self._label, self._adopted = shell, label, False
 
-    def after_spawn(self) -> None:
-        if self.cgroup is not None:
-            try:
-                self.cgroup.leave()
-            except OSError:
-                # Still in the job cgroup: killing it would kill this worker.
-                self._drop_cgroup()
+    def tick(self) -> None:
+        """While the attempt runs (executor: FIRST_TICK after its start, then every
+        check interval): move its processes into the job cgroup the first time, and
+        reap what it left that has exited since."""
+        if self.cgroup is not None and not self._adopted:
+            self._adopted = True
+            self.cgroup.label(self._label)
+            adopt(self.cgroup)
+        self.reap_exited()
 
-    def _drop_cgroup(self) -> None:
-        """Go on with the subreaper alone (the cgroup was removed under us, or the
-        worker cannot move itself any more)."""
-        group, self.cgroup = self.cgroup, None
-        if group is not None:
-            group.close()
-
-    def end_attempt(self) -> list[int]:
-        """Kill and reap every process left of the attempt that just ended (its
-        shell already reaped); returns the pids killed."""
-        if self.cgroup is not None and self.cgroup.populated():
-            self.cgroup.kill()
-        if not self.subreaper:
-            return []
-        return reap_all(time.monotonic() + REAP_TIMEOUT)
-
-    def reap_exited(self, keep: int) -> None:
-        """While an attempt runs: reap what it left that has exited since (it is
-        this worker's child), but not its shell `keep`, whose exit ends the wait."""
+    def reap_exited(self) -> None:
+        """Reap what the running attempt left that has exited (it is this worker's
+        child), but not its shell, whose exit ends the executor's wait."""
         if not self.subreaper:
             return
         while True:
@@ -231,10 +214,21 @@ class Containment:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if info is None or info.si_pid == keep:
+            if info is None or info.si_pid == self._shell:
                 return
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.si_pid, 0)
+
+    def end_attempt(self) -> bool:
+        """Kill and reap every process left of the attempt that just ended (its shell
+        already reaped).  True if none is left (so nothing of it holds its
+        descriptors any more)."""
+        if self.cgroup is not None and self._adopted and self.cgroup.populated():
+            self.cgroup.kill()
+        self._adopted = False
+        if not self.subreaper:
+            return False
+        return reap_all(time.monotonic() + REAP_TIMEOUT)
 
     def close(self) -> None:
         if self.cgroup is not None:
@@ -243,44 +237,66 @@ class Containment:
             self.cgroup = None
 
 
-def children() -> list[int]:
-    """This process's live children (any thread's), from /proc."""
-    me = os.getpid()
+def children(pid: int | None = None) -> list[int]:
+    """The live children (of any thread) of process `pid` (this one by default)."""
+    pid = os.getpid() if pid is None else pid
     found: list[int] = []
     try:
-        tids = os.listdir(f"/proc/{me}/task")
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        tids = []
+        return found
     for tid in tids:
         try:
-            with open(f"/proc/{me}/task/{tid}/children", "rb") as f:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
                 found.extend(int(p) for p in f.read().split())
         except (OSError, ValueError):
             continue
     return found
 
 
-def reap_all(deadline: float) -> list[int]:
+def reap_all(deadline: float) -> bool:
     """SIGKILL every child of this process and reap them, and then what they leave
-    (re-parented here in turn), until none is left or `deadline` (monotonic) passes."""
-    killed: list[int] = []
+    (re-parented here in turn), until none is left (True) or `deadline` (monotonic)
+    passes (False)."""
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
-            return killed  # no child at all: the common case, one system call
+            return True  # no child at all: the common case, one system call
         if info is not None:
             continue  # reaped one that had exited
         for pid in children():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-                if pid not in killed:
-                    killed.append(pid)
         if time.monotonic() >= deadline:
-            return killed
+            return False
         # Wait for the next exit (or a child re-parented in the meantime).
         with contextlib.suppress(ChildProcessError):
             _wait_any(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def descendants() -> list[int]:
+    """Every live descendant of this process, parents before their children."""
+    found = children()
+    i = 0
+    while i < len(found):
+        found.extend(children(found[i]))
+        i += 1
+    return found
+
+
+def adopt(group: Cgroup) -> None:
+    """Move every descendant of this worker (all of them its current attempt's)
+    into `group`.  What they fork from then on starts there; a walk finds what
+    forked during the one before, until one finds nothing new."""
+    moved: set[int] = set()
+    for _ in range(ADOPT_WALKS):
+        new = [pid for pid in descendants() if pid not in moved]
+        if not new:
+            return
+        for pid in new:
+            group.move(pid)
+            moved.add(pid)
 
 
 def _wait_any(timeout: float) -> None:

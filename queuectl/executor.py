@@ -34,42 +34,66 @@ MARKER_SIZE = 4096
 
 
 class OutputFiles:
-    """The descriptors of one attempt: its stdout and stderr, memfds made for it
-    alone (so a process it leaves behind can only ever write into its own attempt's
-    output, never another's), and its stdin, an empty read-only memfd whose text,
-    past the job's reach, names the attempt: the QUEUECTL_* variables of its
-    environment, its session id (its shell's pid) and, once it has run a moment, its
-    shell's start time.  A process that scrubs its environment (`env -i`) keeps the
-    descriptor, so procs finds it by that.  open() makes them for an attempt, close()
-    lets them go; only the last `limit` bytes of each output are kept (trim()) and
-    read back."""
+    """The descriptors of one attempt: its stdout and stderr (memfds), and its stdin,
+    an empty read-only memfd whose text, past the job's reach, names the attempt:
+    the QUEUECTL_* variables of its environment, its session id (its shell's pid)
+    and, once it has run a moment, its shell's start time.  A process that scrubs its
+    environment (`env -i`) keeps the descriptor, so procs finds it by that.
+
+    No process left by one attempt may write into another's output, so an attempt
+    gets descriptors no process of an earlier one holds: new ones, unless the caller
+    knows that no process of the last attempt is left (`reusable`: a worker that
+    contains its jobs, contain.py, after it reaped them all); then the same ones,
+    emptied.  Only the last `limit` bytes of each output are kept (trim()) and read
+    back."""
 
     def __init__(self) -> None:
         self.out = self.err = self.null = self._marker = -1
+        self._marker_end = 0
         self._started = False
+        #: Whether the outputs may hold something: only tails() clears it, having found
+        #: both empty (most jobs print nothing: nothing to truncate for the next).
+        self._dirty = True
+        #: Whether the next attempt may have these descriptors (see above).
+        self.reusable = False
         #: What names the attempt (also the label of a job cgroup, contain.py).
         self.label = b""
 
     def open(self, env: Mapping[str, str]) -> None:
-        self.close()
         self._started = False
+        self.label = "".join(f"{k}={env[k]}\0" for k in MARKED if k in env).encode()[: MARKER_SIZE // 2]
+        self._marker_end = len(self.label)
+        if self.reusable and self._marker >= 0:
+            self.reusable = False
+            if self._dirty:
+                for fd in (self.out, self.err):
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+            self._dirty = True
+            os.ftruncate(self._marker, 0)
+            os.pwrite(self._marker, self.label, 0)
+            os.lseek(self.null, MARKER_SIZE, os.SEEK_SET)  # the last job may have moved it
+            return
+        self.close()
         self.out = os.memfd_create("queuectl-out", os.MFD_CLOEXEC)
         self.err = os.memfd_create("queuectl-err", os.MFD_CLOEXEC)
-        self.label = "".join(f"{k}={env[k]}\0" for k in MARKED if k in env).encode()[: MARKER_SIZE // 2]
+        self._dirty = True
         self._marker = os.memfd_create(MARKER_NAME, os.MFD_CLOEXEC)
-        os.write(self._marker, self.label)
+        os.pwrite(self._marker, self.label, 0)
         #: The job's stdin: the same memfd, read-only, at an offset past its text.
         self.null = os.open(f"/proc/self/fd/{self._marker}", os.O_RDONLY | os.O_CLOEXEC)
         os.lseek(self.null, MARKER_SIZE, os.SEEK_SET)
 
     def mark(self, text: str) -> None:
         """Add `text` (NAME=value pairs, NUL-terminated) to the marker."""
-        os.write(self._marker, text.encode())
+        data = text.encode()
+        os.pwrite(self._marker, data, self._marker_end)
+        self._marker_end += len(data)
 
     def tick(self, pid: int, limit: int) -> None:
-        """While the attempt runs, every check interval: the first time, add its
-        shell's start time to the marker (a job that ends sooner, as most do, costs
-        no read of /proc); every time, trim its output."""
+        """While the attempt runs, at each tick: the first time, add its shell's
+        start time to the marker (a job that ends sooner, as most do, costs no read of
+        /proc); every time, trim its output."""
         if not self._started:
             self._started = True
             self.mark(f"QUEUECTL_SID_START={proc_start(pid)}\0")
@@ -86,11 +110,13 @@ class OutputFiles:
                 _punch_hole(fd, drop)
 
     def tails(self, limit: int) -> tuple[str, str]:
-        out, _ = _tail(self.out, limit)
-        err, _ = _tail(self.err, limit)
+        out, out_size = _tail(self.out, limit)
+        err, err_size = _tail(self.err, limit)
+        self._dirty = bool(out_size or err_size)
         return out, err
 
     def close(self) -> None:
+        self.reusable = False
         for name in ("out", "err", "null", "_marker"):
             fd = getattr(self, name)
             if fd >= 0:
@@ -137,6 +163,10 @@ def _tail(fd: int, limit: int) -> tuple[str, int]:
 #: second finds what the first could not (a fork in flight: its child has the narrow
 #: mask but is not listed yet).
 WIDEN_AFTER = (0.005, 0.25)
+#: Seconds after a job's start at which it is first looked after (its start time
+#: recorded, its tree moved into the worker's job cgroup): a job that ends sooner,
+#: as most do, costs none of it.
+FIRST_TICK = 0.005
 #: The least time between two walks.
 _WALK_GAP = 0.005
 
@@ -271,35 +301,34 @@ def run(
 
 def _start(job: Job, files: OutputFiles, box: contain.Containment | None) -> _Child:
     files.open(job.env)
-    if box is not None:
-        box.before_spawn(files.label)
-    try:
-        proc = _Child.spawn(job.command, job.env, files)
-    finally:
-        if box is not None:
-            box.after_spawn()
+    proc = _Child.spawn(job.command, job.env, files)
     files.mark(f"QUEUECTL_SID={proc.pid}\0")
+    if box is not None:
+        box.start_attempt(proc.pid, files.label)
     return proc
 
 
 def _tick(proc: _Child, job: Job, files: OutputFiles, box: contain.Containment | None) -> None:
-    """Every check interval while the attempt runs."""
+    """While the attempt runs: FIRST_TICK after its start, then every check interval."""
     files.tick(proc.pid, job.output_limit)
     if box is not None:
-        box.reap_exited(keep=proc.pid)
+        box.tick()
 
 
 def _end(proc: _Child, files: OutputFiles, box: contain.Containment | None, limit: int) -> tuple[str, str]:
     """Reap the shell (its group killed), kill and reap what it left, and read the
-    attempt's output; its descriptors are closed."""
+    attempt's output; its descriptors are closed unless no process of it is left."""
+    clean = False
     try:
         if proc.returncode is None:
             proc.wait()
-        if box is not None:
-            box.end_attempt()
+        clean = box is not None and box.end_attempt()
         return files.tails(limit)
     finally:
-        files.close()
+        if clean:
+            files.reusable = True
+        else:
+            files.close()
 
 
 _HINTS = {126: " (command not executable)", 127: " (command not found)"}
@@ -325,7 +354,8 @@ def _wait(
     try:
         start = time.monotonic()
         deadline = start + job.timeout
-        next_check = next_tick = start + check_interval
+        next_check = start + check_interval
+        next_tick = start + min(check_interval, FIRST_TICK)
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
         error: str | None = None
         timed_out = False

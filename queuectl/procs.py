@@ -114,7 +114,7 @@ def job_processes(queue: str) -> list[JobProcess]:
     for p in seen:
         values = p.values
         if values is None:
-            values = by_sid.get(p.sid) or (_cgroup_values(p.cgroup, labels, p.pid) if p.cgroup else None)
+            values = by_sid.get(p.sid) or (_cgroup_values(p.cgroup, labels) if p.cgroup else None)
             if values is not None and p.start < (_int(values.get(b"QUEUECTL_SID_START")) or 0):
                 values = None  # older than the attempt: not one of its processes
         if values is not None and values.get(b"QUEUECTL_QUEUE", b"").decode() == queue:
@@ -179,9 +179,8 @@ def _job_cgroup(pid: int) -> str | None:
     return None
 
 
-def _cgroup_values(path: str, labels: dict[str, dict[bytes, bytes]], pid: int) -> dict[bytes, bytes] | None:
-    """The attempt a job cgroup's label names (contain.LABEL, read once per pass);
-    None for the worker itself, which is in it for a moment at each spawn."""
+def _cgroup_values(path: str, labels: dict[str, dict[bytes, bytes]]) -> dict[bytes, bytes] | None:
+    """The attempt a job cgroup's label names (contain.LABEL), read once per pass."""
     if path not in labels:
         from queuectl import contain
 
@@ -192,9 +191,7 @@ def _cgroup_values(path: str, labels: dict[str, dict[bytes, bytes]], pid: int) -
             label = b""
         labels[path] = _parse(label)
     values = labels[path]
-    if b"QUEUECTL_JOB_ID" not in values or values.get(b"QUEUECTL_WORKER_PID") == str(pid).encode():
-        return None
-    return values
+    return values if b"QUEUECTL_JOB_ID" in values else None
 
 
 def _parse(data: bytes) -> dict[bytes, bytes]:
