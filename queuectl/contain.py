@@ -148,15 +148,16 @@ class Cgroup:
 
 def sweep(home: Path) -> None:
     """Remove the job cgroups of workers that are gone (a SIGKILLed worker leaves
-    its own behind).  A cgroup that still holds a process is refused by rmdir; one of
-    a live worker is left alone (its pid, from the worker id, still runs)."""
+    its own behind): only those whose name holds a worker id (`host-pid-hex`,
+    worker.new_worker_id) whose pid runs no more.  A cgroup that still holds a
+    process is refused by rmdir."""
     try:
         names = [d.name for d in home.iterdir() if d.name.startswith(CGROUP_PREFIX)]
     except OSError:
         return
     for name in names:
         parts = name.rsplit("-", 2)
-        if len(parts) == 3 and parts[1].isdigit() and os.path.exists(f"/proc/{parts[1]}"):
+        if len(parts) != 3 or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
             continue
         with contextlib.suppress(OSError):
             (home / name).rmdir()
@@ -223,8 +224,13 @@ class Containment:
         """Kill and reap every process left of the attempt that just ended (its shell
         already reaped).  True if none is left (so nothing of it holds its
         descriptors any more)."""
-        if self.cgroup is not None and self._adopted and self.cgroup.populated():
-            self.cgroup.kill()
+        if self.cgroup is not None and self._adopted:
+            try:
+                if self.cgroup.populated():
+                    self.cgroup.kill()
+            except OSError:  # removed under this worker: go on with the subreaper alone
+                self.cgroup.close()
+                self.cgroup = None
         self._adopted = False
         if not self.subreaper:
             return False

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,3 +226,29 @@ def test_what_a_running_job_left_and_has_exited_is_reaped_before_the_attempt_end
     finally:
         worker.kill()
         worker.wait(timeout=10)
+
+
+@pytest.mark.skipif(contain.cgroup_home() is None, reason="no writable cgroup v2 here")
+def test_a_starting_worker_removes_only_dead_workers_job_cgroups() -> None:
+    home = contain.cgroup_home()
+    assert home is not None
+    # The pid of a process that has exited (reaped by subprocess.run).
+    dead_pid = int(subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True).stdout)
+    me = os.getpid()
+    dead = home / f"{contain.CGROUP_PREFIX}t-{dead_pid}-aa"
+    other = home / f"{contain.CGROUP_PREFIX}not-a-worker"
+    live = contain.Containment.start(f"t-{me}-bb", cgroup=True)
+    try:
+        assert live.cgroup is not None
+        dead.mkdir()
+        other.mkdir()
+        again = contain.Containment.start(f"t-{me}-cc", cgroup=True)
+        again.close()
+        assert not dead.exists()
+        assert other.exists()
+        assert live.cgroup.path.exists()
+    finally:
+        live.close()
+        for d in (dead, other):
+            with contextlib.suppress(OSError):
+                d.rmdir()
