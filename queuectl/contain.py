@@ -4,14 +4,15 @@ A worker is the child subreaper of its jobs (PR_SET_CHILD_SUBREAPER): whatever a
 job leaves behind when its shell exits (a background child, a `setsid -f` daemon, a
 double fork) is re-parented to the worker, however it scrubbed its environment or
 left its session.  When an attempt ends, whether it succeeded, failed, timed out
-or was stopped, the worker kills every child it still has but the next job's
-(it runs one job at a time and starts nothing else, so every other child is what
-an attempt left) and reaps them, until it has no child left.
+or was stopped, its shell is reaped and the worker kills every child it still has
+(it runs one job at a time and starts nothing else, so each is what the attempt
+left) and reaps them, until it has no child left.
 
 Where the machine delegates a cgroup v2 subtree to the worker (its own cgroup can
-have children it may write), each attempt also runs in a cgroup of the worker's
-own, which is killed whole with `cgroup.kill` at the attempt's end; a monitor
-finds in it, by name, what is left of a worker that was SIGKILLed.
+have children it may write), the worker also has a job cgroup: each attempt's tree
+is moved into it shortly after its start, the cgroup is labelled with the attempt,
+and killed whole with `cgroup.kill` at the attempt's end; after a worker was
+SIGKILLed, a monitor finds by that label whatever of its job is left in it.
 
 Only `queuectl worker run` makes its process a container (start() + install()):
 a library caller's process (tests, embedding programs) may have children of its

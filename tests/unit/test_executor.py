@@ -170,3 +170,19 @@ def test_a_leftover_process_writes_only_into_its_own_attempts_output(
 def test_stdin_reads_as_empty_and_is_not_writable(files: executor.OutputFiles) -> None:
     out = run(files, "cat; wc -c; echo x >&0 2>/dev/null || echo refused")
     assert out.stdout == "0\nrefused\n"
+
+
+def test_output_before_the_kept_tail_is_given_back_while_the_job_runs(files: executor.OutputFiles) -> None:
+    # Only the tail is kept: memory for the rest is freed as the job goes on, however
+    # much it prints.
+    seen: list[tuple[int, int]] = []
+
+    def check() -> None:
+        st = os.fstat(files.out)
+        seen.append((st.st_size, st.st_blocks * 512))
+
+    command = "head -c 4000000 /dev/zero | tr '\\0' a; sleep 0.8; printf END"
+    out = run(files, command, output_limit=1024, check=check, check_interval=0.1)
+    assert out.ok
+    assert len(out.stdout) == 1024 and out.stdout.endswith("aaaEND")
+    assert any(size >= 4_000_000 and used < 2_000_000 for size, used in seen), seen
