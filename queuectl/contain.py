@@ -179,12 +179,13 @@ class Containment:
         self._adopted = False
 
     @classmethod
-    def start(cls, worker_id: str, *, cgroup: bool) -> Containment:
-        """Become the subreaper and, with `cgroup` and where the machine allows it,
-        make the worker's job cgroup."""
+    def start(cls, worker_id: str, *, cgroup: bool, subreaper: bool = True) -> Containment:
+        """Become the subreaper (unless told not to: it is for good, for this whole
+        process) and, with `cgroup` and where the machine allows it, make the
+        worker's job cgroup."""
         home = cgroup_home() if cgroup else None
         group = Cgroup.make(home, worker_id) if home is not None else None
-        return cls(subreaper=set_subreaper(), cgroup=group)
+        return cls(subreaper=subreaper and set_subreaper(), cgroup=group)
 
     @property
     def mode(self) -> str:

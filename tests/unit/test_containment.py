@@ -135,10 +135,12 @@ def test_recovery_of_a_sigkilled_worker_kills_its_scrubbed_job(
     wait_until(lambda: not alive(pid), 5, "the old attempt to be dead")
 
 
-def test_cgroup_mode_is_what_the_machine_offers(qhome: QHome) -> None:
-    """`auto` uses a cgroup exactly where one can be made under the worker's own."""
+def test_cgroup_mode_is_what_the_machine_offers() -> None:
+    """`auto` uses a cgroup exactly where one can be made under the worker's own.
+    (Not as subreaper: this test process would inherit every daemon other tests
+    start, supervisord included, and leave them zombies.)"""
     found = contain.cgroup_home()
-    box = contain.Containment.start("t-probe", cgroup=True)
+    box = contain.Containment.start("t-probe", cgroup=True, subreaper=False)
     try:
         assert (box.cgroup is not None) == (found is not None)
         if box.cgroup is not None:
@@ -146,7 +148,7 @@ def test_cgroup_mode_is_what_the_machine_offers(qhome: QHome) -> None:
             assert (box.cgroup.path / "cgroup.kill").exists()
     finally:
         box.close()
-    off = contain.Containment.start("t-probe-off", cgroup=False)
+    off = contain.Containment.start("t-probe-off", cgroup=False, subreaper=False)
     try:
         assert off.cgroup is None
     finally:
@@ -237,12 +239,12 @@ def test_a_starting_worker_removes_only_dead_workers_job_cgroups() -> None:
     me = os.getpid()
     dead = home / f"{contain.CGROUP_PREFIX}t-{dead_pid}-aa"
     other = home / f"{contain.CGROUP_PREFIX}not-a-worker"
-    live = contain.Containment.start(f"t-{me}-bb", cgroup=True)
+    live = contain.Containment.start(f"t-{me}-bb", cgroup=True, subreaper=False)
     try:
         assert live.cgroup is not None
         dead.mkdir()
         other.mkdir()
-        again = contain.Containment.start(f"t-{me}-cc", cgroup=True)
+        again = contain.Containment.start(f"t-{me}-cc", cgroup=True, subreaper=False)
         again.close()
         assert not dead.exists()
         assert other.exists()
