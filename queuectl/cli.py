@@ -429,7 +429,7 @@ def _fast_worker_run(group: dict[str, str], burst: bool, poll_interval: float | 
 def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | None) -> int:
     """One worker in the foreground on `queue` until it is told to stop (or, with
     burst, until nothing is left); its exit code."""
-    from queuectl import home, logs, procs
+    from queuectl import contain, home, logs, procs
     from queuectl.signals import StopSignals
     from queuectl.worker import Worker
 
@@ -447,7 +447,12 @@ def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | N
         overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
         home=home.identity(str(paths.home)),
     )
-    return w.run(burst=burst)
+    # This process runs nothing but its jobs: it may contain them (contain.py).
+    contain.install(contain.Containment.start(w.id, cgroup=w.config.job_cgroup == "auto"))
+    try:
+        return w.run(burst=burst)
+    finally:
+        contain.uninstall()
 
 
 # --- status, shared by the click command and the fast path -----------------------------

@@ -158,7 +158,23 @@ AFFINITY_KEY = Key(
     "auto: each worker keeps to one CPU (faster short jobs); off: no pinning",
     ("auto", "off"),
 )
-ALL_KEYS: Mapping[str, Key] = {**KEYS, SYNC_KEY.name: SYNC_KEY, AFFINITY_KEY.name: AFFINITY_KEY}
+# auto (the default): where the machine delegates a cgroup v2 subtree, each worker
+# runs its jobs in a cgroup of its own and kills it whole at each attempt's end
+# (contain.py); off: the subreaper alone.  Read when a worker starts.
+JOB_CGROUP_KEY = Key(
+    "job_cgroup",
+    str,
+    0,
+    0,
+    "auto: each worker's jobs run in a cgroup of its own where one can be made; off: never",
+    ("auto", "off"),
+)
+ALL_KEYS: Mapping[str, Key] = {
+    **KEYS,
+    SYNC_KEY.name: SYNC_KEY,
+    AFFINITY_KEY.name: AFFINITY_KEY,
+    JOB_CGROUP_KEY.name: JOB_CGROUP_KEY,
+}
 
 
 def normalize_key(name: str) -> str:
@@ -203,6 +219,7 @@ class Config:
     stop_timeout: float = 80.0
     synchronous: str = "normal"
     cpu_affinity: str = "auto"
+    job_cgroup: str = "auto"
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, str]) -> Config:

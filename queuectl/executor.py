@@ -2,7 +2,8 @@
 
 The job gets a new session (so its whole tree is one process group the worker can
 kill, and a Ctrl+C or supervisord's stop signal reaches the worker, not the job),
-no stdin, and files for stdout and stderr (pipes would deadlock on large output).
+an empty stdin that names the attempt, and files of its own for stdout and stderr
+(pipes would deadlock on large output).
 The wait is a pidfd in select(): one thread, an exact wake-up when the job exits,
 and a tick every `tick_interval` seconds for heartbeats.  Knows nothing of the store.
 """
@@ -13,50 +14,135 @@ import contextlib
 import os
 import select
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from queuectl import contain
 from queuectl.affinity import widen, widen_one
 from queuectl.models import Outcome
+from queuectl.procs import proc_start
+
+#: The variables of a job's environment its stdin marker repeats (procs.job_processes).
+MARKED = ("QUEUECTL_JOB_ID", "QUEUECTL_LEASE", "QUEUECTL_ATTEMPT", "QUEUECTL_QUEUE")
+#: The name of every attempt's stdin marker (`/memfd:<name> (deleted)` in /proc).
+MARKER_NAME = "queuectl-attempt"
+#: The marker's text stays below this offset, where the job's stdin starts: the job
+#: reads an empty stdin.
+MARKER_SIZE = 4096
 
 
 class OutputFiles:
-    """Two anonymous files reused for every job of one worker: truncated before each
-    job, and only their last `limit` bytes are read back."""
+    """The descriptors of one attempt: its stdout and stderr (memfds), and its stdin,
+    an empty read-only memfd whose text, past the job's reach, names the attempt:
+    the QUEUECTL_* variables of its environment, its session id (its shell's pid)
+    and, once it has run a moment, its shell's start time.  A process that scrubs its
+    environment (`env -i`) keeps the descriptor, so procs finds it by that.
+
+    No process left by one attempt may write into another's output, so an attempt
+    gets descriptors no process of an earlier one holds: new ones, unless the caller
+    knows that no process of the last attempt is left (`reusable`: a worker that
+    contains its jobs, contain.py, after it reaped them all); then the same ones,
+    emptied.  Only the last `limit` bytes of each output are kept (trim()) and read
+    back."""
 
     def __init__(self) -> None:
-        # Open for the worker's whole life; closed by close().
-        self.out = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
-        self.err = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
-        #: The job's stdin: /dev/null, opened once, not once per job.
-        self.null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        #: Whether the files may hold output.  Only tails() clears it, having found both
-        #: empty after the job's group was killed: the next reset() then has nothing to
-        #: truncate (most jobs print nothing; 4 system calls fewer per job).
+        self.out = self.err = self.null = self._marker = -1
+        self._marker_end = 0
+        self._started = False
+        #: Whether the outputs may hold something: only tails() clears it, having found
+        #: both empty (most jobs print nothing: nothing to truncate for the next).
         self._dirty = True
+        #: Whether the next attempt may have these descriptors (see above).
+        self.reusable = False
+        #: What names the attempt (also the label of a job cgroup, contain.py).
+        self.label = b""
 
-    def reset(self) -> None:
-        if self._dirty:
-            for f in (self.out, self.err):
-                os.ftruncate(f.fileno(), 0)
-                os.lseek(f.fileno(), 0, os.SEEK_SET)
-        self._dirty = True  # until tails() has looked: the job about to start may write
+    def open(self, env: Mapping[str, str]) -> None:
+        self._started = False
+        self.label = "".join(f"{k}={env[k]}\0" for k in MARKED if k in env).encode()[: MARKER_SIZE // 2]
+        self._marker_end = len(self.label)
+        if self.reusable and self._marker >= 0:
+            self.reusable = False
+            if self._dirty:
+                for fd in (self.out, self.err):
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+            self._dirty = True
+            os.ftruncate(self._marker, 0)
+            os.pwrite(self._marker, self.label, 0)
+            os.lseek(self.null, MARKER_SIZE, os.SEEK_SET)  # the last job may have moved it
+            return
+        self.close()
+        self.out = os.memfd_create("queuectl-out", os.MFD_CLOEXEC)
+        self.err = os.memfd_create("queuectl-err", os.MFD_CLOEXEC)
+        self._dirty = True
+        self._marker = os.memfd_create(MARKER_NAME, os.MFD_CLOEXEC)
+        os.pwrite(self._marker, self.label, 0)
+        #: The job's stdin: the same memfd, read-only, at an offset past its text.
+        self.null = os.open(f"/proc/self/fd/{self._marker}", os.O_RDONLY | os.O_CLOEXEC)
+        os.lseek(self.null, MARKER_SIZE, os.SEEK_SET)
+
+    def mark(self, text: str) -> None:
+        """Add `text` (NAME=value pairs, NUL-terminated) to the marker."""
+        data = text.encode()
+        os.pwrite(self._marker, data, self._marker_end)
+        self._marker_end += len(data)
+
+    def tick(self, pid: int, limit: int) -> None:
+        """While the attempt runs, at each tick: the first time, add its shell's
+        start time to the marker (a job that ends sooner, as most do, costs no read of
+        /proc); every time, trim its output."""
+        if not self._started:
+            self._started = True
+            self.mark(f"QUEUECTL_SID_START={proc_start(pid)}\0")
+        self.trim(limit)
+
+    def trim(self, limit: int) -> None:
+        """Give back the memory of what lies before the last `limit` bytes of each
+        output, once there is at least TRIM_SLACK of it (the file keeps its size:
+        the job's writes go on at its offset)."""
+        for fd in (self.out, self.err):
+            size = os.fstat(fd).st_size
+            drop = (size - max(limit, 0)) // _PAGE * _PAGE
+            if drop >= TRIM_SLACK:
+                _punch_hole(fd, drop)
 
     def tails(self, limit: int) -> tuple[str, str]:
-        out, out_size = _tail(self.out.fileno(), limit)
-        err, err_size = _tail(self.err.fileno(), limit)
-        # A job's group is killed before this, so nothing writes after the sizes are read.
+        out, out_size = _tail(self.out, limit)
+        err, err_size = _tail(self.err, limit)
         self._dirty = bool(out_size or err_size)
         return out, err
 
     def close(self) -> None:
-        self.out.close()
-        self.err.close()
-        if self.null >= 0:
-            os.close(self.null)
-            self.null = -1
+        self.reusable = False
+        for name in ("out", "err", "null", "_marker"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+#: Output before the kept tail is given back in pieces of at least this many bytes.
+TRIM_SLACK = 1 << 20
+_PAGE = 4096
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_fallocate: Any = None
+
+
+def _punch_hole(fd: int, length: int) -> None:
+    """Free [0, length) of a memfd; it reads as zeros afterwards."""
+    global _fallocate
+    if _fallocate is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        _fallocate = libc.fallocate
+        _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+    _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, length)
 
 
 def _tail(fd: int, limit: int) -> tuple[str, int]:
@@ -77,6 +163,10 @@ def _tail(fd: int, limit: int) -> tuple[str, int]:
 #: second finds what the first could not (a fork in flight: its child has the narrow
 #: mask but is not listed yet).
 WIDEN_AFTER = (0.005, 0.25)
+#: Seconds after a job's start at which it is first looked after (its start time
+#: recorded, its tree moved into the worker's job cgroup): a job that ends sooner,
+#: as most do, costs none of it.
+FIRST_TICK = 0.005
 #: The least time between two walks.
 _WALK_GAP = 0.005
 
@@ -125,8 +215,8 @@ class _Child:
             env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, files.null, 0),
-                (os.POSIX_SPAWN_DUP2, files.out.fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, files.err.fileno(), 2),
+                (os.POSIX_SPAWN_DUP2, files.out, 1),
+                (os.POSIX_SPAWN_DUP2, files.err, 2),
             ],
             setsid=True,
             setsigdef=_DEFAULT_SIGNALS,
@@ -171,10 +261,11 @@ def run(
     `on_start(pid)` is called once the shell (the group's leader) runs, `on_exit()`
     once the wait is over, before the group is killed and reaped.
     """
-    files.reset()
+    box = contain.active()
     try:
-        proc = _Child.spawn(job.command, job.env, files)
+        proc = _start(job, files, box)
     except OSError as exc:
+        files.close()
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
     if job.cpus is not None:
         # Started on the worker's CPU (posix_spawn has no affinity attribute).
@@ -184,17 +275,18 @@ def run(
     error: str | None = None
     timed_out = False
     try:
-        error, timed_out = _wait(proc, job, check, check_interval, wakeup_fd)
+        error, timed_out = _wait(
+            proc, job, lambda: _tick(proc, job, files, box), check, check_interval, wakeup_fd
+        )
     finally:
         if on_exit is not None:
             on_exit()
         # The job is over once its shell exits: anything it left in its session
-        # (background children, daemons) would outlive the attempt, so it goes too.
+        # (background children, daemons) would outlive the attempt, so it goes too,
+        # and so does what left the session (the containment of a worker process).
         kill_group(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            proc.wait()
+        stdout, stderr = _end(proc, files, box, job.output_limit)
     code = proc.wait()
-    stdout, stderr = files.tails(job.output_limit)
     exit_code: int | None
     if code < 0:
         exit_code = 128 - code
@@ -205,6 +297,38 @@ def run(
         if error is None and code != 0:
             error = f"exited with code {code}{_HINTS.get(code, '')}"
     return Outcome(exit_code=exit_code, error=error, stdout=stdout, stderr=stderr, timed_out=timed_out)
+
+
+def _start(job: Job, files: OutputFiles, box: contain.Containment | None) -> _Child:
+    files.open(job.env)
+    proc = _Child.spawn(job.command, job.env, files)
+    files.mark(f"QUEUECTL_SID={proc.pid}\0")
+    if box is not None:
+        box.start_attempt(proc.pid, files.label)
+    return proc
+
+
+def _tick(proc: _Child, job: Job, files: OutputFiles, box: contain.Containment | None) -> None:
+    """While the attempt runs: FIRST_TICK after its start, then every check interval."""
+    files.tick(proc.pid, job.output_limit)
+    if box is not None:
+        box.tick()
+
+
+def _end(proc: _Child, files: OutputFiles, box: contain.Containment | None, limit: int) -> tuple[str, str]:
+    """Reap the shell (its group killed), kill and reap what it left, and read the
+    attempt's output; its descriptors are closed unless no process of it is left."""
+    clean = False
+    try:
+        if proc.returncode is None:
+            proc.wait()
+        clean = box is not None and box.end_attempt()
+        return files.tails(limit)
+    finally:
+        if clean:
+            files.reusable = True
+        else:
+            files.close()
 
 
 _HINTS = {126: " (command not executable)", 127: " (command not found)"}
@@ -220,6 +344,7 @@ def _signame(sig: int) -> str:
 def _wait(
     proc: _Child,
     job: Job,
+    tick: Callable[[], None],
     check: Callable[[], str | None] | None,
     check_interval: float,
     wakeup_fd: int | None,
@@ -230,6 +355,7 @@ def _wait(
         start = time.monotonic()
         deadline = start + job.timeout
         next_check = start + check_interval
+        next_tick = start + min(check_interval, FIRST_TICK)
         kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
         error: str | None = None
         timed_out = False
@@ -239,17 +365,16 @@ def _wait(
         fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
         while True:
             now = time.monotonic()
-            wake = min(next_check, kill_at if kill_at is not None else deadline, *widen_at)
+            wake = min(next_check, next_tick, kill_at if kill_at is not None else deadline, *widen_at)
             ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
             if pidfd in ready:
                 proc.wait()
                 return error, timed_out
             now = time.monotonic()
-            if widen_at and now >= widen_at[0]:
-                widen(proc.pid, job.cpus)  # type: ignore[arg-type]
-                # After a late wake-up the next walk still comes a while after this one:
-                # it is there for what was in flight during this one.
-                widen_at = [max(t, now + _WALK_GAP) for t in widen_at[1:]]
+            widen_at = _widen_when_due(proc, job, widen_at, now)
+            if now >= next_tick:
+                next_tick = now + check_interval
+                tick()
             woken = wakeup_fd is not None and wakeup_fd in ready
             if woken:
                 _drain(wakeup_fd)  # type: ignore[arg-type]
@@ -274,6 +399,16 @@ def _wait(
                 widen_at = []  # the group is being killed: nothing left to widen
     finally:
         os.close(pidfd)
+
+
+def _widen_when_due(proc: _Child, job: Job, widen_at: list[float], now: float) -> list[float]:
+    """Walk the job's tree onto its CPUs if the next walk is due; the walks left."""
+    if not widen_at or now < widen_at[0]:
+        return widen_at
+    widen(proc.pid, job.cpus)  # type: ignore[arg-type]
+    # After a late wake-up the next walk still comes a while after this one: it is
+    # there for what was in flight during this one.
+    return [max(t, now + _WALK_GAP) for t in widen_at[1:]]
 
 
 def _drain(fd: int) -> None:

@@ -147,3 +147,42 @@ def test_check_callback_stops_the_job(files: executor.OutputFiles) -> None:
     assert out.exit_code == 137  # SIGKILL
     assert not out.ok
     assert not out.timed_out
+
+
+def test_a_leftover_process_writes_only_into_its_own_attempts_output(
+    files: executor.OutputFiles, tmp_path: Path
+) -> None:
+    """A process of job A that outlives it (here nothing contains it: no worker)
+    keeps A's descriptors; job B's output must not get a line of it."""
+    pidfile = tmp_path / "leftover.pid"
+    leaker = f"echo $$ > {pidfile}; while :; do echo LEAK; echo LEAK >&2; sleep 0.02; done"
+    a = run(files, f"setsid sh -c '{leaker}' & while [ ! -s {pidfile} ]; do sleep 0.01; done; echo a")
+    pid = wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5, "the leftover")
+    try:
+        assert a.stdout.endswith("a\n")  # its own leftover may write here, and only here
+        for _ in range(3):
+            b = run(files, "echo b; sleep 0.3")
+            assert (b.stdout, b.stderr) == ("b\n", "")
+    finally:
+        os.kill(int(pid), 9)
+
+
+def test_stdin_reads_as_empty_and_is_not_writable(files: executor.OutputFiles) -> None:
+    out = run(files, "cat; wc -c; echo x >&0 2>/dev/null || echo refused")
+    assert out.stdout == "0\nrefused\n"
+
+
+def test_output_before_the_kept_tail_is_given_back_while_the_job_runs(files: executor.OutputFiles) -> None:
+    # Only the tail is kept: memory for the rest is freed as the job goes on, however
+    # much it prints.
+    seen: list[tuple[int, int]] = []
+
+    def check() -> None:
+        st = os.fstat(files.out)
+        seen.append((st.st_size, st.st_blocks * 512))
+
+    command = "head -c 4000000 /dev/zero | tr '\\0' a; sleep 0.8; printf END"
+    out = run(files, command, output_limit=1024, check=check, check_interval=0.1)
+    assert out.ok
+    assert len(out.stdout) == 1024 and out.stdout.endswith("aaaEND")
+    assert any(size >= 4_000_000 and used < 2_000_000 for size, used in seen), seen
