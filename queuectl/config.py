@@ -247,11 +247,12 @@ def check_combination(values: Mapping[str, Any]) -> None:
     """Reject settings that are valid alone but make no sense together."""
     hb, hb_timeout = values["heartbeat_interval"], values["heartbeat_timeout"]
     # A worker cut off from the store kills its job two intervals before any monitor
-    # may recover it (fence.deadline_after); that deadline must leave it at least one
-    # interval after its last heartbeat.
-    if hb * 3 > hb_timeout:
+    # may recover it (fence.deadline_after); that deadline must leave two intervals
+    # after its last heartbeat, so the next heartbeat has a whole interval to come
+    # back before a healthy job would be killed.
+    if hb * 4 > hb_timeout:
         raise InvalidInput(
-            f"heartbeat_interval ({_num(hb)}) must be at most a third of heartbeat_timeout "
+            f"heartbeat_interval ({_num(hb)}) must be at most a quarter of heartbeat_timeout "
             f"({_num(hb_timeout)}): a worker cut off from the database kills its job two "
             "intervals before it may be declared dead"
         )

@@ -183,7 +183,8 @@ class Monitor:
         that stopped everyone (this judge included): silence is not death then."""
         resumed = grant.resumed_at
         gap = None if grant.previous is None else grant.at - grant.previous
-        stalled = gap is not None and gap > cfg.heartbeat_timeout
+        # A gap of one monitor interval is the normal rhythm (however long it is set).
+        stalled = gap is not None and gap > cfg.heartbeat_timeout + cfg.monitor_interval
         mono = time.monotonic()
         if self._last_clock is not None:
             step = (grant.at - self._last_clock[0]) - (mono - self._last_clock[1])
@@ -227,7 +228,7 @@ class Monitor:
         done: list[Recovery] = []
         local = procs.job_processes(self.queue)
         for job in jobs:
-            found = self._reason(job, workers, stale, t, cfg)
+            found = self._reason(job, workers, stale, t, cfg, judge_silence)
             if found is None:
                 continue
             verdict, guard = found
@@ -284,6 +285,7 @@ class Monitor:
         stale: dict[str, Verdict],
         now: float,
         cfg: Config,
+        judge: bool = True,
     ) -> tuple[Verdict, RecoveryGuard] | None:
         wid = job.worker_id or ""
         started = job.started_at if job.started_at is not None else job.updated_at
@@ -293,15 +295,18 @@ class Monitor:
             never = Verdict(Reason.HEARTBEAT_LOST, {"worker_row": "missing"})
             return never, RecoveryGuard(worker_id=wid, heartbeat_seen=None, give_back=True)
         w = workers[wid]
-        if wid in stale:
-            return stale[wid], RecoveryGuard(worker_id=wid, heartbeat_seen=w.heartbeat_at)
         if w.heartbeat_at > started and w.holding != job.id:
             # Its worker heartbeated after the claim without this job: the claim
-            # committed but never reached it (a connection cut mid-reply).
+            # committed but never reached it (a connection cut mid-reply).  Checked
+            # before the worker's own verdict: dead or silent since, it still never
+            # started this command.
             never = Verdict(Reason.HEARTBEAT_LOST, {"heartbeat_without_job_at": iso(w.heartbeat_at)})
             return never, RecoveryGuard(give_back=True)
+        if wid in stale:
+            return stale[wid], RecoveryGuard(worker_id=wid, heartbeat_seen=w.heartbeat_at)
         runtime = now - started
-        if runtime > job.timeout + cfg.kill_grace + cfg.timeout_grace:
+        # After a stall or a clock step the store's clock is no measure of a runtime.
+        if judge and runtime > job.timeout + cfg.kill_grace + cfg.timeout_grace:
             evidence = {"runtime_s": round(runtime, 3), "timeout": job.timeout}
             return Verdict(Reason.TIMEOUT, evidence), RecoveryGuard()
         return None

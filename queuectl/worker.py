@@ -100,7 +100,10 @@ class Worker:
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def register(self) -> None:
+    def register(self, holding: str | None = None) -> None:
+        """(Re-)register this worker, naming the job it runs (`holding`): a worker
+        whose row was removed while it was stopped keeps its job, and a row written
+        without the job would make its running attempt look never received."""
         # The store's clock (the database server's, for PostgreSQL), like every other
         # heartbeat: a host whose clock lags would otherwise look stale at once.
         sent = time.monotonic()
@@ -114,6 +117,7 @@ class Worker:
                 proc_start=procs.proc_start(pid),
                 started_at=now,
                 heartbeat_at=now,
+                holding=holding,
                 home=self.home,
             )
         )
@@ -243,7 +247,7 @@ class Worker:
         self._last_beat_ok = sent
         if not beat.registered:
             self.log.warning("worker_reregistered", job_id=job.id)
-            self.register()
+            self.register(job.id if beat.held else None)
         if not beat.held:
             self.log.warning("lease_lost", job_id=job.id, lease=job.lease, started=False)
             return False
@@ -299,15 +303,15 @@ class Worker:
         if beat is None:
             return None
         self._last_beat_ok = mono
-        if self._fence is not None:
-            self._fence.renew(self._deadline())
         if not beat.registered:
             # Taken for dead (stopped or starved) but the job is still ours: keep it.
             self.log.warning("worker_reregistered", job_id=job.id)
-            self.register()
+            self.register(job.id if beat.held else None)
         if not beat.held:
             self.log.warning("lease_lost", job_id=job.id, lease=job.lease)
             return "lease lost: the job was recovered by the monitor"
+        if self._fence is not None:  # the store has our heartbeat naming the job
+            self._fence.renew(self._deadline())
         return None
 
     def _running_beat(self, job: Job) -> Beat | None:
@@ -501,7 +505,7 @@ class Worker:
             self._next = None
         if not beat.registered:
             self.log.warning("worker_reregistered")
-            self.register()
+            self.register(held.id if held is not None and beat.held else None)
 
     def _watch_parent(self) -> None:
         """Once the supervisor is gone (a warm stop): say so, once."""

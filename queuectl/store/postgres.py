@@ -916,11 +916,12 @@ class PostgresStore:
     def register_worker(self, info: WorkerInfo) -> None:
         self._run(
             lambda conn: conn.execute(
-                "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at, home)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at, home, holding)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
                 " proc_start = excluded.proc_start, started_at = excluded.started_at,"
-                " heartbeat_at = excluded.heartbeat_at, home = excluded.home",
+                " heartbeat_at = excluded.heartbeat_at, home = excluded.home,"
+                " holding = excluded.holding",
                 (
                     info.id,
                     info.host,
@@ -929,6 +930,7 @@ class PostgresStore:
                     info.started_at,
                     info.heartbeat_at,
                     info.home,
+                    info.holding,
                 ),
             )
         )
@@ -942,10 +944,13 @@ class PostgresStore:
             with conn.transaction():
                 # The job first: a wait for a lock on jobs comes before the heartbeat's
                 # time, which the UPDATE reads from the clock as it writes the row.
+                # FOR SHARE waits for a recovery in flight (it locks the job FOR
+                # UPDATE): the answer is then its outcome, never the state before it,
+                # and a recovery that starts after this commits sees the heartbeat.
                 held = job_id is None or (
                     conn.execute(
                         "SELECT 1 FROM jobs WHERE id = %(job)s AND state = 'processing'"
-                        " AND lease = %(lease)s::int8",
+                        " AND lease = %(lease)s::int8 FOR SHARE",
                         params,
                     ).fetchone()
                     is not None

@@ -583,7 +583,7 @@ class SQLiteStore:
         self._write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO workers (id, host, pid, proc_start, started_at,"
-                " heartbeat_at, home) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " heartbeat_at, home, holding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     info.id,
                     info.host,
@@ -592,6 +592,7 @@ class SQLiteStore:
                     info.started_at,
                     info.heartbeat_at,
                     info.home,
+                    info.holding,
                 ),
             )
         )

@@ -19,7 +19,7 @@ from queuectl import procs
 from queuectl.config import Config, check_combination
 from queuectl.errors import InvalidInput
 from queuectl.fence import Fence, deadline_after
-from queuectl.models import JobState
+from queuectl.models import JobState, WorkerInfo
 from queuectl.monitor import Monitor
 from queuectl.store import Store
 from tests.helpers import T0, wait_until
@@ -215,9 +215,12 @@ def test_a_retry_never_starts_before_the_live_workers_kill_deadline(
 
 def test_the_worker_deadline_comes_two_intervals_before_any_recovery() -> None:
     assert deadline_after(100.0, 15.0, 3.0) == 109.0  # recovery may start at 115
-    check_combination({"heartbeat_interval": 3.0, "heartbeat_timeout": 9.0})
-    with pytest.raises(InvalidInput, match="at most a third of heartbeat_timeout"):
-        check_combination({"heartbeat_interval": 3.0, "heartbeat_timeout": 8.9})
+    # The deadline is at least two intervals after the last heartbeat: the next one
+    # has a whole interval to come back before a healthy job would be killed.
+    check_combination({"heartbeat_interval": 3.0, "heartbeat_timeout": 12.0})
+    assert deadline_after(100.0, 12.0, 3.0) == 106.0
+    with pytest.raises(InvalidInput, match="at most a quarter of heartbeat_timeout"):
+        check_combination({"heartbeat_interval": 3.0, "heartbeat_timeout": 11.9})
 
 
 def test_the_fence_kills_the_group_at_its_deadline_on_its_own_clock() -> None:
@@ -249,3 +252,19 @@ def test_a_disarmed_fence_kills_nothing() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_worker_that_re_registers_mid_job_keeps_it(store: Store, tmp_path: Path) -> None:
+    """Its row removed while it was stopped, the worker re-registers naming the job it
+    runs: the monitor must not take the job for a claim that never reached it."""
+    register(store, "w1", at=T0, host="elsewhere", pid=1)
+    store.enqueue([job("a")], now=T0)
+    claimed = store.claim("w1", now=T0)
+    assert claimed is not None
+    again = WorkerInfo(
+        id="w1", host="elsewhere", pid=1, proc_start=None, started_at=T0 + 2, heartbeat_at=T0 + 2, holding="a"
+    )
+    store.register_worker(again)
+    assert monitor(store, tmp_path).run_once(now=T0 + 3) == []
+    a = store.get("a")
+    assert a is not None and a.state is JobState.PROCESSING and a.attempts == 1
