@@ -323,13 +323,13 @@ def test_config_applies_to_jobs_enqueued_afterwards(qhome: QHome) -> None:
 
 
 def test_heartbeat_interval_must_stay_well_below_the_timeout(qhome: QHome) -> None:
-    qhome.configure(heartbeat_timeout=30, heartbeat_interval=10)  # in this order: allowed
-    assert qhome.json("config", "get", "heartbeat_interval") == {"heartbeat_interval": 10}
+    qhome.configure(heartbeat_timeout=30, heartbeat_interval=7.5)  # in this order: allowed (a quarter)
+    assert qhome.json("config", "get", "heartbeat_interval") == {"heartbeat_interval": 7.5}
     before = qhome.dump()
-    too_slow = qhome.run("config", "set", "heartbeat-interval", "20")
+    too_slow = qhome.run("config", "set", "heartbeat-interval", "8")
     assert too_slow.returncode == 2
-    assert "heartbeat" in too_slow.stderr
-    too_short = qhome.run("config", "set", "heartbeat_timeout", "15")
+    assert "at most a quarter of heartbeat_timeout" in too_slow.stderr
+    too_short = qhome.run("config", "set", "heartbeat_timeout", "29")
     assert too_short.returncode == 2
     assert qhome.dump() == before
 
