@@ -38,6 +38,10 @@ class Fence:
         self._pgid: int | None = None
         self._job: str | None = None
         self._deadline = float("inf")
+        #: Until when the thread sleeps (inf: until notified).  A job's arm and disarm
+        #: wake it only when it would otherwise sleep past the new deadline, so a
+        #: stream of short jobs costs no thread switches.
+        self._waiting_until = float("inf")
         #: The job whose group the fence killed since it was armed (None: none).
         self.fired: str | None = None
         self._thread: threading.Thread | None = None
@@ -48,18 +52,20 @@ class Fence:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="queuectl-fence", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if deadline < self._waiting_until:
+                self._cond.notify()
 
     def renew(self, deadline: float) -> None:
+        """Move the deadline on (never back while armed): the thread, if it wakes
+        at the old one, sleeps again until the new one."""
         with self._cond:
             self._deadline = max(self._deadline, deadline) if self._pgid is not None else deadline
-            self._cond.notify()
 
     def disarm(self) -> str | None:
-        """Stop watching (before the group is reaped); the job it killed, if any."""
+        """Stop watching (before the group is reaped); the job it killed, if any.
+        The thread finds nothing armed when it next wakes."""
         with self._cond:
             self._pgid, self._job, self._deadline = None, None, float("inf")
-            self._cond.notify()
             return self.fired
 
     def _watch(self) -> None:
@@ -67,7 +73,9 @@ class Fence:
             while True:
                 left = self._deadline - time.monotonic()
                 if self._pgid is None or left > 0:
+                    self._waiting_until = float("inf") if self._pgid is None else self._deadline
                     self._cond.wait(None if self._pgid is None else left)
+                    self._waiting_until = float("-inf")  # awake: arm needs no notify
                     continue
                 pgid, job = self._pgid, self._job
                 self._pgid = None

@@ -96,7 +96,7 @@ _T = f"COALESCE(%(now)s::float8, {_DB_NOW})"
 #: The database clock as it is now (not the transaction's start): read after a
 #: statement got its locks, for heartbeats, leases and recovery decisions.
 _CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
-#: How often the call guard looks at the call in flight (set_call_timeout).
+#: The call guard's shortest tick (it looks at the call in flight every eighth of the bound).
 GUARD_TICK = 0.05
 
 # Each step moves the schema from version i to i + 1; append, never edit.
@@ -409,7 +409,10 @@ class _CallGuard:
         threading.Thread(target=self._watch, name="queuectl-call-guard", daemon=True).start()
 
     def _watch(self) -> None:
-        while not self._closed.wait(GUARD_TICK):
+        # A tick of an eighth of the bound: a hung call is cut within 1.125x the
+        # bound, and an idle worker's guard wakes a few times a second, not 20.
+        tick = max(GUARD_TICK, self.timeout / 8)
+        while not self._closed.wait(tick):
             call = self.current
             if call is None or time.monotonic() < call[0]:
                 continue
