@@ -14,18 +14,10 @@ import subprocess
 from pathlib import Path
 
 from tests.chaos.harness import Cluster, Workload, check, wait_until
+from tests.helpers import alive
 
 #: A job that sleeps `seconds` on its first attempt only (so a retry is quick).
 FIRST_ONLY = '[ "$QUEUECTL_ATTEMPT" = 1 ] && sleep {seconds}; '
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def _processes_in(home: Path) -> list[int]:
@@ -38,7 +30,7 @@ def _processes_in(home: Path) -> list[int]:
             continue
         with contextlib.suppress(OSError):
             cwd = os.readlink(f"/proc/{name}/cwd")
-            if (cwd == root or cwd.startswith(root + os.sep)) and _alive(int(name)):
+            if (cwd == root or cwd.startswith(root + os.sep)) and alive(int(name)):
                 found.append(int(name))
     return found
 
@@ -70,7 +62,7 @@ def test_sigkilled_supervisord_leaves_no_job_processing_and_no_process(chaos: Cl
 
     # Within stop_timeout (3 s) + kill_grace (0.5 s) + slack, every process of the home is gone.
     mine = [*workers.values(), monitor]
-    wait_until(lambda: not any(_alive(p) for p in mine), 20, "the workers and the monitor to exit")
+    wait_until(lambda: not any(alive(p) for p in mine), 20, "the workers and the monitor to exit")
     wait_until(lambda: not c.job_pids(), 10, "no job process left")
     wait_until(lambda: not _processes_in(c.path), 10, "no process of the home left")
 
@@ -119,7 +111,7 @@ def _foreground(
 
 
 def _all_recorded_and_gone(c: Cluster, workers: dict[str, int]) -> None:
-    assert not any(_alive(p) for p in workers.values())
+    assert not any(alive(p) for p in workers.values())
     assert c.counts()["processing"] == 0, c.counts()
     assert c.store.workers() == []
     assert c.store.get("short").state.value == "completed"
@@ -151,7 +143,7 @@ def test_sigkilled_foreground_start_stops_its_workers_the_same_graceful_way(chao
     assert sv is not None
     proc.kill()
     # supervisord gets SIGTERM from the kernel and stops its workers gracefully.
-    wait_until(lambda: not _alive(sv) and not any(_alive(p) for p in workers.values()), 30, "all to stop")
+    wait_until(lambda: not alive(sv) and not any(alive(p) for p in workers.values()), 30, "all to stop")
     _all_recorded_and_gone(c, workers)
     c.start(2)
     wait_until(c.drained, 60, "the queue to drain after the restart")
@@ -188,12 +180,12 @@ def test_a_worker_killed_with_supervisord_is_recovered_by_the_monitors_last_pass
     os.kill(sv, signal.SIGSTOP)  # it must not restart the worker killed next
     try:
         os.kill(holder, signal.SIGKILL)
-        wait_until(lambda: not _alive(holder), 10, "the worker to die")
+        wait_until(lambda: not alive(holder), 10, "the worker to die")
     finally:
         os.kill(sv, signal.SIGKILL)
 
     mine = [*workers.values(), monitor]
-    wait_until(lambda: not any(_alive(p) for p in mine), 20, "the workers and the monitor to exit")
+    wait_until(lambda: not any(alive(p) for p in mine), 20, "the workers and the monitor to exit")
     wait_until(lambda: not _processes_in(c.path), 10, "no process of the home left")
     assert not c.job_pids()
     job = c.store.get("orphan")
@@ -223,7 +215,7 @@ def test_ctrl_c_ends_the_wait_of_a_foreground_start_and_the_workers_stop_alone(s
     assert proc.wait(timeout=15) == 6
     assert "stopped waiting" in said.read_text()
     # Not killed by the Ctrl+C: the worker of `long` records it at its own stop_timeout.
-    assert any(_alive(p) for p in workers.values())
-    wait_until(lambda: not any(_alive(p) for p in workers.values()), 30, "the workers to stop alone")
+    assert any(alive(p) for p in workers.values())
+    wait_until(lambda: not any(alive(p) for p in workers.values()), 30, "the workers to stop alone")
     assert c.counts()["processing"] == 0
     assert not c.store.workers()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import wait_until
+from tests.helpers import alive, wait_until
 
 #: The watched child: waits (select() on the wake-up pipe) until `signals.warm`,
 #: then logs and writes what it saw to argv[1].
@@ -52,15 +52,6 @@ child.wait()
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
-
-
 def _run(tmp_path: Path, mode: str) -> tuple[dict[str, object], int, Path]:
     """Start parent -> child, kill the parent, wait for the child to stop by itself;
     (what the child saw, the stderr pipe's read end, the child's own log file)."""
@@ -83,9 +74,9 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict[str, object], int, Path]:
         assert parent.stdout.readline().strip() == "ready"
         parent.kill()
         parent.wait(timeout=10)
-        wait_until(lambda: not _alive(child), 15, "the child to stop by itself")
+        wait_until(lambda: not alive(child), 15, "the child to stop by itself")
     finally:
-        if child and _alive(child):
+        if child and alive(child):
             os.kill(child, signal.SIGKILL)
         if parent.poll() is None:
             parent.kill()
