@@ -96,6 +96,9 @@ class Cgroup:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        mount = cgroup2_mount()
+        #: What /proc/<pid>/cgroup names this cgroup by (its path under the mount).
+        self.name = "/" + str(path.relative_to(mount)) if mount else ""
         self._procs = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         try:
             self._events = os.open(path / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
@@ -127,6 +130,17 @@ class Cgroup:
     def label(self, text: bytes) -> None:
         with contextlib.suppress(OSError):  # no user xattrs on cgroupfs before Linux 5.7
             os.setxattr(self.path, LABEL, text)
+
+    def holds(self, pid: int) -> bool:
+        """Whether process `pid` is in this cgroup (a gone one counts as held)."""
+        try:
+            with open(f"/proc/{pid}/cgroup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"0::"):
+                        return line[3:].strip().decode("utf-8", "replace") == self.name
+        except OSError:
+            return True
+        return True
 
     def move(self, pid: int) -> None:
         with contextlib.suppress(OSError):  # gone, or a zombie
@@ -199,11 +213,15 @@ class Containment:
 
     def tick(self) -> None:
         """While the attempt runs (executor: FIRST_TICK after its start, then every
-        check interval): move its processes into the job cgroup the first time, and
-        reap what it left that has exited since."""
-        if self.cgroup is not None and not self._adopted:
-            self._adopted = True
-            self.cgroup.label(self._label)
+        check interval): label the job cgroup and move the attempt's processes into
+        it, and reap what it left that has exited since.  Every tick moves what is
+        not in the cgroup yet: a walk of /proc can miss a process in flight (forked
+        during the walk, or re-parented to this worker between two reads of it), and
+        such a process and what it forks would otherwise stay outside for good."""
+        if self.cgroup is not None:
+            if not self._adopted:
+                self._adopted = True
+                self.cgroup.label(self._label)
             adopt(self.cgroup)
         self.reap_exited()
 
@@ -295,16 +313,15 @@ def descendants() -> list[int]:
 
 def adopt(group: Cgroup) -> None:
     """Move every descendant of this worker (all of them its current attempt's)
-    into `group`.  What they fork from then on starts there; a walk finds what
-    forked during the one before, until one finds nothing new."""
-    moved: set[int] = set()
+    that is not in `group` yet into it.  What they fork from then on starts there;
+    a walk finds what forked during the one before, until one finds nothing to
+    move."""
     for _ in range(ADOPT_WALKS):
-        new = [pid for pid in descendants() if pid not in moved]
-        if not new:
+        outside = [pid for pid in descendants() if not group.holds(pid)]
+        if not outside:
             return
-        for pid in new:
+        for pid in outside:
             group.move(pid)
-            moved.add(pid)
 
 
 def _wait_any(timeout: float) -> None:

@@ -175,6 +175,9 @@ def test_with_a_cgroup_a_job_that_hides_every_way_is_still_killed_after_its_work
     pid = pid_in(pidfile)
     assert pid is not None
     pids.extend([pid, shell])
+    # The worker moves its attempt's tree into its cgroup shortly after the start
+    # (at each tick): only what is in it by the worker's death can be found by it.
+    wait_until(lambda: procs._job_cgroup(pid) is not None, 10, "the daemon to be in the job cgroup")
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
     os.kill(shell, signal.SIGKILL)
@@ -254,3 +257,30 @@ def test_a_starting_worker_removes_only_dead_workers_job_cgroups() -> None:
         for d in (dead, other):
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+@pytest.mark.skipif(contain.cgroup_home() is None, reason="no writable cgroup v2 here")
+def test_a_process_a_walk_missed_is_moved_into_the_job_cgroup_at_the_next_tick() -> None:
+    # A walk of /proc can miss a process in flight (forked during the walk, or
+    # re-parented to the worker between two reads of its parents).  Leaving the
+    # cgroup after the first tick stands in for that miss: the next tick must
+    # still bring it in, or only the marker and environment could ever name it.
+    home = contain.cgroup_home()
+    assert home is not None
+    box = contain.Containment.start(f"t-{os.getpid()}-dd", cgroup=True, subreaper=False)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        group = box.cgroup
+        assert group is not None
+        box.start_attempt(child.pid, b"QUEUECTL_JOB_ID=x\0QUEUECTL_QUEUE=q\0")
+        box.tick()
+        inside = procs._job_cgroup(child.pid)
+        assert inside is not None and inside.endswith(group.path.name)
+        (home / "cgroup.procs").write_text(str(child.pid))  # out again, as if missed
+        assert procs._job_cgroup(child.pid) is None
+        box.tick()
+        assert procs._job_cgroup(child.pid) == inside
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        box.close()
