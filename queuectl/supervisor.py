@@ -202,7 +202,9 @@ class Supervisor:
 
     def scale(self, count: int, *, wait: float = 15.0) -> tuple[list[str], list[str]]:
         """Run exactly `count` workers: start the missing ones, stop (gracefully) the
-        extra ones, leave the others alone.  Returns (started, stopping)."""
+        extra ones, leave the others alone.  Returns (started, stopping).  Waits
+        until the wanted ones are RUNNING, or until another command has asked for
+        another count (a `worker stop` meanwhile: they will never be RUNNING)."""
         pool = self.workers()
         if not 0 <= count <= len(pool):
             raise InvalidInput(f"--count must be between 1 and {len(pool)} (the pool size in conf/)")
@@ -217,7 +219,7 @@ class Supervisor:
                 stopping.append(p.full_name)
         want = {p.full_name for p in pool[:count]}
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.saved_count() == count:
             states = {p.full_name: p.state for p in self.workers()}
             if all(states.get(n) == "RUNNING" for n in want):
                 break

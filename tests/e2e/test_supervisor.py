@@ -207,6 +207,21 @@ def test_worker_stop_from_another_terminal_ends_foreground_start(home: Home, tmp
     assert home.job(job)["state"] == "completed"
 
 
+def test_worker_stop_right_after_a_foreground_start_ends_it_without_waiting_for_startsecs(
+    home: Home,
+) -> None:
+    # The stop comes while the worker is still STARTING (supervisord's startsecs):
+    # a stopped worker never becomes RUNNING, and the foreground start must not wait
+    # for it to before it notices the stop.
+    home.fast()
+    proc = home.spawn("worker", "start", "--count", "1")
+    wait_until(lambda: (home.path / "run" / "supervisord.pid").exists(), 20, "supervisord to start")
+    home.run("worker", "stop")
+    _, err = proc.communicate(timeout=8)
+    assert proc.returncode == 0, err
+    assert home.status()["workers"] == 0
+
+
 def test_sigkill_of_foreground_group_leaves_nothing_running(home: Home, tmp_path: Path) -> None:
     home.fast()
     out = tmp_path / "runs"
