@@ -32,7 +32,7 @@ import getpass
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from queuectl.models import (
     LeaseInfo,
     Reason,
     RecoveryGuard,
+    Transition,
     WorkerInfo,
     decide,
     iso,
@@ -322,7 +323,7 @@ class Recoverer:
         )
         # Its audit record in the same transaction.
         if not end_attempt(
-            self.store, job, state, next_run_at, reason.value, error, now, audit=audit, guard=held
+            self.store, job, Transition(state, next_run_at), reason.value, error, now, audit=audit, guard=held
         ):
             if rec.killed_pids:
                 # The job's own worker recorded it first; what was killed is still told.
@@ -343,17 +344,11 @@ class Recoverer:
             return False
 
     def _log_lost_race(self, rec: Recovery) -> None:
-        lost = Recovery(
+        lost = replace(
+            rec,
             event="processes_killed",
-            reason=rec.reason,
-            job_id=rec.job_id,
-            attempt=rec.attempt,
-            lease=rec.lease,
             host=self.host,
-            killed_pids=rec.killed_pids,
-            command=rec.command,
             evidence={**rec.evidence, "note": "the job's worker recorded the attempt first"},
-            recovered_by=rec.recovered_by,
         )
         self.log.warning("processes_killed", **compact(lost))
         with contextlib.suppress(OSError):
@@ -431,8 +426,7 @@ class Recoverer:
 def end_attempt(
     store: Store,
     job: Job,
-    state: JobState,
-    next_run_at: float | None,
+    move: Transition,
     reason: str,
     error: str,
     now: float | None = None,
@@ -444,7 +438,9 @@ def end_attempt(
     a recovery's verdict, or a worker giving back a job it never started.  False:
     the guard did not hold, nothing changed."""
     # PROCESSING -> FAILED / DEAD / PENDING (recovery, or given back unstarted)
-    return store.recover(job.id, job.lease, state, next_run_at, reason, error, now, audit=audit, guard=guard)
+    return store.recover(
+        job.id, job.lease, move.state, move.next_run_at, reason, error, now, audit=audit, guard=guard
+    )
 
 
 def lease_ttl(cfg: Config) -> float:

@@ -174,8 +174,7 @@ class Worker:
                 end_attempt(
                     self.store,
                     job,
-                    JobState.PENDING,
-                    self.store.now(),
+                    Transition(JobState.PENDING, self.store.now()),
                     "released",
                     f"released unstarted by worker {self.id} as it stopped",
                     guard=RecoveryGuard(give_back=True),
