@@ -1,4 +1,4 @@
-"""CPU placement of workers and their jobs (config `cpu_affinity=auto`; DECISIONS §7).
+"""CPU placement of workers and their jobs (config `cpu_affinity=auto`).
 
 A worker keeps to one CPU, so the shell it spawns starts there (posix_spawn has no
 affinity attribute: the child inherits the worker's mask) while the worker blocks on

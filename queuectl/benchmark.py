@@ -25,7 +25,7 @@ _SPAWN_LOOP = """
 import sys, time
 from queuectl import executor
 files = executor.OutputFiles()
-job = executor.Job(command=sys.argv[2], timeout=60, env={"PATH": "/usr/bin:/bin"})
+job = executor.Command(command=sys.argv[2], timeout=60, env={"PATH": "/usr/bin:/bin"})
 count = int(sys.argv[1])
 t0 = time.perf_counter()
 for _ in range(count):

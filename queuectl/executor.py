@@ -156,7 +156,7 @@ def _tail(fd: int, limit: int) -> tuple[str, int]:
 
 
 #: Seconds after a job's start at which its whole tree (every thread of every process)
-#: is walked and allowed onto every CPU of `Job.cpus`.  Right after the spawn only the
+#: is walked and allowed onto every CPU of `Command.cpus`.  Right after the spawn only the
 #: shell is widened (one system call), so what it forks inherits the wide mask; the
 #: walks find what it forked before that, and threads.  A job that ends before the
 #: first walk (the `true`s and `echo`s of a busy queue) costs no walk of /proc.  The
@@ -172,7 +172,10 @@ _WALK_GAP = 0.005
 
 
 @dataclass(frozen=True)
-class Job:
+class Command:
+    """What to run for one attempt: a shell command line, its time limit and its
+    environment (a models.Job's attempt, as the worker hands it over)."""
+
     command: str
     timeout: float
     env: Mapping[str, str]
@@ -243,7 +246,7 @@ def kill_group(pgid: int, sig: int) -> bool:
 
 
 def run(
-    job: Job,
+    cmd: Command,
     files: OutputFiles,
     *,
     check: Callable[[], str | None] | None = None,
@@ -252,31 +255,31 @@ def run(
     on_start: Callable[[int], None] | None = None,
     on_exit: Callable[[], object] | None = None,
 ) -> Outcome:
-    """Run `job.command` with /bin/sh -c and wait for it.
+    """Run `cmd.command` with /bin/sh -c and wait for it.
 
     `check()` is called every `check_interval` seconds while the job runs and
     whenever `wakeup_fd` becomes readable (a signal arrived); a non-None answer is
     the error to record, and the job's group is killed at once.  A timeout sends
-    SIGTERM to the group, then SIGKILL after `job.kill_grace` seconds.
+    SIGTERM to the group, then SIGKILL after `cmd.kill_grace` seconds.
     `on_start(pid)` is called once the shell (the group's leader) runs, `on_exit()`
     once the wait is over, before the group is killed and reaped.
     """
     box = contain.active()
     try:
-        proc = _start(job, files, box)
+        proc = _start(cmd, files, box)
     except OSError as exc:
         files.close()
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
-    if job.cpus is not None:
+    if cmd.cpus is not None:
         # Started on the worker's CPU (posix_spawn has no affinity attribute).
-        widen_one(proc.pid, job.cpus)
+        widen_one(proc.pid, cmd.cpus)
     if on_start is not None:
         on_start(proc.pid)
     error: str | None = None
     timed_out = False
     try:
         error, timed_out = _wait(
-            proc, job, lambda: _tick(proc, job, files, box), check, check_interval, wakeup_fd
+            proc, cmd, lambda: _tick(proc, cmd, files, box), check, check_interval, wakeup_fd
         )
     finally:
         if on_exit is not None:
@@ -285,7 +288,7 @@ def run(
         # (background children, daemons) would outlive the attempt, so it goes too,
         # and so does what left the session (the containment of a worker process).
         kill_group(proc.pid, signal.SIGKILL)
-        stdout, stderr = _end(proc, files, box, job.output_limit)
+        stdout, stderr = _end(proc, files, box, cmd.output_limit)
     code = proc.wait()
     exit_code: int | None
     if code < 0:
@@ -299,18 +302,18 @@ def run(
     return Outcome(exit_code=exit_code, error=error, stdout=stdout, stderr=stderr, timed_out=timed_out)
 
 
-def _start(job: Job, files: OutputFiles, box: contain.Containment | None) -> _Child:
-    files.open(job.env)
-    proc = _Child.spawn(job.command, job.env, files)
+def _start(cmd: Command, files: OutputFiles, box: contain.Containment | None) -> _Child:
+    files.open(cmd.env)
+    proc = _Child.spawn(cmd.command, cmd.env, files)
     files.mark(f"QUEUECTL_SID={proc.pid}\0")
     if box is not None:
         box.start_attempt(proc.pid, files.label)
     return proc
 
 
-def _tick(proc: _Child, job: Job, files: OutputFiles, box: contain.Containment | None) -> None:
+def _tick(proc: _Child, cmd: Command, files: OutputFiles, box: contain.Containment | None) -> None:
     """While the attempt runs: FIRST_TICK after its start, then every check interval."""
-    files.tick(proc.pid, job.output_limit)
+    files.tick(proc.pid, cmd.output_limit)
     if box is not None:
         box.tick()
 
@@ -343,7 +346,7 @@ def _signame(sig: int) -> str:
 
 def _wait(
     proc: _Child,
-    job: Job,
+    cmd: Command,
     tick: Callable[[], None],
     check: Callable[[], str | None] | None,
     check_interval: float,
@@ -353,59 +356,59 @@ def _wait(
     pidfd = os.pidfd_open(proc.pid)
     try:
         start = time.monotonic()
-        deadline = start + job.timeout
-        next_check = start + check_interval
         next_tick = start + min(check_interval, FIRST_TICK)
-        kill_at: float | None = None  # when SIGKILL follows the SIGTERM of a timeout
+        # Each timer below is None once it has nothing left to do: no check once the
+        # job is being killed; SIGTERM at the timeout, then SIGKILL kill_grace later.
+        next_check: float | None = start + check_interval if check is not None else None
+        term_at: float | None = start + cmd.timeout
+        kill_at: float | None = None
         error: str | None = None
         timed_out = False
-        # When the job's tree is walked onto every CPU the worker was (job.cpus): never,
-        # if the job ends before the first walk (most do: DECISIONS §7).
-        widen_at = [start + after for after in WIDEN_AFTER] if job.cpus is not None else []
+        # When the job's tree is walked onto every CPU the worker was (cmd.cpus): never,
+        # if the job ends before the first walk (most do).
+        widen_at = [start + after for after in WIDEN_AFTER] if cmd.cpus is not None else []
         fds = [pidfd] if wakeup_fd is None else [pidfd, wakeup_fd]
         while True:
             now = time.monotonic()
-            wake = min(next_check, next_tick, kill_at if kill_at is not None else deadline, *widen_at)
+            wake = min([next_tick, *widen_at, *(t for t in (next_check, term_at, kill_at) if t is not None)])
             ready, _, _ = select.select(fds, [], [], max(0.0, wake - now))
             if pidfd in ready:
                 proc.wait()
                 return error, timed_out
             now = time.monotonic()
-            widen_at = _widen_when_due(proc, job, widen_at, now)
+            widen_at = _widen_when_due(proc, cmd, widen_at, now)
             if now >= next_tick:
                 next_tick = now + check_interval
                 tick()
             woken = wakeup_fd is not None and wakeup_fd in ready
             if woken:
                 _drain(wakeup_fd)  # type: ignore[arg-type]
-            if check is not None and error is None and (woken or now >= next_check):
+            if check is not None and next_check is not None and (woken or now >= next_check):
                 next_check = now + check_interval
-                why = check()
-                if why is not None:
-                    error = why
+                error = check()
+                if error is not None:
                     kill_group(proc.pid, signal.SIGKILL)
-                    kill_at = now + 3600  # nothing left to do but wait for the exit
-                    continue
-            if kill_at is None and now >= deadline:
+                    # Nothing left to do but wait for the exit (and tick).
+                    next_check = term_at = kill_at = None
+                    widen_at = []
+            if term_at is not None and now >= term_at:
                 timed_out = True
-                error = f"timeout after {job.timeout:g}s"
+                error = f"timeout after {cmd.timeout:g}s"
                 kill_group(proc.pid, signal.SIGTERM)
-                kill_at = now + job.kill_grace
+                term_at, kill_at, next_check = None, now + cmd.kill_grace, None
+                widen_at = []  # the group is being killed: nothing left to widen
             elif kill_at is not None and now >= kill_at:
                 kill_group(proc.pid, signal.SIGKILL)
-                kill_at = now + 3600
-            if error is not None:
-                next_check = now + 3600
-                widen_at = []  # the group is being killed: nothing left to widen
+                kill_at = None
     finally:
         os.close(pidfd)
 
 
-def _widen_when_due(proc: _Child, job: Job, widen_at: list[float], now: float) -> list[float]:
+def _widen_when_due(proc: _Child, cmd: Command, widen_at: list[float], now: float) -> list[float]:
     """Walk the job's tree onto its CPUs if the next walk is due; the walks left."""
     if not widen_at or now < widen_at[0]:
         return widen_at
-    widen(proc.pid, job.cpus)  # type: ignore[arg-type]
+    widen(proc.pid, cmd.cpus)  # type: ignore[arg-type]
     # After a late wake-up the next walk still comes a while after this one: it is
     # there for what was in flight during this one.
     return [max(t, now + _WALK_GAP) for t in widen_at[1:]]

@@ -35,13 +35,15 @@ class Fence:
     def __init__(self, log: Any) -> None:
         self.log = log
         self._cond = threading.Condition()
+        #: The armed group, its job and its deadline (all None while disarmed).
         self._pgid: int | None = None
         self._job: str | None = None
-        self._deadline = float("inf")
-        #: Until when the thread sleeps (inf: until notified).  A job's arm and disarm
-        #: wake it only when it would otherwise sleep past the new deadline, so a
-        #: stream of short jobs costs no thread switches.
-        self._waiting_until = float("inf")
+        self._deadline: float | None = None
+        #: Whether the thread sleeps, and until when (None: until notified).  A job's
+        #: arm wakes it only when it would otherwise sleep past the new deadline, so
+        #: a stream of short jobs costs no thread switches.
+        self._asleep = False
+        self._wakes_at: float | None = None
         #: The job whose group the fence killed since it was armed (None: none).
         self.fired: str | None = None
         self._thread: threading.Thread | None = None
@@ -52,36 +54,39 @@ class Fence:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="queuectl-fence", daemon=True)
                 self._thread.start()
-            if deadline < self._waiting_until:
+            if self._asleep and (self._wakes_at is None or deadline < self._wakes_at):
                 self._cond.notify()
 
     def renew(self, deadline: float) -> None:
-        """Move the deadline on (never back while armed): the thread, if it wakes
-        at the old one, sleeps again until the new one."""
+        """Move the deadline on (never back): the thread, if it wakes at the old
+        one, sleeps again until the new one.  Nothing to move while disarmed."""
         with self._cond:
-            self._deadline = max(self._deadline, deadline) if self._pgid is not None else deadline
+            if self._deadline is not None:
+                self._deadline = max(self._deadline, deadline)
 
     def disarm(self) -> str | None:
         """Stop watching (before the group is reaped); the job it killed, if any.
         The thread finds nothing armed when it next wakes."""
         with self._cond:
-            self._pgid, self._job, self._deadline = None, None, float("inf")
+            self._pgid, self._job, self._deadline = None, None, None
             return self.fired
 
     def _watch(self) -> None:
         with self._cond:
             while True:
-                left = self._deadline - time.monotonic()
-                if self._pgid is None or left > 0:
-                    self._waiting_until = float("inf") if self._pgid is None else self._deadline
-                    self._cond.wait(None if self._pgid is None else left)
-                    self._waiting_until = float("-inf")  # awake: arm needs no notify
+                deadline = self._deadline
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is None or left > 0:
+                    self._asleep, self._wakes_at = True, deadline
+                    self._cond.wait(left)
+                    self._asleep = False
                     continue
                 pgid, job = self._pgid, self._job
-                self._pgid = None
+                self._pgid, self._deadline = None, None
                 self.fired = job
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, signal.SIGKILL)
+                if pgid is not None:  # always, while a deadline is set
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pgid, signal.SIGKILL)
                 self.log.warning(
                     "lease_presumed_lost",
                     job_id=job,

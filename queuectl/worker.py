@@ -1,7 +1,10 @@
-"""The worker: claim -> execute -> finish, with heartbeats, in one thread.
+"""The worker: claim -> run -> record, one job at a time, in one thread.
 
 `run_once()` does one job (or nothing) and takes `now` so tests can drive it at
-fixed instants; `run()` is the thin loop around it: idle waits, heartbeats, signals.
+fixed instants; `run()` is the thin loop around it.  What is periodic (heartbeats,
+config refresh, stop checks, covering for an absent monitor) is a named duty run by
+a scheduler (scheduler.py): between jobs by the loop, which sleeps until the next
+one is due (or work arrives); while a job runs, at each of the executor's ticks.
 Sees only the Store protocol, never a backend.
 """
 
@@ -20,16 +23,17 @@ from queuectl.config import Config
 from queuectl.errors import QueuectlError, StoreBusy, StoreFatal, StoreUnavailable
 from queuectl.fence import Fence, deadline_after
 from queuectl.logs import json_logger
-from queuectl.models import Beat, Job, JobState, Outcome, RecoveryGuard, WorkerInfo, decide
-from queuectl.monitor import LEASE, Monitor, monitor_absent
+from queuectl.models import Beat, Job, JobState, Outcome, RecoveryGuard, Transition, WorkerInfo, decide
+from queuectl.recovery import LEASE, Recoverer, end_attempt, monitor_absent
+from queuectl.scheduler import Duty, Scheduler
 from queuectl.signals import StopSignals
 from queuectl.store import Store
 
 #: How often (seconds) a worker re-reads the config table.
 CONFIG_TTL = 2.0
-#: How often a running job's stop conditions are checked (no I/O).
+#: How often the executor ticks while a job runs (the running job's duties; the
+#: stop checks, which do no I/O, run at every tick).
 CHECK_INTERVAL = 0.25
-
 
 #: The error an attempt records when the fence killed it.
 FENCED = (
@@ -70,10 +74,8 @@ class Worker:
         # over the config table, also after every refresh.
         self._overrides = dict(overrides or {})
         self.config = self._load_config()
-        self._config_at = time.monotonic()
         self._files: executor.OutputFiles | None = None
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUECTL_FAILPOINT")}
-        self._last_beat = 0.0
         #: When the last heartbeat (or registration) that reached the store was sent.
         self._last_beat_ok = time.monotonic()
         #: Kills a running job on its own clock when the store cannot be reached in time
@@ -84,19 +86,31 @@ class Worker:
         self.jobs_done = 0
         #: A job claimed together with the last finish, to be run next.
         self._next: Job | None = None
+        #: The job being run now.
+        self._running: Job | None = None
         #: The CPUs jobs may use when this worker is pinned to one (see pin()), and
         #: the lock on its CPU; `run_dir` holds the locks (None: never pinned).
         self._job_cpus: frozenset[int] | None = None
         self._cpu_slot: affinity.CpuSlot | None = None
         self._run_dir = run_dir
         # Recovery fallback: with no monitor around, workers run its passes themselves.
-        self._monitor = (
-            Monitor(store, queue=queue, logs_dir=logs_dir, log=self.log, signals=self.signals)
-            if logs_dir is not None
+        self._recoverer = (
+            Recoverer(store, queue=queue, logs_dir=logs_dir, log=self.log) if logs_dir is not None else None
+        )
+        self._covering = False
+        self._beat = Duty("heartbeat", lambda: self.config.heartbeat_interval, self._heartbeat)
+        self._cover = (
+            Duty("monitor_cover", lambda: self.config.monitor_interval, self._cover_for_monitor)
+            if self._recoverer is not None
             else None
         )
-        self._next_recovery_check = 0.0
-        self._covering = False
+        refresh = Duty("config_refresh", lambda: CONFIG_TTL, self._refresh_config, last=time.monotonic())
+        stop = Duty("stop_checks", lambda: 0.0, self._stop_checks)  # at every tick
+        cover = [self._cover] if self._cover is not None else []
+        #: The duties between jobs, and those while a job runs (the heartbeat and the
+        #: monitor cover keep one rhythm across both).
+        self._between_jobs = Scheduler(refresh, *cover, self._beat)
+        self._job_running = Scheduler(*cover, stop, self._beat)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -121,7 +135,7 @@ class Worker:
                 home=self.home,
             )
         )
-        self._last_beat = time.monotonic()
+        self._beat.done(time.monotonic())
         self._last_beat_ok = sent
 
     def pin(self) -> int | None:
@@ -157,11 +171,10 @@ class Worker:
             # Claimed with the last finish, never started: give the attempt back.
             # PROCESSING -> PENDING (released by its worker)
             with contextlib.suppress(QueuectlError):
-                self.store.recover(
-                    job.id,
-                    job.lease,
-                    JobState.PENDING,
-                    self.store.now(),
+                end_attempt(
+                    self.store,
+                    job,
+                    Transition(JobState.PENDING, self.store.now()),
                     "released",
                     f"released unstarted by worker {self.id} as it stopped",
                     guard=RecoveryGuard(give_back=True),
@@ -188,10 +201,8 @@ class Worker:
         self.store.set_call_timeout(cfg.call_timeout)
         return cfg
 
-    def refresh_config(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._config_at >= CONFIG_TTL:
-            self.config = self._load_config()
-            self._config_at = time.monotonic()
+    def _refresh_config(self) -> None:
+        self.config = self._load_config()
 
     def _deadline(self) -> float:
         cfg = self.config
@@ -233,8 +244,8 @@ class Worker:
         proved the store reachable, and heartbeats were on time."""
         if time.monotonic() - self._last_beat_ok <= 2 * self.config.heartbeat_interval:
             return True
-        self._last_beat = time.monotonic()
-        sent = self._last_beat
+        sent = time.monotonic()
+        self._beat.done(sent)
         try:
             beat = self.store.heartbeat(self.id, job.id, job.lease)
         except StoreFatal:
@@ -245,13 +256,7 @@ class Worker:
             self.log.warning("job_not_started", job_id=job.id, error=str(exc))
             return False
         self._last_beat_ok = sent
-        if not beat.registered:
-            self.log.warning("worker_reregistered", job_id=job.id)
-            self.register(job.id if beat.held else None)
-        if not beat.held:
-            self.log.warning("lease_lost", job_id=job.id, lease=job.lease, started=False)
-            return False
-        return True
+        return self._still_held(beat, job, started=False)
 
     def execute(self, job: Job) -> Outcome:
         cfg = self.config
@@ -260,7 +265,7 @@ class Worker:
         env["QUEUECTL_LEASE"] = str(job.lease)
         env["QUEUECTL_ATTEMPT"] = str(job.attempts)
         env["QUEUECTL_QUEUE"] = self.queue
-        spec = executor.Job(
+        command = executor.Command(
             command=job.command,
             timeout=job.timeout,
             env=env,
@@ -269,65 +274,22 @@ class Worker:
             cpus=self._job_cpus,
         )
         fence = self._fence
-        outcome = executor.run(
-            spec,
-            self.files,
-            check=lambda: self._check_running(job),
-            check_interval=min(CHECK_INTERVAL, cfg.heartbeat_interval),
-            wakeup_fd=self.signals.fd,
-            on_start=None if fence is None else lambda pid: fence.arm(pid, job.id, self._deadline()),
-            on_exit=None if fence is None else fence.disarm,
-        )
+        self._running = job
+        try:
+            outcome = executor.run(
+                command,
+                self.files,
+                check=self._job_running.run_due,
+                check_interval=min(CHECK_INTERVAL, cfg.heartbeat_interval),
+                wakeup_fd=self.signals.fd,
+                on_start=None if fence is None else lambda pid: fence.arm(pid, job.id, self._deadline()),
+                on_exit=None if fence is None else fence.disarm,
+            )
+        finally:
+            self._running = None
         if fence is not None and fence.fired == job.id:
             return replace(outcome, error=FENCED)
         return outcome
-
-    def _check_running(self, job: Job) -> str | None:
-        """Called while a job runs: heartbeat when due; say why to kill it, if so."""
-        self._watch_parent()
-        self.cover_for_monitor()
-        mono = time.monotonic()
-        if self.signals.cold:
-            return "stopped: the worker got a second stop signal"
-        if self.signals.warm:
-            if self._stop_requested_at is None:
-                self._stop_requested_at = mono
-            elif mono - self._stop_requested_at > self.config.stop_timeout:
-                return (
-                    f"stopped: still running {self.config.stop_timeout:g}s after the worker was told to stop"
-                )
-        if mono - self._last_beat < self.config.heartbeat_interval:
-            return None
-        self._last_beat = mono
-        beat = self._running_beat(job)
-        if beat is None:
-            return None
-        self._last_beat_ok = mono
-        if not beat.registered:
-            # Taken for dead (stopped or starved) but the job is still ours: keep it.
-            self.log.warning("worker_reregistered", job_id=job.id)
-            self.register(job.id if beat.held else None)
-        if not beat.held:
-            self.log.warning("lease_lost", job_id=job.id, lease=job.lease)
-            return "lease lost: the job was recovered by the monitor"
-        if self._fence is not None:  # the store has our heartbeat naming the job
-            self._fence.renew(self._deadline())
-        return None
-
-    def _running_beat(self, job: Job) -> Beat | None:
-        """The heartbeat of a running job; None if it did not reach the store.
-        StoreFatal goes up: the job is killed (executor.run) and the worker stops."""
-        try:
-            self.store.check_database()
-            return self.store.heartbeat(self.id, job.id, job.lease)
-        except StoreFatal:
-            raise
-        except QueuectlError as exc:
-            # Where other hosts may still reach the store, the fence kills the job at
-            # its deadline; on SQLite a failed heartbeat is a wait for the one lock
-            # that every process (any monitor included) waits for alike.
-            self.log.warning("heartbeat_failed", job_id=job.id, error=str(exc))
-            return None
 
     def record(
         self, job: Job, outcome: Outcome, now: float | None = None, *, claim_next: bool = False
@@ -339,7 +301,6 @@ class Worker:
         naming the job only once it is recorded, never make a started attempt look
         never started.  Only a cold stop abandons it (the worker row stays, so the
         monitor recovers the attempt as a counted one)."""
-        cfg = self.config
         failpoints.hit("before_finish_commit")
         # Not into a file the path no longer names (StoreFatal goes up, unrecorded:
         # the file at the path says the job is still processing, and its recovery
@@ -348,25 +309,7 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                # Only a retry's due time needs the store's clock (a round trip on
-                # PostgreSQL); the store stamps everything else itself.
-                retry = not outcome.ok and job.attempts <= job.max_retries
-                t = now if now is not None else (self.store.now() if retry else 0.0)
-                move = decide(
-                    ok=outcome.ok,
-                    attempts=job.attempts,
-                    max_retries=job.max_retries,
-                    backoff_base=cfg.backoff_base,
-                    backoff_max=cfg.backoff_max,
-                    now=t,
-                )
-                result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
-                if claim_next:
-                    held, self._next = self.store.finish_and_claim(
-                        job.id, job.lease, *result, outcome.stderr, self.id, now
-                    )
-                else:
-                    held = self.store.finish(job.id, job.lease, *result, outcome.stderr, now)
+                move, held = self._write(job, outcome, now, claim_next)
                 break
             except (StoreBusy, StoreUnavailable) as exc:
                 if self.signals.cold:
@@ -392,25 +335,106 @@ class Worker:
             self.log.warning("result_dropped", job_id=job.id, lease=job.lease, reason="lease lost")
         return held
 
-    # --- the loop ------------------------------------------------------------------
+    def _write(
+        self, job: Job, outcome: Outcome, now: float | None, claim_next: bool
+    ) -> tuple[Transition, bool]:
+        """One try at record(): the move decided for the outcome, and whether the
+        lease held (with claim_next, the job claimed with it is run next)."""
+        cfg = self.config
+        # Only a retry's due time needs the store's clock (a round trip on
+        # PostgreSQL); the store stamps everything else itself.
+        retry = not outcome.ok and job.attempts <= job.max_retries
+        t = now if now is not None else (self.store.now() if retry else 0.0)
+        move = decide(
+            ok=outcome.ok,
+            attempts=job.attempts,
+            max_retries=job.max_retries,
+            backoff_base=cfg.backoff_base,
+            backoff_max=cfg.backoff_max,
+            now=t,
+        )
+        result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
+        # PROCESSING -> COMPLETED / FAILED / DEAD
+        if claim_next:
+            held, self._next = self.store.finish_and_claim(
+                job.id, job.lease, *result, outcome.stderr, self.id, now
+            )
+        else:
+            held = self.store.finish(job.id, job.lease, *result, outcome.stderr, now)
+        return move, held
 
-    def cover_for_monitor(self, *, force: bool = False) -> None:
-        """At most every monitor_interval: if no monitor has completed a pass for two
-        intervals, run one here (under the same lease, so never two at once)."""
-        if self._monitor is None:
+    # --- the duties ----------------------------------------------------------------
+
+    def _heartbeat(self) -> str | None:
+        """The heartbeat, naming the job this worker holds: the one it runs, or the
+        one claimed with the last finish.  Why to kill the running job, if so."""
+        job, started = self._running, True
+        if job is None:
+            job, started = self._next, False
+        ids = {"job_id": job.id} if job is not None else {}
+        sent = time.monotonic()
+        try:
+            self.store.check_database()
+            beat = self.store.heartbeat(self.id, job.id if job else None, job.lease if job else None)
+        except StoreFatal:
+            raise  # a running job is killed (executor.run) and the worker stops
+        except QueuectlError as exc:
+            # Where other hosts may still reach the store, the fence kills the job at
+            # its deadline; on SQLite a failed heartbeat is a wait for the one lock
+            # that every process (any monitor included) waits for alike.
+            self.log.warning("heartbeat_failed", **ids, error=str(exc))
+            return None
+        self._last_beat_ok = sent
+        if self._still_held(beat, job, started):
+            if started and self._fence is not None:  # the store has our heartbeat naming the job
+                self._fence.renew(self._deadline())
+            return None
+        if started:
+            return "lease lost: the job was recovered by the monitor"
+        self._next = None  # recovered before it even started: not ours any more
+        return None
+
+    def _still_held(self, beat: Beat, job: Job | None, started: bool) -> bool:
+        """Act on a heartbeat's answer: re-register if the monitor took this worker
+        for dead (it was stopped or starved), keeping `job` if its lease held; False
+        if `job`'s lease is lost."""
+        ids = {"job_id": job.id} if job is not None else {}
+        if not beat.registered:
+            self.log.warning("worker_reregistered", **ids)
+            self.register(job.id if job is not None and beat.held else None)
+        if job is not None and not beat.held:
+            self.log.warning("lease_lost", **ids, lease=job.lease, **({} if started else {"started": False}))
+            return False
+        return True
+
+    def _stop_checks(self) -> str | None:
+        """While a job runs: why to kill it for a stop, if so (no I/O)."""
+        self._watch_parent()
+        if self.signals.cold:
+            return "stopped: the worker got a second stop signal"
+        if self.signals.warm:
+            mono = time.monotonic()
+            if self._stop_requested_at is None:
+                self._stop_requested_at = mono
+            elif mono - self._stop_requested_at > self.config.stop_timeout:
+                return (
+                    f"stopped: still running {self.config.stop_timeout:g}s after the worker was told to stop"
+                )
+        return None
+
+    def _cover_for_monitor(self, *, startup: bool = False) -> None:
+        """If no monitor has completed a pass for two intervals, run one here (under
+        the same lease, so never two at once); at startup, one in any case."""
+        if self._recoverer is None:
             return
-        mono = time.monotonic()
-        if not force and mono < self._next_recovery_check:
-            return
-        self._next_recovery_check = mono + self.config.monitor_interval
         try:
             absent = monitor_absent(self.store.lease_info(LEASE), self.store.now(), self.config)
-            if not (absent or force):
+            if not (absent or startup):
                 if self._covering:
                     self.log.info("monitor_back", note="a monitor is running passes again")
                     self._covering = False
                 return
-            done = self._monitor.guarded_pass("worker")
+            done = self._recoverer.guarded_pass("worker")
         except StoreFatal:
             raise
         except QueuectlError as exc:
@@ -420,26 +444,34 @@ class Worker:
             self.log.exception("fallback_pass_error")
             return
         if done is not None and (not self._covering or done):
-            self.log.info("fallback_pass", recovered=len(done), startup=force)
+            self.log.info("fallback_pass", recovered=len(done), startup=startup)
         self._covering = absent and done is not None
+
+    def _watch_parent(self) -> None:
+        """Once the supervisor is gone (a warm stop): say so, once."""
+        if self._parent is not None and self._parent.gone and not self.signals.parent_gone:
+            self.log.warning("supervisor_gone", parent=self._parent.pid)
+            self.signals.request()
+
+    # --- the loop ------------------------------------------------------------------
 
     def run(self, *, burst: bool = False) -> int:
         """Work until told to stop (or, in burst mode, until nothing is left)."""
         self.register()
         cpu = self.pin()
         self.log.info("worker_started", pid=os.getpid(), host=procs.hostname(), burst=burst, cpu=cpu)
-        self.cover_for_monitor(force=True)  # jobs left by a crash before any monitor ran
+        if self._cover is not None:  # jobs left by a crash before any monitor ran
+            self._cover.done(time.monotonic())
+            self._cover_for_monitor(startup=True)
         try:
             # A job already claimed (with the last finish) is run even after a warm
             # stop: it is this worker's current job.
             while not self.signals.warm or self._next is not None:
                 self._watch_parent()
                 try:
-                    self.refresh_config()
-                    self.cover_for_monitor()
-                    # Between jobs too: a worker draining jobs shorter than a check
-                    # interval never idles, and would otherwise never heartbeat.
-                    self._beat()
+                    # Between jobs too: a worker draining jobs shorter than a tick
+                    # never idles, and would otherwise never heartbeat.
+                    self._between_jobs.run_due()
                     if self.run_once(chain=True) is not None:
                         continue
                     if burst and self._drained():
@@ -454,7 +486,9 @@ class Worker:
                 except Exception:  # one bad job must not kill the worker
                     self.log.exception("worker_error")
                     timeout = self.config.poll_interval
-                self._idle(timeout)
+                if timeout > 0:
+                    self.store.wait_for_change(timeout, self.signals.fd)
+                    self.signals.drain()
         except StoreFatal as exc:
             # Deleted, replaced or damaged: retrying cannot help, and a restart
             # (supervisord's) opens whatever file the path names now.
@@ -470,45 +504,14 @@ class Worker:
         return not self.store.processing()
 
     def _idle_timeout(self) -> float:
+        """Until the next due job or duty, at most poll_interval (new work wakes the
+        wait sooner)."""
         timeout = self.config.poll_interval
         due = self.store.next_due()
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.store.now()))
-        beat = self.config.heartbeat_interval - (time.monotonic() - self._last_beat)
-        return max(0.0, min(timeout, beat))
-
-    def _idle(self, timeout: float) -> None:
-        if timeout > 0:
-            self.store.wait_for_change(timeout, self.signals.fd)
-            self.signals.drain()
-        self._beat()
-
-    def _beat(self) -> None:
-        """The heartbeat of a worker between jobs, when due; re-register if the
-        monitor took us for dead (we were stopped or starved)."""
-        if time.monotonic() - self._last_beat < self.config.heartbeat_interval:
-            return
-        self._last_beat = sent = time.monotonic()
-        held = self._next
-        try:
-            self.store.check_database()
-            beat = self.store.heartbeat(self.id, held.id if held else None, held.lease if held else None)
-        except StoreFatal:
-            raise
-        except QueuectlError as exc:
-            self.log.warning("heartbeat_failed", error=str(exc))
-            return
-        self._last_beat_ok = sent
-        if held is not None and not beat.held:
-            # Recovered before it even started: not ours any more.
-            self.log.warning("lease_lost", job_id=held.id, lease=held.lease, started=False)
-            self._next = None
-        if not beat.registered:
-            self.log.warning("worker_reregistered")
-            self.register(held.id if held is not None and beat.held else None)
-
-    def _watch_parent(self) -> None:
-        """Once the supervisor is gone (a warm stop): say so, once."""
-        if self._parent is not None and self._parent.gone and not self.signals.parent_gone:
-            self.log.warning("supervisor_gone", parent=self._parent.pid)
-            self.signals.request()
+        mono = time.monotonic()
+        duty = self._between_jobs.next_due(mono)
+        if duty is not None:
+            timeout = min(timeout, duty - mono)
+        return max(0.0, timeout)

@@ -116,7 +116,7 @@ def test_widen_reaches_every_process_forked_while_narrow() -> None:
             proc.stdout.close()
 
 
-def _run_pinned(job: executor.Job, files: executor.OutputFiles) -> executor.Outcome:
+def _run_pinned(job: executor.Command, files: executor.OutputFiles) -> executor.Outcome:
     """executor.run from this process pinned to one CPU, as a worker with
     cpu_affinity=auto is; the process's mask is restored after."""
     mask = os.sched_getaffinity(0)
@@ -141,13 +141,13 @@ def test_the_shell_is_widened_at_once_and_its_tree_walked_later(monkeypatch: pyt
         for command, expected_walks in (("sleep 0.05", 1), ("sleep 0.4", 2)):
             shells.clear()
             walks.clear()
-            job = executor.Job(command=command, timeout=10, env={"PATH": os.environ["PATH"]}, cpus=cpus)
+            job = executor.Command(command=command, timeout=10, env={"PATH": os.environ["PATH"]}, cpus=cpus)
             assert _run_pinned(job, files).ok
             assert len(shells) == 1 and walks == shells * expected_walks, command
         # Jobs shorter than the first walk (executor.WIDEN_AFTER) are never walked; on a
         # loaded machine a `true` may take longer now and then, not ten times running.
         walks.clear()
-        job = executor.Job(command="true", timeout=10, env={"PATH": os.environ["PATH"]}, cpus=cpus)
+        job = executor.Command(command="true", timeout=10, env={"PATH": os.environ["PATH"]}, cpus=cpus)
         for _ in range(10):
             assert _run_pinned(job, files).ok
         assert len(walks) < 10

@@ -24,7 +24,7 @@ def files() -> Iterator[executor.OutputFiles]:
 
 
 def run(files: executor.OutputFiles, command: str, timeout: float = 10.0, **kw: object) -> executor.Outcome:
-    job = executor.Job(
+    job = executor.Command(
         command=command,
         timeout=timeout,
         env={"PATH": os.environ["PATH"], "QUEUECTL_JOB_ID": "j1"},

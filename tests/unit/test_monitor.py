@@ -14,7 +14,8 @@ import pytest
 from queuectl import procs
 from queuectl.errors import Conflict
 from queuectl.models import JobState, NewJob, WorkerInfo
-from queuectl.monitor import LEASE, Monitor
+from queuectl.monitor import Monitor
+from queuectl.recovery import LEASE
 from queuectl.store import Store
 from tests.conftest import StoreFactory
 from tests.helpers import T0, wait_until
