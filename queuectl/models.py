@@ -59,9 +59,6 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     DEAD = "dead"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 #: States a worker may claim from.
 RUNNABLE = (JobState.PENDING, JobState.FAILED)
@@ -92,9 +89,6 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     ORPHAN_KILLED = "orphan_killed"
     MANUAL = "manual"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ class Setting:
         name: str,
         kind: type,
         default: Any,
-        help: str,
-        *,
         low: float = 0,
         high: float = 0,
+        help: str = "",
+        *,
         choices: tuple[str, ...] = (),
     ) -> None:
         self.name = name
@@ -99,130 +99,62 @@ def num_text(x: float) -> str:
 
 # --- the config table: one queue's settings, stored in its database -----------------
 
-SETTINGS: Mapping[str, Setting] = {
-    s.name: s
-    for s in (
-        # Taken by each job at enqueue, so a later change does not touch queued jobs.
-        Setting(
-            "max_retries",
-            int,
-            3,
-            "retries after the first attempt (taken by each job at enqueue)",
-            low=0,
-            high=1000,
-        ),
-        Setting(
-            "backoff_base",
-            float,
-            2.0,
-            "retry delay = backoff_base ** attempts seconds",
-            low=1.0,
-            high=1000.0,
-        ),
-        # Whatever the attempts before, no retry waits longer than this.
-        Setting("backoff_max", float, 3600.0, "cap on one retry delay, seconds", low=0.0, high=31_536_000.0),
-        # Taken by each job at enqueue unless it names its own `timeout`.
-        Setting(
-            "job_timeout",
-            float,
-            60.0,
-            "default time limit of a job, seconds (taken by each job at enqueue)",
-            low=0.01,
-            high=604_800.0,
-        ),
-        Setting(
-            "kill_grace", float, 5.0, "seconds from SIGTERM to SIGKILL on a timeout", low=0.0, high=600.0
-        ),
-        # The worker should have killed the job at `timeout`; the monitor steps in
-        # once it has run timeout + this.
-        Setting(
-            "timeout_grace",
-            float,
-            10.0,
-            "extra seconds before the monitor reaps a job its worker did not stop",
-            low=0.0,
-            high=3600.0,
-        ),
-        # Also while a job runs.  config.check_combination bounds it by heartbeat_timeout.
-        Setting(
-            "heartbeat_interval",
-            float,
-            3.0,
-            "seconds between worker heartbeats (at most a quarter of heartbeat_timeout)",
-            low=0.05,
-            high=3600.0,
-        ),
-        Setting(
-            "heartbeat_timeout",
-            float,
-            15.0,
-            "seconds without a heartbeat before a worker is declared dead",
-            low=0.2,
-            high=86_400.0,
-        ),
-        Setting("monitor_interval", float, 5.0, "seconds between recovery passes", low=0.05, high=3600.0),
-        Setting(
-            "output_limit",
-            int,
-            64,
-            "KiB of stdout and of stderr kept per job (the tail)",
-            low=0,
-            high=10_240,
-        ),
-        # A new job wakes an idle worker sooner: SQLite's data_version, PostgreSQL's NOTIFY.
-        Setting(
-            "poll_interval",
-            float,
-            1.0,
-            "longest idle wait between claim attempts, seconds (new jobs wake workers sooner)",
-            low=0.005,
-            high=60.0,
-        ),
-        # Keep it below supervisord's stopwaitsecs (conf/supervisord.conf), which
-        # kills the worker itself.
-        Setting(
-            "stop_timeout",
-            float,
-            80.0,
-            "on a graceful stop, how long a worker lets its job run before killing it, seconds",
-            low=0.0,
-            high=86_400.0,
-        ),
-        Setting(
-            "synchronous",
-            str,
-            "normal",
-            "SQLite durability: normal survives process crashes, full also power loss",
-            choices=("normal", "full"),
-        ),
-        # auto: worker k keeps to CPU k mod n of those it may use.  Its job's shell
-        # starts there (posix_spawn has no affinity attribute) and is then allowed on
-        # every CPU the worker was (affinity.widen_one), whatever it forked meanwhile
-        # from executor.WIDEN_AFTER on.  A worker alternates with its job's shell, so
-        # the worker's idle CPU is the right place for the shell to start; left free,
-        # the kernel starts it on the CPU busy with another worker.
-        Setting(
-            "cpu_affinity",
-            str,
-            "auto",
-            "auto: each worker keeps to one CPU, where its job's shell starts before it"
+# One line a setting: name, type, default, low, high (or its choices); its help below.
+# fmt: off
+SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
+    # Taken by each job at enqueue, so a later change does not touch queued jobs.
+    Setting("max_retries", int, 3, 0, 1000,
+            "retries after the first attempt (taken by each job at enqueue)"),
+    Setting("backoff_base", float, 2.0, 1.0, 1000.0,
+            "retry delay = backoff_base ** attempts seconds"),
+    # Whatever the attempts before, no retry waits longer than this.
+    Setting("backoff_max", float, 3600.0, 0.0, 31_536_000.0,
+            "cap on one retry delay, seconds"),
+    # Taken by each job at enqueue unless it names its own `timeout`.
+    Setting("job_timeout", float, 60.0, 0.01, 604_800.0,
+            "default time limit of a job, seconds (taken by each job at enqueue)"),
+    Setting("kill_grace", float, 5.0, 0.0, 600.0,
+            "seconds from SIGTERM to SIGKILL on a timeout"),
+    # The worker should have killed the job at `timeout`; the monitor steps in once
+    # it has run timeout + this.
+    Setting("timeout_grace", float, 10.0, 0.0, 3600.0,
+            "extra seconds before the monitor reaps a job its worker did not stop"),
+    # Also while a job runs.  config.check_combination bounds it by heartbeat_timeout.
+    Setting("heartbeat_interval", float, 3.0, 0.05, 3600.0,
+            "seconds between worker heartbeats (at most a quarter of heartbeat_timeout)"),
+    Setting("heartbeat_timeout", float, 15.0, 0.2, 86_400.0,
+            "seconds without a heartbeat before a worker is declared dead"),
+    Setting("monitor_interval", float, 5.0, 0.05, 3600.0,
+            "seconds between recovery passes"),
+    Setting("output_limit", int, 64, 0, 10_240,
+            "KiB of stdout and of stderr kept per job (the tail)"),
+    # A new job wakes an idle worker sooner: SQLite's data_version, PostgreSQL's NOTIFY.
+    Setting("poll_interval", float, 1.0, 0.005, 60.0,
+            "longest idle wait between claim attempts, seconds (new jobs wake workers sooner)"),
+    # Keep it below supervisord's stopwaitsecs (conf/supervisord.conf), which kills
+    # the worker itself.
+    Setting("stop_timeout", float, 80.0, 0.0, 86_400.0,
+            "on a graceful stop, how long a worker lets its job run before killing it, seconds"),
+    Setting("synchronous", str, "normal", choices=("normal", "full"),
+            help="SQLite durability: normal survives process crashes, full also power loss"),
+    # auto: worker k keeps to CPU k mod n of those it may use.  Its job's shell starts
+    # there (posix_spawn has no affinity attribute) and is then allowed on every CPU
+    # the worker was (affinity.widen_one), whatever it forked meanwhile from
+    # executor.WIDEN_AFTER on.  A worker alternates with its job's shell, so the
+    # worker's idle CPU is the right place for the shell to start; left free, the
+    # kernel starts it on the CPU busy with another worker.
+    Setting("cpu_affinity", str, "auto", choices=("auto", "off"),
+            help="auto: each worker keeps to one CPU, where its job's shell starts before it"
             " (and what it forked meanwhile) is allowed on every CPU again (faster short"
-            " jobs); off: the kernel places workers and jobs freely",
-            choices=("auto", "off"),
-        ),
-        # contain.py makes each cgroup and kills it.
-        Setting(
-            "job_cgroup",
-            str,
-            "auto",
-            "auto: where this machine lets the worker create cgroups under its own (a"
+            " jobs); off: the kernel places workers and jobs freely"),
+    # contain.py makes each cgroup and kills it.
+    Setting("job_cgroup", str, "auto", choices=("auto", "off"),
+            help="auto: where this machine lets the worker create cgroups under its own (a"
             " delegated cgroup v2 subtree, or root with cgroup v2 mounted), each worker's"
             " jobs run in a cgroup of its own (queuectl.WORKER_ID), killed whole at the"
-            " end of each attempt; off: never (read when a worker starts)",
-            choices=("auto", "off"),
-        ),
-    )
-}
+            " end of each attempt; off: never (read when a worker starts)"),
+)}
+# fmt: on
 
 
 def normalize_key(name: str) -> str:
@@ -239,10 +171,12 @@ def normalize_key(name: str) -> str:
 #: A job's `priority` and `delay`: their defaults are fixed.  A job's `max_retries`
 #: and `timeout` default to the queue's setting of that name (JOB_OPTIONS), and take
 #: its range.
-PRIORITY = Setting("priority", int, 0, "higher runs first", low=-1_000_000, high=1_000_000)
-DELAY = Setting(
-    "delay", float, 0.0, "seconds to wait before the first run", low=0.0, high=10 * 365 * 86_400.0
-)
+# fmt: off
+PRIORITY = Setting("priority", int, 0, -1_000_000, 1_000_000,
+                   "higher runs first")
+DELAY = Setting("delay", float, 0.0, 0.0, 10 * 365 * 86_400.0,
+                "seconds to wait before the first run")
+# fmt: on
 
 #: The numeric fields of a job object (and `queuectl enqueue` options) -> the row of
 #: the table that holds their default and range.
@@ -256,7 +190,7 @@ JOB_OPTIONS: Mapping[str, Setting] = {
 # --- what read commands take ----------------------------------------------------------
 
 #: `--limit` of `list` and `dlq list` (no default: every job).
-LIMIT = Setting("limit", int, None, "the most jobs to show", low=0, high=1_000_000_000)
+LIMIT = Setting("limit", int, None, 0, 1_000_000_000, "the most jobs to show")
 
 
 # --- README's settings table ----------------------------------------------------------
