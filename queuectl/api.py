@@ -8,50 +8,21 @@ from __future__ import annotations
 
 import builtins
 
-from queuectl import config as cfg
-from queuectl.config import Config, Paths
+from queuectl.config import Config, Paths, check_combination
 from queuectl.errors import Conflict, InvalidInput, JobNotFound
 from queuectl.models import MONITOR_LEASE, Event, Job, JobState, NewJob, WorkerInfo, iso
-
-# The rules of a new job live in rules.py (the enqueue fast path uses them alone);
-# their names here stay.
-from queuectl.rules import (
-    INITIAL_FIELDS,
-    JOB_FIELDS,
-    MAX_COMMAND_BYTES,
-    MAX_DELAY,
-    MAX_ID_LENGTH,
-    PRIORITY_RANGE,
-    check_job,
-    open_home,
-    parse_job_text,
-    parse_json_object,
-)
+from queuectl.rules import check_jobs, open_home
+from queuectl.settings import LIMIT, SETTINGS, normalize_key, num_text
 from queuectl.store import Store, open_store
 
-# Not typing.TYPE_CHECKING, which would import typing at every start (issue 6).
+# Not typing.TYPE_CHECKING, which would import typing at every start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-__all__ = [
-    "INITIAL_FIELDS",
-    "JOB_FIELDS",
-    "MAX_COMMAND_BYTES",
-    "MAX_DELAY",
-    "MAX_ID_LENGTH",
-    "PRIORITY_RANGE",
-    "Queue",
-    "build_job",
-    "parse_job_text",
-    "parse_json_object",
-    "parse_state",
-]
-
-
-#: The most rows one list call returns: within every backend's LIMIT.
-MAX_LIMIT = 1_000_000_000
+#: The states `purge` may delete: a job that may still run is never purged.
+PURGEABLE = frozenset({JobState.COMPLETED, JobState.DEAD})
 
 
 class Queue:
@@ -76,22 +47,21 @@ class Queue:
 
     def enqueue(self, spec: Mapping[str, Any], now: float | None = None) -> str:
         """Validate one job and insert it as pending; returns its id."""
-        t = self.store.now() if now is None else now
-        return self.store.enqueue([build_job(spec, self.config(), t)], t)[0]
+        return self._enqueue([spec], now, numbered=False)[0]
 
     def enqueue_many(self, specs: Iterable[Mapping[str, Any]], now: float | None = None) -> list[str]:
-        """Validate every job, then insert them all in one transaction (or none)."""
-        defaults = self.config()
+        """Validate every job, then insert them all in one transaction (or none); an
+        error names the job by its number, from 1."""
+        return self._enqueue(specs, now, numbered=True)
+
+    def _enqueue(
+        self, specs: Iterable[Mapping[str, Any]], now: float | None, *, numbered: bool
+    ) -> builtins.list[str]:
+        stored = self.store.config_items()
         t = self.store.now() if now is None else now
-        jobs = []
-        for n, spec in enumerate(specs, 1):
-            try:
-                jobs.append(build_job(spec, defaults, t))
-            except InvalidInput as exc:
-                raise InvalidInput(f"job {n}: {exc}") from None
-        if not jobs:
-            raise InvalidInput("no jobs given")
-        return self.store.enqueue(jobs, t)
+        rows = check_jobs(specs, stored, t, numbered=numbered)
+        # A row holds NewJob's fields in their order (rules.JobRow).
+        return self.store.enqueue([NewJob(*row) for row in rows], t)
 
     # --- reading -------------------------------------------------------------------
 
@@ -106,8 +76,7 @@ class Queue:
         return job, self.store.history(job_id)
 
     def list(self, state: str | None = None, limit: int | None = None) -> list[Job]:
-        if limit is not None and not 0 <= limit <= MAX_LIMIT:
-            raise InvalidInput(f"--limit must be between 0 and {MAX_LIMIT}")
+        _check_limit(limit)
         return self.store.list_jobs(parse_state(state) if state else None, limit)
 
     def status(self) -> dict[str, Any]:
@@ -144,8 +113,7 @@ class Queue:
     # --- dead-letter queue ---------------------------------------------------------
 
     def dlq_list(self, limit: int | None = None) -> builtins.list[Job]:
-        if limit is not None and not 0 <= limit <= MAX_LIMIT:
-            raise InvalidInput(f"--limit must be between 0 and {MAX_LIMIT}")
+        _check_limit(limit)
         return self.store.list_jobs(JobState.DEAD, limit)
 
     def dlq_retry(self, job_id: str) -> str:
@@ -169,6 +137,8 @@ class Queue:
 
     def purge(self, states: builtins.list[str], older_than: float | None = None) -> int:
         parsed = [parse_state(s) for s in states]
+        if not parsed or any(s not in PURGEABLE for s in parsed):
+            raise InvalidInput("only completed and dead jobs can be purged")
         before = None if older_than is None else self.store.now() - older_than
         return self.store.purge(parsed, before)
 
@@ -184,15 +154,15 @@ class Queue:
         values = self.config().as_dict()
         if key is None:
             return values
-        name = cfg.normalize_key(key)
+        name = normalize_key(key)
         return {name: values[name]}
 
     def config_set(self, key: str, value: str) -> tuple[str, Any]:
-        name = cfg.normalize_key(key)
-        parsed = cfg.parse_value(name, value)
+        name = normalize_key(key)
+        parsed = SETTINGS[name].parse(value)
         merged = self.config().as_dict()
         merged[name] = parsed
-        cfg.check_combination(merged)
+        check_combination(merged)
         self.store.config_set({name: str(parsed)})
         return name, parsed
 
@@ -205,17 +175,6 @@ def parse_state(text: str) -> JobState:
         raise InvalidInput(f"unknown state {text!r} (known: {known})") from None
 
 
-def build_job(spec: Mapping[str, Any], defaults: Config, now: float) -> NewJob:
-    """Validate one job object (rules.check_job); raise InvalidInput naming the first
-    problem."""
-    job_id, command, max_retries, priority, timeout, run_at = check_job(
-        spec, defaults.max_retries, defaults.job_timeout, now
-    )
-    return NewJob(
-        id=job_id,
-        command=command,
-        max_retries=max_retries,
-        priority=priority,
-        timeout=timeout,
-        run_at=run_at,
-    )
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and not LIMIT.low <= limit <= LIMIT.high:
+        raise InvalidInput(f"--limit must be between {num_text(LIMIT.low)} and {num_text(LIMIT.high)}")

@@ -96,8 +96,9 @@ def drain(workers: int, jobs: int, command: str) -> tuple[float, float]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run(jobs: int = 2000, workers: int = 2, command: str = "true", rounds: int = 3) -> BenchResult:
-    """Alternate spawn-limit and drain runs `rounds` times; report the medians."""
+def run(*, jobs: int, workers: int, command: str, rounds: int) -> BenchResult:
+    """Alternate spawn-limit and drain runs `rounds` times; report the medians (the
+    defaults of `queuectl bench` are its options')."""
     limits, drains, walls = [], [], []
     for _ in range(rounds):
         limits.append(spawn_limit(workers, jobs, command))

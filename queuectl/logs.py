@@ -21,8 +21,8 @@ from typing import Any, TextIO
 
 import structlog
 
-#: QUEUECTL_LOG_LEVEL=debug also logs every completed job (one line per job costs a
-#: busy worker several percent of its throughput; the history has every attempt).
+#: QUEUECTL_LOG_LEVEL=debug also logs every completed job (not at info: a line per
+#: job slows a busy worker, and the history has every attempt).
 LEVEL_ENV = "QUEUECTL_LOG_LEVEL"
 
 #: The file a worker or the monitor logs to once its stderr is gone (the home's

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-# The times and ids live in rules.py (cheap to import, issue 6); their names here stay.
+# The times and ids live in rules.py, which the enqueue fast path imports alone.
 from queuectl.rules import iso, new_id, parse_time
 
 __all__ = [
@@ -59,9 +59,6 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     DEAD = "dead"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 #: States a worker may claim from.
 RUNNABLE = (JobState.PENDING, JobState.FAILED)
@@ -92,9 +89,6 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     ORPHAN_KILLED = "orphan_killed"
     MANUAL = "manual"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -191,12 +185,6 @@ class Job:
     stderr: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["state"] = JobState(values["state"])
-        return cls(**values)
-
-    @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> Job:
         """From a row whose columns are JOB_COLUMNS, in order."""
         job = cls(*row)
@@ -242,10 +230,6 @@ class Event:
     reason: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Event:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
-    @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> Event:
         return cls(*row)
 
@@ -279,10 +263,6 @@ class WorkerInfo:
     #: The home (its real path on `host`) the worker was started from: lifecycle
     #: commands of one home act on its own workers only (None: not recorded).
     home: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> WorkerInfo:
@@ -363,7 +343,8 @@ class RecoveryGuard:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A validated job ready to insert."""
+    """A validated job ready to insert (what rules.check_jobs returns, as a row of these
+    fields in this order)."""
 
     id: str
     command: str

@@ -1,10 +1,13 @@
 """The rules of queuectl's inputs, as plain functions: where a queue lives, what a new
-job may be, how a job id is made, how a job's stored defaults are read.
+job may be, how a job id is made, how times are read and printed.
 
-Deliberately cheap to import: no dataclasses, typing, enum, pathlib or datetime at
-runtime (issue 6).  The `queuectl enqueue` fast path (cli.py) validates through this
-module alone, and api.py, models.py and config.py call the same functions, so each
-rule exists once.  Imports no other queuectl module but errors (and home, as cheap).
+check_jobs is the one validation of new jobs: Queue.enqueue, Queue.enqueue_many and
+the `queuectl enqueue` fast path call it, and stores receive only what it returns.
+Every default and range it applies comes from settings.py.
+
+Cheap to import (no dataclasses, typing, enum, pathlib or datetime at runtime): the
+enqueue fast path validates through this module alone.  Imports no other queuectl
+module but errors and settings (and home, as cheap).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import os
 import time
 
 from queuectl.errors import InvalidInput, StoreError
+from queuectl.settings import JOB_OPTIONS, SETTINGS
 
-# Not typing.TYPE_CHECKING: importing typing costs milliseconds (issue 6), and mypy
-# gives a constant of this name the same meaning.
+# Not typing.TYPE_CHECKING: importing typing costs milliseconds, and mypy gives a
+# constant of this name the same meaning.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 # --- where a queue lives ------------------------------------------------------------
@@ -120,61 +124,18 @@ def _join(base: str, *names: str) -> str:
     return (base if base.endswith("/") else base + "/") + "/".join(names)
 
 
-# --- the config values a new job takes --------------------------------------------
-
-#: A job's retries after its first attempt (config key max_retries, and per job).
-DEFAULT_MAX_RETRIES = 3
-MAX_RETRIES_RANGE = (0, 1000)
-#: A job's time limit in seconds (config key job_timeout, and per job `timeout`).
-DEFAULT_JOB_TIMEOUT = 60.0
-JOB_TIMEOUT_RANGE = (0.01, 604_800.0)
-
-
-def parse_number(key: str, text: str, kind: type, low: float, high: float) -> int | float:
-    """A config value of a numeric key: a whole number (kind int) or a finite float,
-    within [low, high]; InvalidInput with the reason otherwise."""
-    raw = text.strip()
-    value: float | int
-    try:
-        value = int(raw) if kind is int else float(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise InvalidInput(f"{key} must be {what}, not {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInput(f"{key} must be a finite number, not {text!r}")
-    if not low <= value <= high:
-        raise InvalidInput(f"{key} must be between {num_text(low)} and {num_text(high)}, not {text}")
-    return value
-
-
-def num_text(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+# --- a new job ----------------------------------------------------------------------
 
 
 def job_defaults(stored: Mapping[str, str]) -> tuple[int, float]:
     """(max_retries, job_timeout) from the config table's values, as Config.from_stored
     reads them: a value that is missing or no longer valid gives the default."""
-    max_retries, timeout = DEFAULT_MAX_RETRIES, DEFAULT_JOB_TIMEOUT
-    try:
-        if "max_retries" in stored:
-            max_retries = int(parse_number("max_retries", stored["max_retries"], int, *MAX_RETRIES_RANGE))
-    except InvalidInput:
-        pass
-    try:
-        if "job_timeout" in stored:
-            timeout = float(parse_number("job_timeout", stored["job_timeout"], float, *JOB_TIMEOUT_RANGE))
-    except InvalidInput:
-        pass
-    return max_retries, timeout
+    return SETTINGS["max_retries"].stored(stored), SETTINGS["job_timeout"].stored(stored)
 
-
-# --- a new job ----------------------------------------------------------------------
 
 #: Linux refuses a single exec argument longer than this (MAX_ARG_STRLEN).
 MAX_COMMAND_BYTES = 131_072 - 1
 MAX_ID_LENGTH = 200
-PRIORITY_RANGE = (-1_000_000, 1_000_000)
-MAX_DELAY = 10 * 365 * 86_400.0
 
 JOB_FIELDS = frozenset({"id", "command", "max_retries", "priority", "run_at", "delay", "timeout"})
 #: Fields of a job's JSON form that may be sent back at enqueue with their initial
@@ -252,6 +213,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+def check_jobs(
+    specs: Iterable[Mapping[str, Any]], stored: Mapping[str, str], now: float, *, numbered: bool
+) -> list[JobRow]:
+    """The one validation of new jobs: every job object of one enqueue, with the
+    queue's defaults read from its config table's values `stored`, as rows ready to
+    insert.  InvalidInput names the first problem (in a batch, `numbered`, prefixed
+    with its job's number from 1), or says that no job was given."""
+    max_retries, timeout = job_defaults(stored)
+    rows = []
+    for n, spec in enumerate(specs, 1):
+        try:
+            rows.append(check_job(spec, max_retries, timeout, now))
+        except InvalidInput as exc:
+            if not numbered:
+                raise
+            raise InvalidInput(f"job {n}: {exc}") from None
+    if not rows:
+        raise InvalidInput("no jobs given")
+    return rows
+
+
 def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: float) -> JobRow:
     """Validate one job object, with the queue's default max_retries and timeout;
     raise InvalidInput naming the first problem."""
@@ -259,7 +241,7 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
         command = _check_command(spec.get("command"))
         job_id = spec.get("id")
         job_id = new_id(now) if job_id is None else _check_id(job_id)
-        return (job_id, command, max_retries, 0, float(timeout), now)
+        return (job_id, command, max_retries, _PRIORITY, float(timeout), now)
     unknown = set(spec) - JOB_FIELDS - INITIAL_FIELDS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
@@ -270,9 +252,9 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
     return (
         job_id,
         command,
-        _int(spec, "max_retries", max_retries, *MAX_RETRIES_RANGE),
-        _int(spec, "priority", 0, *PRIORITY_RANGE),
-        _number(spec, "timeout", timeout, *JOB_TIMEOUT_RANGE),
+        _int(spec, "max_retries", max_retries),
+        _int(spec, "priority", _PRIORITY),
+        _number(spec, "timeout", timeout),
         _start_time(spec, now),
     )
 
@@ -280,6 +262,7 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
 #: A job object of no other fields (the common case of a bulk enqueue) is checked by
 #: a shorter path in check_job, with the same checks in the same order.
 _PLAIN_FIELDS = frozenset({"command", "id"})
+_PRIORITY: int = JOB_OPTIONS["priority"].default
 
 
 def _check_command(command: Any) -> str:
@@ -317,7 +300,7 @@ def _start_time(spec: Mapping[str, Any], now: float) -> float:
     if spec.get("run_at") is not None and spec.get("delay") is not None:
         raise InvalidInput("give run_at or delay, not both")
     if spec.get("delay") is not None:
-        return now + _number(spec, "delay", 0.0, 0.0, MAX_DELAY)
+        return now + _number(spec, "delay", JOB_OPTIONS["delay"].default)
     raw = spec.get("run_at")
     if raw is None:
         return now
@@ -368,7 +351,9 @@ def _check_id(value: Any) -> str:
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _int(spec: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+def _int(spec: Mapping[str, Any], key: str, default: int) -> int:
+    """The whole number field `key` of a job object (default when absent or null),
+    within the range settings.JOB_OPTIONS gives it."""
     value = spec.get(key)
     if value is None:
         return default
@@ -378,12 +363,15 @@ def _int(spec: Mapping[str, Any], key: str, default: int, low: int, high: int) -
         if not math.isfinite(value) or not value.is_integer():
             raise InvalidInput(f"{key} must be a whole number")
         value = int(value)
-    if not low <= value <= high:
-        raise InvalidInput(f"{key} must be between {low} and {high}")
+    option = JOB_OPTIONS[key]
+    if not option.low <= value <= option.high:
+        raise InvalidInput(f"{key} must be between {option.low} and {option.high}")
     return value
 
 
-def _number(spec: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+def _number(spec: Mapping[str, Any], key: str, default: float) -> float:
+    """The number field `key` of a job object (default when absent or null), within
+    the range settings.JOB_OPTIONS gives it."""
     value = spec.get(key)
     if value is None:
         return float(default)
@@ -393,8 +381,9 @@ def _number(spec: Mapping[str, Any], key: str, default: float, low: float, high:
         number = float(value)
     except OverflowError:
         raise InvalidInput(f"{key} is too large") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidInput(f"{key} must be between {low:g} and {high:g}")
+    option = JOB_OPTIONS[key]
+    if not math.isfinite(number) or not option.low <= number <= option.high:
+        raise InvalidInput(f"{key} must be between {option.low:g} and {option.high:g}")
     return number
 
 
@@ -417,7 +406,7 @@ def iso(ts: float | None) -> str | None:
     400 years (one calendar cycle) at a time nearer; a non-finite one as its name."""
     if ts is None:
         return None
-    from datetime import UTC, datetime  # here: `queuectl enqueue CMD` never needs it (issue 6)
+    from datetime import UTC, datetime  # here: `queuectl enqueue CMD` never needs it
 
     if not math.isfinite(ts):
         return str(ts)
@@ -448,8 +437,7 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _last_ms = 0
 _last_rand = 0
 #: The millisecond part of the last id, as text: a bulk enqueue makes every id with
-#: one `now`, so it is encoded once (issue 6: the encoding was a third of the
-#: validation's time).
+#: one `now`, so it is encoded once.
 _prefix_ms = -1
 _prefix = ""
 

@@ -1,10 +1,11 @@
-"""rules.py replaces library calls with cheaper equivalents (issue 6): check that
+"""rules.py replaces library calls with cheaper equivalents: check that
 they agree with what they replace."""
 
 from __future__ import annotations
 
 import sys
 import unicodedata
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -53,8 +54,8 @@ def test_id_digits_are_crockford_base32_of_the_number(n: int) -> None:
 # --- the shorter paths of a bulk enqueue (parse_json_object, check_job) -------------------
 
 
-def _decode_as_before(text: str) -> object:
-    """parse_json_object as it was: JSONDecoder.decode alone."""
+def _decode_reference(text: str) -> object:
+    """What parse_json_object must agree with: JSONDecoder.decode alone."""
     import json
 
     def reject(name: str) -> None:
@@ -71,11 +72,16 @@ def _decode_as_before(text: str) -> object:
     return obj
 
 
-def _decoded(text: str) -> object:
+def _outcome(check: Callable[..., object], *args: object) -> object:
+    """What `check` returns, or ("error", its InvalidInput's text)."""
     try:
-        return rules.parse_json_object(text)
+        return check(*args)
     except rules.InvalidInput as exc:
         return ("error", str(exc))
+
+
+def _decoded(text: str) -> object:
+    return _outcome(rules.parse_json_object, text)
 
 
 _json_values = st.recursive(
@@ -91,24 +97,21 @@ def test_a_json_object_is_read_as_decode_reads_it(value: object, before: str, af
     import json
 
     text = before + json.dumps(value, allow_nan=True) + after
-    assert _decoded(text) == _decode_as_before(text)
+    assert _decoded(text) == _decode_reference(text)
 
 
 @given(st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrs \\NIy\r\n', max_size=20))
 def test_broken_json_is_rejected_as_decode_rejects_it(text: str) -> None:
-    assert _decoded(text) == _decode_as_before(text)
+    assert _decoded(text) == _decode_reference(text)
 
 
-def test_deep_nesting_is_rejected_as_before() -> None:
+def test_deep_nesting_is_rejected_as_the_reference_rejects_it() -> None:
     text = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    assert _decoded(text) == _decode_as_before(text) == ("error", "invalid JSON: nested too deeply")
+    assert _decoded(text) == _decode_reference(text) == ("error", "invalid JSON: nested too deeply")
 
 
 def _checked(spec: dict[str, object]) -> object:
-    try:
-        return rules.check_job(spec, 3, 60.0, 1_700_000_000.0)
-    except rules.InvalidInput as exc:
-        return ("error", str(exc))
+    return _outcome(rules.check_job, spec, 3, 60.0, 1_700_000_000.0)
 
 
 _commands = st.one_of(
@@ -132,8 +135,8 @@ def test_a_plain_job_is_checked_as_any_job_is(command: object, job_id: object) -
         assert alone[1:] == general[1:]  # type: ignore[index]
 
 
-def _check_command_as_before(command: object) -> object:
-    """_check_command before its ASCII shortcut."""
+def _check_command_reference(command: object) -> object:
+    """What _check_command must agree with: the checks without its ASCII shortcut."""
     if not isinstance(command, str):
         return ("error", "command is required and must be a string")
     if not command.strip():
@@ -150,15 +153,12 @@ def _check_command_as_before(command: object) -> object:
 
 
 def _check_command_now(command: object) -> object:
-    try:
-        return rules._check_command(command)
-    except rules.InvalidInput as exc:
-        return ("error", str(exc))
+    return _outcome(rules._check_command, command)
 
 
 @pytest.mark.parametrize("extra", [-1, 0, 1])
 @pytest.mark.parametrize("fill", ["x", "é", "\ud800", "✓"])
-def test_a_command_at_the_length_limit_is_checked_as_before(fill: str, extra: int) -> None:
+def test_a_command_at_the_length_limit_is_checked_as_the_reference_checks_it(fill: str, extra: int) -> None:
     # At the limit in bytes, one byte under and one over, in one- to three-byte
     # characters (a lone surrogate counts three bytes, and is then refused as such).
     width = len(fill.encode("utf-8", "surrogatepass"))
@@ -166,9 +166,9 @@ def test_a_command_at_the_length_limit_is_checked_as_before(fill: str, extra: in
         fill * (rules.MAX_COMMAND_BYTES // width + extra),
         "x" * (rules.MAX_COMMAND_BYTES + extra),
     ):
-        assert _check_command_now(command) == _check_command_as_before(command)
+        assert _check_command_now(command) == _check_command_reference(command)
 
 
 @given(st.one_of(st.text(), st.text(alphabet=st.characters(codec="ascii")), st.integers(), st.none()))
-def test_any_command_is_checked_as_before(command: object) -> None:
-    assert _check_command_now(command) == _check_command_as_before(command)
+def test_any_command_is_checked_as_the_reference_checks_it(command: object) -> None:
+    assert _check_command_now(command) == _check_command_reference(command)
