@@ -23,6 +23,7 @@ from queuectl.rules import (
     MAX_ID_LENGTH,
     PRIORITY_RANGE,
     check_job,
+    check_purge,
     open_home,
     parse_job_text,
     parse_json_object,
@@ -169,6 +170,7 @@ class Queue:
 
     def purge(self, states: builtins.list[str], older_than: float | None = None) -> int:
         parsed = [parse_state(s) for s in states]
+        check_purge(parsed)
         before = None if older_than is None else self.store.now() - older_than
         return self.store.purge(parsed, before)
 

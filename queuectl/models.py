@@ -191,12 +191,6 @@ class Job:
     stderr: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["state"] = JobState(values["state"])
-        return cls(**values)
-
-    @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> Job:
         """From a row whose columns are JOB_COLUMNS, in order."""
         job = cls(*row)
@@ -242,10 +236,6 @@ class Event:
     reason: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Event:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
-    @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> Event:
         return cls(*row)
 
@@ -279,10 +269,6 @@ class WorkerInfo:
     #: The home (its real path on `host`) the worker was started from: lifecycle
     #: commands of one home act on its own workers only (None: not recorded).
     home: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> WorkerInfo:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
     @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> WorkerInfo:

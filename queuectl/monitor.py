@@ -56,6 +56,7 @@ from queuectl.models import (
 )
 from queuectl.signals import StopSignals
 from queuectl.store import Store
+from queuectl.store.outcome import recovered
 
 #: Seconds by which the store's clock may drift from this process's monotonic clock
 #: between two passes before it counts as a step.
@@ -372,10 +373,7 @@ class Monitor:
         if not self.store.recover(
             job.id,
             job.lease,
-            state,
-            next_run_at,
-            reason.value,
-            error,
+            recovered(state, next_run_at, reason.value, error),
             now,
             audit=audit,
             guard=RecoveryGuard(

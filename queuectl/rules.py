@@ -19,7 +19,7 @@ from queuectl.errors import InvalidInput, StoreError
 # gives a constant of this name the same meaning.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 # --- where a queue lives ------------------------------------------------------------
@@ -275,6 +275,33 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
         _number(spec, "timeout", timeout, *JOB_TIMEOUT_RANGE),
         _start_time(spec, now),
     )
+
+
+def check_jobs(specs: Iterable[Mapping[str, Any]], stored: Mapping[str, str], now: float) -> list[JobRow]:
+    """Validate a batch of job objects with the queue's stored defaults (job_defaults):
+    InvalidInput names the first problem and the job's number (from 1), or that there
+    are none; all are valid, or none is taken."""
+    max_retries, timeout = job_defaults(stored)
+    rows = []
+    for n, spec in enumerate(specs, 1):
+        try:
+            rows.append(check_job(spec, max_retries, timeout, now))
+        except InvalidInput as exc:
+            raise InvalidInput(f"job {n}: {exc}") from None
+    if not rows:
+        raise InvalidInput("no jobs given")
+    return rows
+
+
+#: The states `purge` may delete: jobs that will never change again.
+PURGEABLE = frozenset({"completed", "dead"})
+
+
+def check_purge(states: Iterable[str]) -> None:
+    """Refuse a purge of any state but completed and dead (or of none)."""
+    given = list(states)
+    if not given or any(s not in PURGEABLE for s in given):
+        raise InvalidInput("only completed and dead jobs can be purged")
 
 
 #: A job object of no other fields (the common case of a bulk enqueue) is checked by

@@ -20,10 +20,11 @@ from queuectl.config import Config
 from queuectl.errors import QueuectlError, StoreBusy, StoreFatal, StoreUnavailable
 from queuectl.fence import Fence, deadline_after
 from queuectl.logs import json_logger
-from queuectl.models import Beat, Job, JobState, Outcome, RecoveryGuard, WorkerInfo, decide
+from queuectl.models import Beat, Job, JobState, Outcome, WorkerInfo, decide
 from queuectl.monitor import LEASE, Monitor, monitor_absent
 from queuectl.signals import StopSignals
 from queuectl.store import Store
+from queuectl.store.outcome import GivenBack, finished
 
 #: How often (seconds) a worker re-reads the config table.
 CONFIG_TTL = 2.0
@@ -160,11 +161,9 @@ class Worker:
                 self.store.recover(
                     job.id,
                     job.lease,
-                    JobState.PENDING,
-                    self.store.now(),
-                    "released",
-                    f"released unstarted by worker {self.id} as it stopped",
-                    guard=RecoveryGuard(give_back=True),
+                    GivenBack(
+                        self.store.now(), "released", f"released unstarted by worker {self.id} as it stopped"
+                    ),
                 )
         with contextlib.suppress(QueuectlError):
             self.store.unregister_worker(self.id)
@@ -360,13 +359,11 @@ class Worker:
                     backoff_max=cfg.backoff_max,
                     now=t,
                 )
-                result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
+                result = finished(move, outcome)
                 if claim_next:
-                    held, self._next = self.store.finish_and_claim(
-                        job.id, job.lease, *result, outcome.stderr, self.id, now
-                    )
+                    held, self._next = self.store.finish_and_claim(job.id, job.lease, result, self.id, now)
                 else:
-                    held = self.store.finish(job.id, job.lease, *result, outcome.stderr, now)
+                    held = self.store.finish(job.id, job.lease, result, now)
                 break
             except (StoreBusy, StoreUnavailable) as exc:
                 if self.signals.cold:

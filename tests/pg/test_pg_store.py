@@ -17,6 +17,7 @@ import pytest
 
 from queuectl.errors import DuplicateJob, StoreError
 from queuectl.models import JobState, NewJob, WorkerInfo
+from queuectl.store.outcome import Completed, Dead, RecoveredRetry, Retry
 from queuectl.store.postgres import MIGRATIONS, PostgresStore
 from tests.helpers import T0, clean_env, wait_until
 from tests.pg.conftest import admin, schema_url
@@ -126,7 +127,7 @@ def test_concurrent_claimers_get_each_job_exactly_once(pg_store: PostgresStore, 
             while (job := store.claim(f"w{n}", now=T0 + 1)) is not None:
                 with lock:
                     claimed.append((job.id, job.lease))
-                assert store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "", T0 + 2)
+                assert store.finish(job.id, job.lease, Completed("", ""), T0 + 2)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -151,14 +152,14 @@ def test_a_recovered_job_fences_out_its_old_worker(pg_store: PostgresStore) -> N
     first = pg_store.claim("old", now=T0)
     assert first is not None
     # PROCESSING -> FAILED by the monitor of another host
-    assert pg_store.recover(first.id, first.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "gone", T0)
-    assert not pg_store.recover(first.id, first.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "x", T0)
+    assert pg_store.recover(first.id, first.lease, RecoveredRetry(T0 + 1, "heartbeat_lost", "gone"), T0)
+    assert not pg_store.recover(first.id, first.lease, RecoveredRetry(T0 + 1, "heartbeat_lost", "x"), T0)
     second = pg_store.claim("new", now=T0 + 1)
     assert second is not None and second.lease == first.lease + 1
     # The old worker wakes up: its heartbeat and its result are both refused.
     assert not pg_store.heartbeat("old", first.id, first.lease)
-    assert not pg_store.finish(first.id, first.lease, JobState.COMPLETED, None, 0, None, "", "", T0 + 2)
-    assert pg_store.finish(second.id, second.lease, JobState.COMPLETED, None, 0, None, "ok", "", T0 + 2)
+    assert not pg_store.finish(first.id, first.lease, Completed("", ""), T0 + 2)
+    assert pg_store.finish(second.id, second.lease, Completed("ok", ""), T0 + 2)
     got = pg_store.get(first.id)
     assert got is not None and got.state is JobState.COMPLETED and got.stdout == "ok"
     chain = [(e.from_state, e.to_state, e.worker_id) for e in pg_store.history(first.id)]
@@ -210,7 +211,7 @@ def test_output_with_nul_bytes_is_stored(pg_store: PostgresStore) -> None:
     pg_store.enqueue(jobs(1))
     job = pg_store.claim("w", now=T0)
     assert job is not None
-    assert pg_store.finish(job.id, job.lease, JobState.FAILED, T0 + 2, 1, "bad\x00", "a\x00b", "\udcff", T0)
+    assert pg_store.finish(job.id, job.lease, Retry(T0 + 2, 1, "bad\x00", "a\x00b", "\udcff"), T0)
     got = pg_store.get(job.id)
     assert got is not None
     assert (got.stdout, got.error) == ("a\ufffdb", "bad\ufffd")
@@ -249,7 +250,7 @@ def test_notify_wakes_an_idle_waiter(pg_url: str, change: str) -> None:
             other.enqueue([NewJob("d", "false", 0, 0, 1.0, T0)])
             job = other.claim("w", now=T0)
             assert job is not None
-            other.finish(job.id, job.lease, JobState.DEAD, None, 1, None, "", "", T0)
+            other.finish(job.id, job.lease, Dead(1, None, "", ""), T0)
         _listening(waiter)
         thread, took = _waiter(waiter, 30)
         if change == "enqueue":

@@ -7,6 +7,7 @@ from pathlib import Path
 import apsw
 
 from queuectl.models import JobState, NewJob, WorkerInfo
+from queuectl.store.outcome import Completed, Dead
 from queuectl.store.sqlite import APPLICATION_ID, MIGRATIONS, SQLiteStore
 from tests.helpers import T0
 
@@ -105,9 +106,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
     for _ in range(3):
         job = old.claim("w1", now=T0)
         assert job is not None
-        old.finish(
-            job.id, job.lease, JobState.DEAD if job.id == "j0" else JobState.COMPLETED, None, 1, None, "", ""
-        )
+        old.finish(job.id, job.lease, Dead(1, None, "", "") if job.id == "j0" else Completed("", ""))
     old.conn.execute(
         "DROP TABLE job_counts; DROP TABLE job_counts_upto; ALTER TABLE leases DROP COLUMN resumed_at;"
         " ALTER TABLE workers DROP COLUMN home; PRAGMA user_version=6"
@@ -133,7 +132,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
 
 
 def test_a_bulk_insert_folds_the_counts_and_a_small_one_does_not(tmp_path: Path) -> None:
-    from queuectl.store.sqlite_conn import FOLD_MIN_ROWS
+    from queuectl.store.sqlite.insert import FOLD_MIN_ROWS
 
     store = SQLiteStore(str(tmp_path / "q.db"))
     try:
@@ -156,7 +155,7 @@ def test_a_purge_of_the_newest_events_keeps_the_counts_right(tmp_path: Path) -> 
         )
         job = store.claim("w1", now=T0)
         assert job is not None and job.id == "done"
-        store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "")
+        store.finish(job.id, job.lease, Completed("", ""))
         store.fold_counts()
         assert _upto(store) == (4, 4)
         assert store.purge([JobState.COMPLETED]) == 1

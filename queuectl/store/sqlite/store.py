@@ -1,14 +1,8 @@
-"""The SQLite store, through APSW.
+"""The SQLite store: the Store contract (store/__init__.py) over one APSW connection.
 
-One connection per process, WAL journal, every write transaction `BEGIN IMMEDIATE`
-(so a read never has to be upgraded to a write, which would fail at once with
-SQLITE_BUSY_SNAPSHOT), and a 10 s busy timeout under a retry loop.  The history of
-state changes is written by a trigger, so no statement can change a job's state
-without its event; a new job's first event is written with its insert
-(sqlite_conn.insert_jobs, the one place jobs are inserted).
-Nothing `apsw.*` escapes this module: errors are translated at the boundary.  How a
-connection is opened, configured and retried, its errors translated and a job
-inserted is in sqlite_conn.py, which the enqueue fast path uses alone.
+The history of state changes is written by a trigger, so no statement can change a
+job's state without its event; a new job's first event is written with its insert
+(insert.insert_jobs, the one place jobs are inserted).
 """
 
 from __future__ import annotations
@@ -16,15 +10,13 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import InvalidInput, StoreError, StoreGone
+from queuectl.errors import StoreError, StoreGone
 from queuectl.models import (
-    JOB_COLUMNS,
-    MONITOR_LEASE,
     Beat,
     Event,
     Job,
@@ -35,272 +27,21 @@ from queuectl.models import (
     RecoveryGuard,
     WorkerInfo,
 )
-from queuectl.store.sqlite_conn import (
-    APPLICATION_ID,
-    COUNTS,
-    COUNTS_UPTO,
-    SCHEMA_VERSION,
-    config_items,
-    connect,
-    first_existing,
-    fold_counts,
-    insert_jobs,
-    net_counts,
-    read,
-    schema_ids,
-    translate,
-    write,
-)
-from queuectl.store.sqlite_file import DatabaseFile
-
-_COLS = ", ".join(JOB_COLUMNS)
-#: The jobs in the jobs_next index (migration v6): queries name it word for word, so
-#: the planner sees that the partial index covers them.
-_WAKE_FOR = "state = 'failed' OR (state = 'pending' AND next_run_at > created_at)"
-_EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
-
-# Each step moves the schema from version i to i + 1; append, never edit.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id          TEXT PRIMARY KEY,
-        command     TEXT NOT NULL,
-        state       TEXT NOT NULL
-                    CHECK (state IN ('pending','processing','completed','failed','dead')),
-        attempts    INTEGER NOT NULL DEFAULT 0,
-        max_retries INTEGER NOT NULL,
-        priority    INTEGER NOT NULL DEFAULT 0,
-        timeout     REAL NOT NULL,
-        lease       INTEGER NOT NULL DEFAULT 0,   -- +1 per claim, never reset: the fence
-        created_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL,
-        run_at      REAL NOT NULL,                -- earliest start, as enqueued
-        next_run_at REAL,                         -- when a pending/failed job is due
-        started_at  REAL,
-        finished_at REAL,
-        worker_id   TEXT,
-        exit_code   INTEGER,
-        error       TEXT,
-        stdout      TEXT,
-        stderr      TEXT,
-        reason      TEXT                          -- why the last change was made
-    ) STRICT;
-    -- The claim walks this index from its first entry: cost is flat in queue size.
-    CREATE INDEX jobs_due ON jobs (priority DESC, next_run_at, id)
-        WHERE state IN ('pending', 'failed');
-    -- When the next retry or delayed job falls due: an idle worker sleeps until then.
-    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE state IN ('pending', 'failed');
-    CREATE INDEX jobs_state ON jobs (state, created_at, id);
-    CREATE INDEX jobs_worker ON jobs (worker_id) WHERE state = 'processing';
-
-    CREATE TABLE job_events (
-        seq        INTEGER PRIMARY KEY,
-        job_id     TEXT NOT NULL,
-        at         REAL NOT NULL,
-        from_state TEXT,
-        to_state   TEXT NOT NULL,
-        attempt    INTEGER NOT NULL,
-        worker_id  TEXT,
-        exit_code  INTEGER,
-        error      TEXT,
-        reason     TEXT
-    ) STRICT;
-    CREATE INDEX job_events_job ON job_events (job_id, seq);
-
-    CREATE TRIGGER jobs_history_insert AFTER INSERT ON jobs BEGIN
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker_id,
-                                exit_code, error, reason)
-        VALUES (NEW.id, NEW.updated_at, NULL, NEW.state, NEW.attempts, NULL, NULL, NULL, NULL);
-    END;
-    CREATE TRIGGER jobs_history_update AFTER UPDATE OF state ON jobs
-    WHEN OLD.state IS NOT NEW.state BEGIN
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker_id,
-                                exit_code, error, reason)
-        VALUES (NEW.id, NEW.updated_at, OLD.state, NEW.state, NEW.attempts, NEW.worker_id,
-                NEW.exit_code, NEW.error, NEW.reason);
-    END;
-
-    CREATE TABLE config (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) STRICT;
-
-    CREATE TABLE workers (
-        id           TEXT PRIMARY KEY,
-        host         TEXT NOT NULL,
-        pid          INTEGER NOT NULL,
-        proc_start   INTEGER,             -- /proc/<pid>/stat field 22: tells a reused pid apart
-        started_at   REAL NOT NULL,
-        heartbeat_at REAL NOT NULL
-    ) STRICT;
-    """,
-    # v2: the monitor lease, so at most one recovery pass runs at a time anywhere.
-    """
-    CREATE TABLE leases (
-        name                 TEXT PRIMARY KEY,
-        holder               TEXT NOT NULL,
-        kind                 TEXT NOT NULL,   -- 'monitor' or 'worker' (a fallback pass)
-        acquired_at          REAL NOT NULL,
-        expires_at           REAL NOT NULL,
-        last_pass_at         REAL,
-        last_pass_by         TEXT,
-        last_pass_kind       TEXT,
-        last_monitor_pass_at REAL
-    ) STRICT;
-    """,
-    # v3: the job a worker says it runs, from its heartbeats (NULL while idle), so the
-    # monitor can tell a claim whose worker never received it (connection cut after
-    # the commit) from one that is running.
-    """
-    ALTER TABLE workers ADD COLUMN holding TEXT;
-    """,
-    # v4: no index on the worker of processing jobs: maintaining it cost every claim and
-    # finish two index updates, and the few processing jobs are found by state anyway.
-    """
-    DROP INDEX IF EXISTS jobs_worker;
-    """,
-    # v5: the audit outbox.  A recovery's log record is written in the transaction
-    # that recovers the job, and moved to logs/recovered_jobs_*.json after the commit;
-    # a monitor killed in between leaves it here for the next pass to write.
-    """
-    CREATE TABLE audit_outbox (
-        id         INTEGER PRIMARY KEY,
-        record     TEXT NOT NULL,
-        created_at REAL NOT NULL
-    ) STRICT;
-    """,
-    # v6: jobs_next holds only the jobs an idle worker must wake for: retries, and
-    # pending jobs not due on arrival (delayed, recovered, retried from the DLQ).  A
-    # job due when enqueued never enters it, so its claim no longer updates it: one
-    # page fewer in every claim's commit (issue 6).
-    # The insert trigger goes too: SQLite runs a trigger's program once per row, which
-    # cost a bulk enqueue three quarters of its time (46k -> 164k rows/s without it,
-    # bench/enqueue.py); insert_jobs() writes each new job's first event itself, in
-    # the same transaction, from the same values.  State changes keep their trigger.
-    f"""
-    DROP INDEX IF EXISTS jobs_next;
-    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE {_WAKE_FOR};
-    DROP TRIGGER IF EXISTS jobs_history_insert;
-    """,
-    # v7: job counts kept as a snapshot plus the events since it (sqlite_conn.COUNTS):
-    # `queuectl status` counted every job's jobs_state entry (84 ms at 1M jobs,
-    # bench/scale.py) and now reads five rows and the few events since the last fold.
-    # A counter updated by the state trigger would cost every claim and finish (+20%
-    # store time per job, measured); the snapshot costs them nothing.
-    """
-    CREATE TABLE job_counts (
-        state TEXT PRIMARY KEY
-              CHECK (state IN ('pending','processing','completed','failed','dead')),
-        n     INTEGER NOT NULL
-    ) STRICT;
-    INSERT INTO job_counts (state, n)
-        SELECT column1, (SELECT count(*) FROM jobs WHERE state = column1)
-        FROM (VALUES ('pending'), ('processing'), ('completed'), ('failed'), ('dead'));
-    CREATE TABLE job_counts_upto (
-        id  INTEGER PRIMARY KEY CHECK (id = 1),
-        seq INTEGER NOT NULL              -- the snapshot counts every event up to this one
-    ) STRICT;
-    INSERT INTO job_counts_upto (id, seq) VALUES (1, (SELECT coalesce(max(seq), 0) FROM job_events));
-    """,
-    # v8: when a recovery pass last found that every process had stalled (no pass by
-    # anyone for heartbeat_timeout, or a clock jump): heartbeats get one more interval
-    # before a silence counts (monitor.py).
-    """
-    ALTER TABLE leases ADD COLUMN resumed_at REAL;
-    """,
-    # v9: the home each worker was started from: homes that share a database stop,
-    # and list, only their own workers.
-    """
-    ALTER TABLE workers ADD COLUMN home TEXT;
-    """,
-)
-if len(MIGRATIONS) != SCHEMA_VERSION:  # the fast path checks user_version against it
-    raise AssertionError(f"sqlite_conn.SCHEMA_VERSION is {SCHEMA_VERSION}, not {len(MIGRATIONS)}")
+from queuectl.store.outcome import Finished, Recovered
+from queuectl.store.sqlite import queries
+from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
+from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
+from queuectl.store.sqlite.file import DatabaseFile
+from queuectl.store.sqlite.insert import insert_jobs
+from queuectl.store.sqlite.schema import WAKE_FOR, migrate
 
 T = TypeVar("T")
-
-# The two statements of a worker's loop, shared by claim(), finish() and
-# finish_and_claim() (which runs both in one transaction: one commit per job).
-
-# PENDING/FAILED -> PROCESSING: one statement, so no two claimers can both match the
-# row.  INDEXED BY: without statistics the planner prefers jobs_state (state=?) plus a
-# sort of every runnable job, O(queue) per claim (145 ms at 1M pending,
-# bench/scale.py); jobs_due answers from its first entry.
-_CLAIM = (
-    "UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
-    " lease = lease + 1, worker_id = :w, started_at = :now, updated_at = :now,"
-    " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
-    " stderr = NULL, reason = NULL"
-    " WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due"
-    "             WHERE state IN ('pending', 'failed')"
-    "             AND next_run_at <= :now"
-    "             ORDER BY priority DESC, next_run_at, id LIMIT 1)"
-    f" RETURNING {_COLS}"
-)
-
-# PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
-_FINISH = (
-    "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = :code,"
-    " error = :error, stdout = :out, stderr = :err, finished_at = :now,"
-    " updated_at = :now, reason = NULL"
-    " WHERE id = :id AND state = 'processing' AND lease = :lease"
-)
-
-_Result = tuple[JobState, float | None, int | None, str | None, str, str]
-
-
-def _claim(conn: apsw.Connection, worker_id: str, now: float) -> Job | None:
-    # The RETURNING cursor is read to its end (fetchall) so the statement completes
-    # inside the transaction.
-    rows = conn.execute(_CLAIM, {"w": worker_id, "now": now}).fetchall()
-    return Job.from_tuple(rows[0]) if rows else None
-
-
-def _finish(conn: apsw.Connection, job_id: str, lease: int, result: _Result, now: float) -> bool:
-    state, next_run_at, exit_code, error, stdout, stderr = result
-    conn.execute(
-        _FINISH,
-        {
-            "state": state.value,
-            "next": next_run_at,
-            "code": exit_code,
-            "error": error,
-            "out": stdout,
-            "err": stderr,
-            "now": now,
-            "id": job_id,
-            "lease": lease,
-        },
-    )
-    return bool(conn.changes())
+_COLS = queries.COLS
+_EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
 
 
 def _real(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _recover_sql(g: RecoveryGuard) -> tuple[str, dict[str, Any]]:
-    """The recovery's one guarded UPDATE: PROCESSING -> FAILED / DEAD (or PENDING, the
-    attempt given back), fenced by the lease and by what `g` requires."""
-    attempts = "attempts - 1" if g.give_back else "attempts"
-    sql = (
-        f"UPDATE jobs SET state = :state, attempts = {attempts}, next_run_at = :next,"
-        " exit_code = NULL, error = :error, finished_at = :now, updated_at = :now, reason = :reason"
-        " WHERE id = :id AND state = 'processing' AND lease = :lease"
-    )
-    params: dict[str, Any] = {}
-    if g.holder is not None:
-        sql += (
-            " AND EXISTS (SELECT 1 FROM leases WHERE name = :lease_name AND holder = :holder"
-            " AND expires_at > :now)"
-        )
-        params.update(lease_name=MONITOR_LEASE, holder=g.holder)
-    if g.worker_id is not None:
-        # The worker is still silent: no heartbeat since the one the verdict saw.
-        seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
-        sql += " AND NOT EXISTS (SELECT 1 FROM workers WHERE id = :wid AND heartbeat_at > :seen)"
-        params.update(wid=g.worker_id, seen=seen)
-    return sql, params
 
 
 class SQLiteStore:
@@ -313,7 +54,7 @@ class SQLiteStore:
         self._data_version: int | None = None
         self.conn = connect(path, synchronous)
         try:
-            self._migrate()
+            migrate(self.conn, path)
         except apsw.Error as exc:
             self.conn.close()
             raise translate(exc, path) from None
@@ -321,31 +62,6 @@ class SQLiteStore:
             self.conn.close()
             raise
         self._file = self._watch()
-
-    # --- opening -------------------------------------------------------------------
-
-    def _migrate(self) -> None:
-        conn = self.conn
-        app_id, version = self._ids()
-        if app_id == APPLICATION_ID and version == len(MIGRATIONS):
-            return
-        with self._tx():
-            app_id, version = self._ids()
-            tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()[0][0]
-            if app_id != APPLICATION_ID and (app_id != 0 or tables):
-                raise StoreError(f"{self.path} is a SQLite database but not a queuectl one")
-            if version > len(MIGRATIONS):
-                raise StoreError(
-                    f"database {self.path} has schema version {version}, newer than this "
-                    f"queuectl knows ({len(MIGRATIONS)}): upgrade queuectl"
-                )
-            for step in MIGRATIONS[version:]:
-                conn.execute(step)
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
-
-    def _ids(self) -> tuple[int, int]:
-        return schema_ids(self.conn)
 
     def _watch(self) -> DatabaseFile:
         try:
@@ -362,11 +78,6 @@ class SQLiteStore:
         self._file.check()
 
     # --- plumbing ------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[apsw.Connection]:
-        with self.conn:
-            yield self.conn
 
     def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run fn in one BEGIN IMMEDIATE transaction, retrying it whole when busy."""
@@ -393,9 +104,6 @@ class SQLiteStore:
         ]
         insert_jobs(self.conn, self.path, rows)  # None -> PENDING
         return [j.id for j in jobs]
-
-    def _first_existing(self, ids: list[str]) -> str | None:
-        return first_existing(self.conn, self.path, ids)
 
     def get(self, job_id: str) -> Job | None:
         rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))
@@ -425,48 +133,24 @@ class SQLiteStore:
         self._write(fold_counts)
 
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        return self._write(lambda conn: _claim(conn, worker_id, self._now(now)))
+        return self._write(lambda conn: queries.claim(conn, worker_id, self._now(now)))
 
-    def finish(
-        self,
-        job_id: str,
-        lease: int,
-        state: JobState,
-        next_run_at: float | None,
-        exit_code: int | None,
-        error: str | None,
-        stdout: str,
-        stderr: str,
-        now: float | None = None,
-    ) -> bool:
-        result = (state, next_run_at, exit_code, error, stdout, stderr)
-        return self._write(lambda conn: _finish(conn, job_id, lease, result, self._now(now)))
+    def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
+        return self._write(lambda conn: queries.finish(conn, job_id, lease, outcome, self._now(now)))
 
     def finish_and_claim(
-        self,
-        job_id: str,
-        lease: int,
-        state: JobState,
-        next_run_at: float | None,
-        exit_code: int | None,
-        error: str | None,
-        stdout: str,
-        stderr: str,
-        worker_id: str,
-        now: float | None = None,
+        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
     ) -> tuple[bool, Job | None]:
-        result = (state, next_run_at, exit_code, error, stdout, stderr)
-
         def both(conn: apsw.Connection) -> tuple[bool, Job | None]:
             t = self._now(now)
-            return _finish(conn, job_id, lease, result, t), _claim(conn, worker_id, t)
+            return queries.finish(conn, job_id, lease, outcome, t), queries.claim(conn, worker_id, t)
 
         return self._write(both)
 
     def next_due(self) -> float | None:
         # INDEXED BY, as in claim(): otherwise a scan of every runnable job per idle poll.
-        # Jobs due on arrival are not in jobs_next (v6): they are due already.
-        rows = self._read(f"SELECT min(next_run_at) FROM jobs INDEXED BY jobs_next WHERE {_WAKE_FOR}")
+        # Jobs due on arrival are not in jobs_next: they are due already.
+        rows = self._read(f"SELECT min(next_run_at) FROM jobs INDEXED BY jobs_next WHERE {WAKE_FOR}")
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
@@ -491,9 +175,6 @@ class SQLiteStore:
         return self._write(retry)
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
-        allowed = {JobState.COMPLETED, JobState.DEAD}
-        if not states or any(s not in allowed for s in states):
-            raise InvalidInput("only completed and dead jobs can be purged")
         marks = ",".join("?" * len(states))
         cutoff = float("inf") if before is None else before
         params = [s.value for s in states] + [cutoff]
@@ -534,27 +215,13 @@ class SQLiteStore:
         self,
         job_id: str,
         lease: int,
-        state: JobState,
-        next_run_at: float | None,
-        reason: str,
-        error: str,
+        outcome: Recovered,
         now: float | None = None,
-        audit: str | None = None,
         *,
+        audit: str | None = None,
         guard: RecoveryGuard | None = None,
     ) -> bool:
-        g = guard or RecoveryGuard()
-        sql, params = _recover_sql(g)
-        params.update(
-            {
-                "state": JobState.PENDING.value if g.give_back else state.value,
-                "next": next_run_at,
-                "error": error,
-                "reason": reason,
-                "id": job_id,
-                "lease": lease,
-            }
-        )
+        sql, params = queries.recover_sql(job_id, lease, outcome, guard or RecoveryGuard())
 
         def take_back(conn: apsw.Connection) -> bool:
             params["now"] = t = self._now(now)
@@ -754,15 +421,6 @@ class SQLiteStore:
 
     def _version(self) -> int:
         return int(self._read("PRAGMA data_version")[0][0])
-
-    # --- maintenance ---------------------------------------------------------------
-
-    def integrity_check(self) -> str:
-        return str(self._read("PRAGMA integrity_check")[0][0])
-
-    def optimize(self) -> None:
-        with contextlib.suppress(apsw.Error):
-            self.conn.execute("PRAGMA optimize")
 
     def close(self) -> None:
         with contextlib.suppress(apsw.Error):
