@@ -370,11 +370,11 @@ class Monitor:
         error = _error(verdict, job, by, guard.give_back)
         audit = json.dumps(self.audit_record(rec))
         # PROCESSING -> FAILED / DEAD / PENDING (recovery), its audit record in the same transaction
-        if not self.store.recover(
-            job.id,
-            job.lease,
-            recovered(state, next_run_at, reason.value, error),
-            now,
+        outcome = recovered(
+            state,
+            next_run_at,
+            reason.value,
+            error,
             audit=audit,
             guard=RecoveryGuard(
                 holder=holder,
@@ -382,7 +382,8 @@ class Monitor:
                 heartbeat_seen=guard.heartbeat_seen,
                 give_back=guard.give_back,
             ),
-        ):
+        )
+        if not self.store.recover(job.id, job.lease, outcome, now):
             if rec.killed_pids:
                 # The job's own worker recorded it first; what was killed is still told.
                 self._log_lost_race(rec)

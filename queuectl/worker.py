@@ -162,7 +162,7 @@ class Worker:
                     job.id,
                     job.lease,
                     GivenBack(
-                        self.store.now(), "released", f"released unstarted by worker {self.id} as it stopped"
+                        "released", f"released unstarted by worker {self.id} as it stopped", self.store.now()
                     ),
                 )
         with contextlib.suppress(QueuectlError):

@@ -34,17 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Protocol
 
-    from queuectl.models import (
-        Beat,
-        Event,
-        Job,
-        JobState,
-        LeaseGrant,
-        LeaseInfo,
-        NewJob,
-        RecoveryGuard,
-        WorkerInfo,
-    )
+    from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
     from queuectl.store.outcome import Finished, Recovered
 else:
     # At runtime the protocol is a plain class: nothing checks it with isinstance().
@@ -153,28 +143,20 @@ class Store(Protocol):
     def processing(self) -> list[Job]:
         """All PROCESSING jobs."""
 
-    def recover(
-        self,
-        job_id: str,
-        lease: int,
-        outcome: Recovered,
-        now: float | None = None,
-        *,
-        audit: str | None = None,
-        guard: RecoveryGuard | None = None,
-    ) -> bool:
+    def recover(self, job_id: str, lease: int, outcome: Recovered, now: float | None = None) -> bool:
         """End an attempt on its worker's behalf (the monitor; a worker giving back a
         job it claimed and never started): PROCESSING -> the outcome's state, with
         its reason and error, exit code cleared, output kept, finished_at and
         updated_at = now.  A GivenBack outcome does not count the attempt
         (attempts - 1).
 
-        Fenced like finish() and, in the same statement, by `guard`: the pass's
-        monitor lease still held and unexpired (guard.holder), the worker still
-        silent since the heartbeat the verdict saw (guard.worker_id,
+        Fenced like finish() and, in the same statement, by the outcome's guard: the
+        pass's monitor lease still held and unexpired (guard.holder), the worker
+        still silent since the heartbeat the verdict saw (guard.worker_id,
         guard.heartbeat_seen).  False: something did not hold, nothing changed.
-        When it changes the job and `audit` is given, that text (the recovery's log
-        record) is added to the audit outbox in the same transaction."""
+        When it changes the job and the outcome holds an `audit` text (the
+        recovery's log record), that text is added to the audit outbox in the same
+        transaction."""
 
     def audit_pending(self) -> list[tuple[int, str]]:
         """Audit records not yet written to a recovery log, oldest first: (id, text)."""

@@ -317,16 +317,16 @@ def test_finish_with_a_stale_lease_changes_nothing(store: Store) -> None:
     store.enqueue([new("a")], now=T0)
     old = claim(store, T0)
     # The monitor takes the job back; it is claimed again with a new lease.
-    assert store.recover("a", old.lease, RecoveredRetry(T0 + 1, "heartbeat_lost", "worker gone"), now=T0 + 1)
+    assert store.recover("a", old.lease, RecoveredRetry("heartbeat_lost", "worker gone", T0 + 1), now=T0 + 1)
     new_attempt = claim(store, T0 + 1, worker="w2")
     assert new_attempt.lease == old.lease + 1
     before, history = store.get("a"), store.history("a")
     for state in (JobState.COMPLETED, JobState.FAILED, JobState.DEAD):
         assert not finish(store, old, state, T0 + 5, next_run_at=T0 + 9)
     for outcome in (
-        RecoveredRetry(T0 + 9, "timeout", "late"),
+        RecoveredRetry("timeout", "late", T0 + 9),
         RecoveredDead("timeout", "late"),
-        GivenBack(T0 + 9, "timeout", "late"),
+        GivenBack("timeout", "late", T0 + 9),
     ):
         assert not store.recover("a", old.lease, outcome, now=T0 + 5)
     assert store.get("a") == before
@@ -462,7 +462,7 @@ def test_processing_lists_the_running_jobs(store: Store) -> None:
 def test_recover_ends_the_attempt_with_a_reason(store: Store) -> None:
     store.enqueue([new("a"), new("b", max_retries=0)], now=T0)
     a, b = claim(store, T0), claim(store, T0)
-    assert store.recover(a.id, a.lease, RecoveredRetry(T0 + 4, "heartbeat_lost", "worker gone"), now=T0 + 2)
+    assert store.recover(a.id, a.lease, RecoveredRetry("heartbeat_lost", "worker gone", T0 + 4), now=T0 + 2)
     assert store.recover(b.id, b.lease, RecoveredDead("timeout", "too slow"), now=T0 + 2)
     got = store.get(a.id)
     assert got is not None
@@ -483,7 +483,7 @@ def test_recover_ends_the_attempt_with_a_reason(store: Store) -> None:
     assert store.get(b.id).state is JobState.DEAD  # type: ignore[union-attr]
     assert store.history(b.id)[-1].reason == "timeout"
     # A second recovery of the same attempt (another monitor) changes nothing.
-    assert not store.recover(a.id, a.lease, RecoveredRetry(T0 + 9, "heartbeat_lost", "again"), now=T0 + 3)
+    assert not store.recover(a.id, a.lease, RecoveredRetry("heartbeat_lost", "again", T0 + 9), now=T0 + 3)
     assert store.get(a.id) == got
 
 
@@ -520,7 +520,7 @@ def test_heartbeat_tells_whether_the_worker_and_its_lease_hold(store: Store) -> 
     job = claim(store, T0 + 1)
     assert store.heartbeat("w1", "a", job.lease, now=T0 + 2)
     assert not store.heartbeat("w1", "a", job.lease + 1, now=T0 + 3)
-    assert store.recover("a", job.lease, RecoveredRetry(T0 + 10, "heartbeat_lost", "gone"), now=T0 + 4)
+    assert store.recover("a", job.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 10), now=T0 + 4)
     assert not store.heartbeat("w1", "a", job.lease, now=T0 + 5)
 
 
@@ -638,7 +638,7 @@ def test_history_is_append_only_and_records_every_state_change(store: Store) -> 
     step(lambda: store.dlq_retry(["a"], now=T0 + 6), T0 + 6)
     step(lambda: lease.update(j=claim(store, T0 + 7)), T0 + 7)
     step(
-        lambda: store.recover("a", lease["j"].lease, RecoveredRetry(T0 + 8, "manual", "op"), now=T0 + 7.5),
+        lambda: store.recover("a", lease["j"].lease, RecoveredRetry("manual", "op", T0 + 8), now=T0 + 7.5),
         T0 + 7.5,
     )
     step(lambda: lease.update(j=claim(store, T0 + 8)), T0 + 8)
@@ -717,7 +717,7 @@ def test_finish_and_claim_is_fenced_and_still_claims(store: Store) -> None:
     store.enqueue([new("a"), new("b")], now=T0)
     a = store.claim("w1", now=T0)
     assert a is not None
-    assert store.recover("a", a.lease, RecoveredRetry(T0 + 100, "heartbeat_lost", "gone"), now=T0 + 1)
+    assert store.recover("a", a.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 100), now=T0 + 1)
     held, nxt = store.finish_and_claim("a", a.lease, Completed("", ""), "w1", now=T0 + 2)
     assert not held and nxt is not None and nxt.id == "b"
     after = store.get("a")

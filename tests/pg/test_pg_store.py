@@ -152,8 +152,8 @@ def test_a_recovered_job_fences_out_its_old_worker(pg_store: PostgresStore) -> N
     first = pg_store.claim("old", now=T0)
     assert first is not None
     # PROCESSING -> FAILED by the monitor of another host
-    assert pg_store.recover(first.id, first.lease, RecoveredRetry(T0 + 1, "heartbeat_lost", "gone"), T0)
-    assert not pg_store.recover(first.id, first.lease, RecoveredRetry(T0 + 1, "heartbeat_lost", "x"), T0)
+    assert pg_store.recover(first.id, first.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 1), T0)
+    assert not pg_store.recover(first.id, first.lease, RecoveredRetry("heartbeat_lost", "x", T0 + 1), T0)
     second = pg_store.claim("new", now=T0 + 1)
     assert second is not None and second.lease == first.lease + 1
     # The old worker wakes up: its heartbeat and its result are both refused.

@@ -219,10 +219,10 @@ def test_a_recovery_whose_pass_died_before_its_log_is_logged_by_the_next_pass(
     record = {"time": "2023-11-14T22:13:50.000Z", "event": "job_recovered", "job_id": "a", "attempt": 1}
     # What a pass killed right after its compare-and-set leaves behind:
     assert store.recover(
-        "a", a.lease, RecoveredRetry(T0 + 2, "heartbeat_lost", "gone"), T0, audit=json.dumps(record)
+        "a", a.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 2, audit=json.dumps(record)), T0
     )
     # A lost compare-and-set adds nothing to the outbox.
-    assert not store.recover("a", a.lease, RecoveredRetry(T0 + 2, "heartbeat_lost", "x"), T0, audit="{}")
+    assert not store.recover("a", a.lease, RecoveredRetry("heartbeat_lost", "x", T0 + 2, audit="{}"), T0)
     assert [json.loads(text) for _, text in store.audit_pending()] == [record]
     monitor(store, tmp_path).run_once(now=T0 + 1)
     assert [r for r in logs(tmp_path) if r["event"] == "job_recovered"] == [record]

@@ -197,7 +197,7 @@ def test_a_result_with_a_stale_lease_is_dropped(store: Store, make_worker: MakeW
     old = store.claim("w1", now=T0)
     assert old is not None
     # The monitor recovers the attempt; another worker claims the job again.
-    assert store.recover(job_id, old.lease, RecoveredRetry(T0 + 2, "heartbeat_lost", "gone"), now=T0 + 1)
+    assert store.recover(job_id, old.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 2), now=T0 + 1)
     w1, w2 = make_worker("w1"), make_worker("w2")
     current = store.claim("w2", now=T0 + 2)
     assert current is not None and current.lease == old.lease + 1
@@ -226,7 +226,7 @@ def test_a_worker_that_loses_its_lease_kills_its_job(
         wait_until(started.exists, 10, "the job to start")
         job = other.get(job_id)
         assert job is not None
-        other.recover(job_id, job.lease, RecoveredRetry(T0 + 60, "heartbeat_lost", "taken back"))
+        other.recover(job_id, job.lease, RecoveredRetry("heartbeat_lost", "taken back", T0 + 60))
 
     thread = threading.Thread(target=monitor)
     thread.start()

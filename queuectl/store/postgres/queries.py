@@ -11,11 +11,11 @@ import psycopg
 
 from queuectl.models import JOB_COLUMNS, Job, NewJob
 from queuectl.store.outcome import Finished
+from queuectl.store.sql import finish_params
 
 Conn = psycopg.Connection[Any]
 
 COLS = ", ".join(JOB_COLUMNS)
-EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
 #: The database clock as epoch seconds; one value for the whole transaction.
 DB_NOW = "extract(epoch FROM now())::float8"
 T = f"COALESCE(%(now)s::float8, {DB_NOW})"
@@ -50,17 +50,7 @@ def finish(conn: Conn, job_id: str, lease: int, outcome: Finished, now: float | 
         f" error = %(error)s, stdout = %(out)s, stderr = %(err)s, finished_at = {T},"
         f" updated_at = {T}, reason = NULL"
         " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
-        {
-            "state": outcome.state.value,
-            "next": outcome.next_run_at,
-            "code": outcome.exit_code,
-            "error": clean(outcome.error),
-            "out": clean(outcome.stdout),
-            "err": clean(outcome.stderr),
-            "now": now,
-            "id": job_id,
-            "lease": lease,
-        },
+        finish_params(job_id, lease, outcome, now, clean),
     )
     return cur.rowcount > 0
 

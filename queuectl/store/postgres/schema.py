@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from queuectl.errors import StoreError
+from queuectl.store.ddl import JOB_INDEXES_V1
 
 Conn = psycopg.Connection[Any]
 
@@ -22,7 +23,7 @@ Conn = psycopg.Connection[Any]
 LOCK_CLASS = 0x5143544C
 
 MIGRATIONS: tuple[str, ...] = (
-    """
+    f"""
     CREATE TABLE jobs (
         id          text COLLATE "C" PRIMARY KEY,   -- byte order, as in SQLite
         command     text NOT NULL,
@@ -45,15 +46,7 @@ MIGRATIONS: tuple[str, ...] = (
         stdout      text,
         stderr      text,
         reason      text                            -- why the last change was made
-    );
-    -- The claim walks this index from its first entry: cost is flat in queue size.
-    CREATE INDEX jobs_due ON jobs (priority DESC, next_run_at, id)
-        WHERE state IN ('pending', 'failed');
-    -- When the next retry or delayed job falls due: an idle worker sleeps until then.
-    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE state IN ('pending', 'failed');
-    CREATE INDEX jobs_state ON jobs (state, created_at, id);
-    CREATE INDEX jobs_worker ON jobs (worker_id) WHERE state = 'processing';
-
+    );{JOB_INDEXES_V1}
     CREATE TABLE job_events (
         seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         job_id     text COLLATE "C" NOT NULL,

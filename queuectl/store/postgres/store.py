@@ -19,26 +19,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from queuectl.errors import DuplicateJob, StoreError
-from queuectl.models import (
-    MONITOR_LEASE,
-    Beat,
-    Event,
-    Job,
-    JobState,
-    LeaseGrant,
-    LeaseInfo,
-    NewJob,
-    RecoveryGuard,
-    WorkerInfo,
-)
+from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
 from queuectl.store.outcome import Finished, Recovered
 from queuectl.store.postgres import queries
 from queuectl.store.postgres.connection import CONNECT_TRIES, Conn, Connection
 from queuectl.store.postgres.notify import Listener, channel
 from queuectl.store.postgres.schema import migrate
+from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
 
 #: From this many jobs on, an enqueue uses COPY instead of one INSERT.
 COPY_THRESHOLD = 64
+_WORKERS = workers_query("ORDER BY j.id ")
 
 
 class PostgresStore:
@@ -55,6 +46,10 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r})"
+
+    def _changes(self, query: str, params: Any) -> int:
+        """Run one statement (autocommit: its own transaction); the rows it changed."""
+        return self._db.run(lambda conn: conn.execute(query, params).rowcount)
 
     def _migrate(self, conn: Conn) -> None:
         self._channel = self._listener.channel = channel(migrate(conn, self.url))
@@ -113,7 +108,7 @@ class PostgresStore:
 
     def history(self, job_id: str) -> list[Event]:
         rows = self._db.read(
-            f"SELECT {queries.EVENT_COLS} FROM job_events WHERE job_id = %s ORDER BY seq", (job_id,)
+            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = %s ORDER BY seq", (job_id,)
         )
         return [Event.from_tuple(r) for r in rows]
 
@@ -213,45 +208,9 @@ class PostgresStore:
         rows = self._db.read(f"SELECT {queries.COLS} FROM jobs WHERE state = 'processing' ORDER BY id")
         return [Job.from_tuple(r) for r in rows]
 
-    def recover(
-        self,
-        job_id: str,
-        lease: int,
-        outcome: Recovered,
-        now: float | None = None,
-        *,
-        audit: str | None = None,
-        guard: RecoveryGuard | None = None,
-    ) -> bool:
-        g = guard or RecoveryGuard()
-        attempts = "attempts - 1" if outcome.give_back else "attempts"
-        # PROCESSING -> FAILED / DEAD (or PENDING, the attempt given back) on the
-        # worker's behalf, fenced by the lease and by what the guard requires
-        query = (
-            f"UPDATE jobs SET state = %(state)s, attempts = {attempts}, next_run_at = %(next)s,"
-            " exit_code = NULL, error = %(error)s, finished_at = %(now)s, updated_at = %(now)s,"
-            " reason = %(reason)s WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s"
-        )
-        params: dict[str, Any] = {
-            "state": outcome.state.value,
-            "next": outcome.next_run_at,
-            "error": queries.clean(outcome.error),
-            "reason": outcome.reason,
-            "id": job_id,
-            "lease": lease,
-            "audit": audit,
-        }
-        if g.holder is not None:
-            query += (
-                " AND EXISTS (SELECT 1 FROM leases WHERE name = %(lease_name)s"
-                " AND holder = %(holder)s AND expires_at > %(now)s)"
-            )
-            params.update(lease_name=MONITOR_LEASE, holder=g.holder)
-        if g.worker_id is not None:
-            # The worker is still silent: no heartbeat since the one the verdict saw.
-            query += " AND NOT EXISTS (SELECT 1 FROM workers WHERE id = %(wid)s AND heartbeat_at > %(seen)s)"
-            seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
-            params.update(wid=g.worker_id, seen=seen)
+    def recover(self, job_id: str, lease: int, outcome: Recovered, now: float | None = None) -> bool:
+        query, params = recover_statement(job_id, lease, outcome, lambda name: f"%({name})s", queries.clean)
+        params["audit"] = outcome.audit
 
         def take_back(conn: Conn) -> bool:
             with conn.transaction():
@@ -260,7 +219,7 @@ class PostgresStore:
                 conn.execute("SELECT 1 FROM jobs WHERE id = %(id)s FOR UPDATE", params)
                 params["now"] = queries.clock(conn) if now is None else now
                 changed = conn.execute(query, params).rowcount > 0
-                if changed and audit is not None:
+                if changed and outcome.audit is not None:
                     conn.execute(
                         "INSERT INTO audit_outbox (record, created_at) VALUES (%(audit)s, %(now)s)", params
                     )
@@ -274,32 +233,18 @@ class PostgresStore:
 
     def audit_clear(self, ids: Sequence[int]) -> None:
         if ids:
-            self._db.run(
-                lambda conn: conn.execute("DELETE FROM audit_outbox WHERE id = ANY(%s)", (list(ids),))
-            )
+            self._changes("DELETE FROM audit_outbox WHERE id = ANY(%s)", (list(ids),))
 
     # --- workers -------------------------------------------------------------------
 
     def register_worker(self, info: WorkerInfo) -> None:
-        self._db.run(
-            lambda conn: conn.execute(
-                "INSERT INTO workers (id, host, pid, proc_start, started_at, heartbeat_at, home, holding)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-                " proc_start = excluded.proc_start, started_at = excluded.started_at,"
-                " heartbeat_at = excluded.heartbeat_at, home = excluded.home,"
-                " holding = excluded.holding",
-                (
-                    info.id,
-                    info.host,
-                    info.pid,
-                    info.proc_start,
-                    info.started_at,
-                    info.heartbeat_at,
-                    info.home,
-                    info.holding,
-                ),
-            )
+        self._changes(
+            f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+            " proc_start = excluded.proc_start, started_at = excluded.started_at,"
+            " heartbeat_at = excluded.heartbeat_at, home = excluded.home,"
+            " holding = excluded.holding",
+            worker_row(info),
         )
 
     def heartbeat(
@@ -336,34 +281,22 @@ class PostgresStore:
         return self._db.run(beat)
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._db.run(
-            lambda conn: conn.execute(
-                "DELETE FROM workers WHERE id = %(w)s AND NOT EXISTS"
-                " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
-                {"w": worker_id},
-            )
+        self._changes(
+            "DELETE FROM workers WHERE id = %(w)s AND NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
+            {"w": worker_id},
         )
 
     def workers(self) -> list[WorkerInfo]:
-        rows = self._db.read(
-            "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
-            " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
-            "  ORDER BY j.id LIMIT 1), w.holding, w.home"
-            " FROM workers w ORDER BY w.started_at, w.id"
-        )
-        return [WorkerInfo.from_tuple(r) for r in rows]
+        return [WorkerInfo.from_tuple(r) for r in self._db.read(_WORKERS)]
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
-        return self._db.run(
-            lambda conn: (
-                conn.execute(
-                    "DELETE FROM workers WHERE id = %(w)s AND heartbeat_at = %(hb)s::float8"
-                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
-                    {"w": worker_id, "hb": heartbeat_at},
-                ).rowcount
-                > 0
-            )
+        changed = self._changes(
+            "DELETE FROM workers WHERE id = %(w)s AND heartbeat_at = %(hb)s::float8"
+            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
+            {"w": worker_id, "hb": heartbeat_at},
         )
+        return changed > 0
 
     # --- the monitor lease -----------------------------------------------------------
 
@@ -396,21 +329,13 @@ class PostgresStore:
         return self._db.run(take)
 
     def mark_resumed(self, name: str, holder: str, at: float) -> None:
-        self._db.run(
-            lambda conn: conn.execute(
-                "UPDATE leases SET resumed_at = %s WHERE name = %s AND holder = %s", (at, name, holder)
-            )
-        )
+        self._changes("UPDATE leases SET resumed_at = %s WHERE name = %s AND holder = %s", (at, name, holder))
 
     def keep_due(self, was: float, now: float) -> int:
-        return self._db.run(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE jobs SET next_run_at = %(now)s WHERE state IN ('pending', 'failed')"
-                    " AND next_run_at > %(now)s AND next_run_at <= %(was)s",
-                    {"now": now, "was": was},
-                ).rowcount
-            )
+        return self._changes(
+            "UPDATE jobs SET next_run_at = %(now)s WHERE state IN ('pending', 'failed')"
+            " AND next_run_at > %(now)s AND next_run_at <= %(was)s",
+            {"now": now, "was": was},
         )
 
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
@@ -423,8 +348,7 @@ class PostgresStore:
             "                        ELSE last_monitor_pass_at END"
             " WHERE name = %(name)s AND holder = %(holder)s"
         )
-        params = {"now": now, "passed": bool(passed), "name": name, "holder": holder}
-        return self._db.run(lambda conn: conn.execute(query, params).rowcount > 0)
+        return self._changes(query, {"now": now, "passed": bool(passed), "name": name, "holder": holder}) > 0
 
     def lease_info(self, name: str) -> LeaseInfo | None:
         rows = self._db.read(

@@ -1,17 +1,15 @@
-"""The guarded statements that move a job out of and into PROCESSING: the claim, the
-finish (by the attempt's own worker) and the recovery (on its behalf).  Each is one
-statement, run by SQLiteStore inside its write transaction, and reports whether it
-changed a row.
+"""The two statements of a worker's loop: the claim and the finish (by the attempt's
+own worker).  Each is one statement, run by SQLiteStore inside its write
+transaction (finish_and_claim runs both in one), and reports what it changed.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import apsw
 
-from queuectl.models import JOB_COLUMNS, MONITOR_LEASE, Job, RecoveryGuard
-from queuectl.store.outcome import Finished, Recovered
+from queuectl.models import JOB_COLUMNS, Job
+from queuectl.store.outcome import Finished
+from queuectl.store.sql import finish_params
 
 COLS = ", ".join(JOB_COLUMNS)
 
@@ -48,50 +46,5 @@ def claim(conn: apsw.Connection, worker_id: str, now: float) -> Job | None:
 
 
 def finish(conn: apsw.Connection, job_id: str, lease: int, outcome: Finished, now: float) -> bool:
-    conn.execute(
-        _FINISH,
-        {
-            "state": outcome.state.value,
-            "next": outcome.next_run_at,
-            "code": outcome.exit_code,
-            "error": outcome.error,
-            "out": outcome.stdout,
-            "err": outcome.stderr,
-            "now": now,
-            "id": job_id,
-            "lease": lease,
-        },
-    )
+    conn.execute(_FINISH, finish_params(job_id, lease, outcome, now))
     return bool(conn.changes())
-
-
-def recover_sql(job_id: str, lease: int, outcome: Recovered, g: RecoveryGuard) -> tuple[str, dict[str, Any]]:
-    """The recovery's one guarded UPDATE and its parameters but `now`: PROCESSING ->
-    FAILED / DEAD (or PENDING, the attempt given back), fenced by the lease and by
-    what `g` requires."""
-    attempts = "attempts - 1" if outcome.give_back else "attempts"
-    sql = (
-        f"UPDATE jobs SET state = :state, attempts = {attempts}, next_run_at = :next,"
-        " exit_code = NULL, error = :error, finished_at = :now, updated_at = :now, reason = :reason"
-        " WHERE id = :id AND state = 'processing' AND lease = :lease"
-    )
-    params: dict[str, Any] = {
-        "state": outcome.state.value,
-        "next": outcome.next_run_at,
-        "error": outcome.error,
-        "reason": outcome.reason,
-        "id": job_id,
-        "lease": lease,
-    }
-    if g.holder is not None:
-        sql += (
-            " AND EXISTS (SELECT 1 FROM leases WHERE name = :lease_name AND holder = :holder"
-            " AND expires_at > :now)"
-        )
-        params.update(lease_name=MONITOR_LEASE, holder=g.holder)
-    if g.worker_id is not None:
-        # The worker is still silent: no heartbeat since the one the verdict saw.
-        seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
-        sql += " AND NOT EXISTS (SELECT 1 FROM workers WHERE id = :wid AND heartbeat_at > :seen)"
-        params.update(wid=g.worker_id, seen=seen)
-    return sql, params

@@ -11,6 +11,7 @@ from __future__ import annotations
 import apsw
 
 from queuectl.errors import StoreError
+from queuectl.store.ddl import JOB_INDEXES_V1
 
 #: PRAGMA application_id of a queuectl database ("QCTL").
 APPLICATION_ID = 0x5143544C
@@ -19,7 +20,7 @@ APPLICATION_ID = 0x5143544C
 WAKE_FOR = "state = 'failed' OR (state = 'pending' AND next_run_at > created_at)"
 
 MIGRATIONS: tuple[str, ...] = (
-    """
+    f"""
     CREATE TABLE jobs (
         id          TEXT PRIMARY KEY,
         command     TEXT NOT NULL,
@@ -42,15 +43,7 @@ MIGRATIONS: tuple[str, ...] = (
         stdout      TEXT,
         stderr      TEXT,
         reason      TEXT                          -- why the last change was made
-    ) STRICT;
-    -- The claim walks this index from its first entry: cost is flat in queue size.
-    CREATE INDEX jobs_due ON jobs (priority DESC, next_run_at, id)
-        WHERE state IN ('pending', 'failed');
-    -- When the next retry or delayed job falls due: an idle worker sleeps until then.
-    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE state IN ('pending', 'failed');
-    CREATE INDEX jobs_state ON jobs (state, created_at, id);
-    CREATE INDEX jobs_worker ON jobs (worker_id) WHERE state = 'processing';
-
+    ) STRICT;{JOB_INDEXES_V1}
     CREATE TABLE job_events (
         seq        INTEGER PRIMARY KEY,
         job_id     TEXT NOT NULL,

@@ -16,18 +16,9 @@ from typing import Any, TypeVar
 import apsw
 
 from queuectl.errors import StoreError, StoreGone
-from queuectl.models import (
-    Beat,
-    Event,
-    Job,
-    JobState,
-    LeaseGrant,
-    LeaseInfo,
-    NewJob,
-    RecoveryGuard,
-    WorkerInfo,
-)
+from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
 from queuectl.store.outcome import Finished, Recovered
+from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
 from queuectl.store.sqlite import queries
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
@@ -36,8 +27,8 @@ from queuectl.store.sqlite.insert import insert_jobs
 from queuectl.store.sqlite.schema import WAKE_FOR, migrate
 
 T = TypeVar("T")
+_WORKERS = workers_query()
 _COLS = queries.COLS
-_EVENT_COLS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
 
 
 def _real(value: Any) -> float | None:
@@ -86,6 +77,15 @@ class SQLiteStore:
     def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         return read(self.conn, self.path, sql, params)
 
+    def _changes(self, sql: str, params: Any = ()) -> int:
+        """Run one statement in its own write transaction; the rows it changed."""
+
+        def run(conn: apsw.Connection) -> int:
+            conn.execute(sql, params)
+            return int(conn.changes())
+
+        return self._write(run)
+
     def now(self) -> float:
         return self._clock()
 
@@ -110,7 +110,7 @@ class SQLiteStore:
         return Job.from_tuple(rows[0]) if rows else None
 
     def history(self, job_id: str) -> list[Event]:
-        rows = self._read(f"SELECT {_EVENT_COLS} FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,))
+        rows = self._read(f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,))
         return [Event.from_tuple(r) for r in rows]
 
     def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
@@ -211,17 +211,9 @@ class SQLiteStore:
         rows = self._read(f"SELECT {_COLS} FROM jobs WHERE state = 'processing' ORDER BY id")
         return [Job.from_tuple(r) for r in rows]
 
-    def recover(
-        self,
-        job_id: str,
-        lease: int,
-        outcome: Recovered,
-        now: float | None = None,
-        *,
-        audit: str | None = None,
-        guard: RecoveryGuard | None = None,
-    ) -> bool:
-        sql, params = queries.recover_sql(job_id, lease, outcome, guard or RecoveryGuard())
+    def recover(self, job_id: str, lease: int, outcome: Recovered, now: float | None = None) -> bool:
+        sql, params = recover_statement(job_id, lease, outcome, lambda name: f":{name}")
+        audit = outcome.audit
 
         def take_back(conn: apsw.Connection) -> bool:
             params["now"] = t = self._now(now)
@@ -247,21 +239,9 @@ class SQLiteStore:
     # --- workers -------------------------------------------------------------------
 
     def register_worker(self, info: WorkerInfo) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO workers (id, host, pid, proc_start, started_at,"
-                " heartbeat_at, home, holding) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    info.id,
-                    info.host,
-                    info.pid,
-                    info.proc_start,
-                    info.started_at,
-                    info.heartbeat_at,
-                    info.home,
-                    info.holding,
-                ),
-            )
+        self._changes(
+            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            worker_row(info),
         )
 
     def heartbeat(
@@ -284,33 +264,22 @@ class SQLiteStore:
         return self._write(beat)
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "DELETE FROM workers WHERE id = :w AND NOT EXISTS"
-                " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
-                {"w": worker_id},
-            )
+        self._changes(
+            "DELETE FROM workers WHERE id = :w AND NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
+            {"w": worker_id},
         )
 
     def workers(self) -> list[WorkerInfo]:
-        rows = self._read(
-            "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
-            " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
-            "  LIMIT 1), w.holding, w.home"
-            " FROM workers w ORDER BY w.started_at, w.id"
-        )
-        return [WorkerInfo.from_tuple(r) for r in rows]
+        return [WorkerInfo.from_tuple(r) for r in self._read(_WORKERS)]
 
     def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
-        def remove(conn: apsw.Connection) -> bool:
-            conn.execute(
-                "DELETE FROM workers WHERE id = :w AND heartbeat_at = :hb AND NOT EXISTS"
-                " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
-                {"w": worker_id, "hb": heartbeat_at},
-            )
-            return bool(conn.changes())
-
-        return self._write(remove)
+        changed = self._changes(
+            "DELETE FROM workers WHERE id = :w AND heartbeat_at = :hb AND NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
+            {"w": worker_id, "hb": heartbeat_at},
+        )
+        return bool(changed)
 
     # --- the monitor lease --------------------------------------------------------
 
@@ -340,22 +309,14 @@ class SQLiteStore:
         return self._write(take)
 
     def mark_resumed(self, name: str, holder: str, at: float) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "UPDATE leases SET resumed_at = ? WHERE name = ? AND holder = ?", (at, name, holder)
-            )
-        )
+        self._changes("UPDATE leases SET resumed_at = ? WHERE name = ? AND holder = ?", (at, name, holder))
 
     def keep_due(self, was: float, now: float) -> int:
-        def move(conn: apsw.Connection) -> int:
-            conn.execute(
-                "UPDATE jobs SET next_run_at = :now WHERE state IN ('pending', 'failed')"
-                " AND next_run_at > :now AND next_run_at <= :was",
-                {"now": now, "was": was},
-            )
-            return int(conn.changes())
-
-        return self._write(move)
+        return self._changes(
+            "UPDATE jobs SET next_run_at = :now WHERE state IN ('pending', 'failed')"
+            " AND next_run_at > :now AND next_run_at <= :was",
+            {"now": now, "was": was},
+        )
 
     def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
         def release(conn: apsw.Connection) -> bool:
