@@ -68,9 +68,12 @@ class Store(Protocol):
     # --- jobs --------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
-        """Insert all jobs as PENDING in one transaction, or none of them.
+        """Insert all jobs as PENDING (due at their run_at, created and updated at
+        now, no attempt yet), each with its first history event, in one transaction:
+        all of them or none.  An idle worker waiting in wait_for_change() is woken.
 
-        Raises DuplicateJob if any id exists already.  Returns the ids in order.
+        Returns the ids in order.  Raises DuplicateJob (naming the first id that
+        repeats or exists already) and inserts nothing if any id is taken.
         """
 
     def get(self, job_id: str) -> Job | None:
@@ -80,7 +83,8 @@ class Store(Protocol):
         """The job's events, oldest first."""
 
     def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs (of one state) in creation order, oldest first."""
+        """Jobs (of one state, or all) in creation order, oldest first, at most `limit`
+        of them (None: all)."""
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state; every state is present (0 if none)."""
@@ -91,12 +95,15 @@ class Store(Protocol):
         passes call it.  It never changes what counts() returns."""
 
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        """Atomically take the best due job and return it as PROCESSING.
+        """Atomically take the best due job and return it as PROCESSING, in one
+        statement.
 
         Best: highest priority, then earliest next_run_at, then id.  Due: PENDING or
-        FAILED with next_run_at <= now.  The claim increments attempts and lease and
-        sets worker_id and started_at.  None means nothing is due.  No two callers,
-        in any processes, ever get the same (job, lease).
+        FAILED with next_run_at <= now.  The claim increments attempts (so a job that
+        kills its worker every time still runs out of attempts) and lease (the fence
+        every later write of this attempt checks), sets worker_id and started_at, and
+        clears the previous attempt's result.  None means nothing is due.  No two
+        callers, in any processes, ever get the same (job, lease).
         """
 
     def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
@@ -124,10 +131,12 @@ class Store(Protocol):
         wake an idle worker through wait_for_change()."""
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
-        """Move DEAD jobs back to PENDING with attempts reset; None means all DEAD jobs.
+        """Move DEAD jobs back to PENDING, due now, with attempts reset and the last
+        error cleared (reason 'dlq_retry'), in one transaction; None means every DEAD
+        job.  An idle worker waiting in wait_for_change() is woken.
 
-        Returns the ids moved.  Ids that are not DEAD are left alone (the caller tells
-        "unknown" from "not dead" with get()).
+        Returns the ids moved.  Ids that are not DEAD (or unknown) are left alone: the
+        caller tells "unknown" from "not dead" with get().
         """
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
@@ -228,13 +237,19 @@ class Store(Protocol):
 
     def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
         """Return when another process may have changed the queue, when `timeout`
-        seconds have passed, or when `wakeup_fd` becomes readable."""
+        seconds have passed, or when `wakeup_fd` becomes readable.  A hint, never
+        the truth (the caller claims to find out), so it may return early and never
+        raises."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection(s); the store is not used after this."""
 
 
 def open_store(url: str, *, synchronous: str | None = None) -> Store:
-    """Open the backend `url` names: postgresql://... or a SQLite file path."""
+    """Open the backend `url` names (postgresql://... or a SQLite file path), creating
+    or migrating its schema on first use.  `synchronous` ('normal' or 'full') is the
+    SQLite durability setting, None: the stored one.  The only place a backend is
+    named; each is imported here, when first opened."""
     if url.startswith(("postgresql://", "postgres://")):
         from queuectl.errors import StoreUnavailable
 
@@ -245,6 +260,6 @@ def open_store(url: str, *, synchronous: str | None = None) -> Store:
                 "PostgreSQL support is not installed: pip install 'queuectl[postgres]'"
             ) from exc
         return PostgresStore(url)
-    from queuectl.store.sqlite import SQLiteStore
+    from queuectl.store.sqlite.store import SQLiteStore
 
     return SQLiteStore(url, synchronous=synchronous)

@@ -95,6 +95,44 @@ def test_a_newer_schema_is_refused(pg_url: str) -> None:
         PostgresStore(pg_url)
 
 
+def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url: str) -> None:
+    # Version 7 held the model SQLite's 9 holds; the steps after it change nothing.
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with admin() as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("CREATE TABLE queuectl_schema (version integer PRIMARY KEY, applied_at timestamptz)")
+        for number, step in enumerate(MIGRATIONS[:7], 1):
+            conn.execute(step)
+            conn.execute("INSERT INTO queuectl_schema (version) VALUES (%s)", (number,))
+        conn.execute(
+            "INSERT INTO jobs (id, command, state, max_retries, priority, timeout, created_at,"
+            " updated_at, run_at, next_run_at) VALUES ('old', 'true', 'pending', 3, 0, 60, %s, %s, %s, %s)",
+            (T0, T0, T0, T0),
+        )
+        tables = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = %s ORDER BY 1, 2",
+            (schema,),
+        ).fetchall()
+    store = PostgresStore(pg_url)
+    try:
+        job = store.claim("w1", now=T0 + 1)
+        assert job is not None and job.id == "old" and job.attempts == 1
+        store.register_worker(WorkerInfo("w1", "h", 1, 2, T0, T0, home="/srv/q"))
+        assert [w.home for w in store.workers()] == ["/srv/q"]
+    finally:
+        store.close()
+    with admin() as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".queuectl_schema ORDER BY version').fetchall()
+        after = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = %s ORDER BY 1, 2",
+            (schema,),
+        ).fetchall()
+    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 10))
+    assert after == tables
+
+
 def test_a_foreign_jobs_table_is_refused(pg_url: str) -> None:
     schema = pg_url.rsplit("%3D", 1)[1]
     with admin() as conn:

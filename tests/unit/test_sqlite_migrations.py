@@ -190,3 +190,34 @@ def test_a_version_8_database_takes_the_home_of_each_worker(tmp_path: Path) -> N
         assert {w.id: w.home for w in store.workers()} == {"old": None, "new": "/srv/q"}
     finally:
         store.close()
+
+
+def test_both_stores_number_their_schema_versions_alike() -> None:
+    # A version number means one model in both stores, so the newest must be equal.
+    from queuectl.store.postgres import MIGRATIONS as PG_MIGRATIONS
+    from queuectl.store.postgres import SCHEMA_VERSION as PG_VERSION
+    from queuectl.store.sqlite import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == len(MIGRATIONS) == PG_VERSION == len(PG_MIGRATIONS)
+
+
+def test_a_database_at_the_current_version_opens_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "current.db"
+    SQLiteStore(str(path)).close()
+    conn = apsw.Connection(str(path))
+    before = conn.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY name").fetchall()
+    conn.execute("INSERT INTO config (key, value) VALUES ('max_retries', '5')")
+    conn.close()
+    store = SQLiteStore(str(path))
+    try:
+        ids = (
+            store.conn.execute("PRAGMA application_id").fetchall()
+            + store.conn.execute("PRAGMA user_version").fetchall()
+        )
+        assert ids == [(APPLICATION_ID,), (len(MIGRATIONS),)]
+        assert (
+            store.conn.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY name").fetchall() == before
+        )
+        assert store.config_items() == {"max_retries": "5"}
+    finally:
+        store.close()

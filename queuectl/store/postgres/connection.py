@@ -35,7 +35,6 @@ Conn = psycopg.Connection[Any]
 CONNECT_TRIES = 7
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
-#: Advisory lock class for migrations ("QCTL"); the key is the schema's hash.
 #: Connection settings applied unless the URL gives its own: fail fast when the
 #: server is gone, and notice a silently dead peer (network cut) within ~30 s.
 CONNECT_DEFAULTS = {
@@ -83,7 +82,7 @@ class _CallGuard:
 
     def _watch(self) -> None:
         # A tick of an eighth of the bound: a hung call is cut within 1.125x the
-        # bound, and an idle worker's guard wakes a few times a second, not 20.
+        # bound, and an idle worker's guard wakes only a few times a second.
         tick = max(GUARD_TICK, self.timeout / 8)
         while not self._closed.wait(tick):
             call = self.current

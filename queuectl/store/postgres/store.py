@@ -377,11 +377,7 @@ class PostgresStore:
     # --- waiting -------------------------------------------------------------------
 
     def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
-        """Wait for a NOTIFY on this queue's channel, the timeout, or wakeup_fd.
-
-        Never raises: without a listening connection it just waits (the caller polls).
-        A listener that was (re)opened just now returns at once, because whatever was
-        enqueued before its LISTEN took effect sent no notification it could see."""
+        """Wait for a NOTIFY on this queue's channel (notify.Listener.wait)."""
         self._listener.wait(timeout, wakeup_fd)
 
     def close(self) -> None:
