@@ -44,7 +44,7 @@ CREATE TABLE jobs (
 ) STRICT
 """
 
-#: The PostgreSQL store's jobs table (queuectl/store/postgres.py) without its indexes
+#: The PostgreSQL store's jobs table (queuectl/store/postgres/schema.py) without its indexes
 #: (the primary key aside, as in SQLite's bare table) and without the history trigger.
 _PG_BARE_TABLE = """
 CREATE TABLE jobs (

@@ -71,7 +71,7 @@ class BigQueue:
         """Claim `claims` jobs in batches; only the claims are timed.  The run's figure
         is the median over its batches of the time per claim, so a burst of load from
         elsewhere that hits one batch does not move it."""
-        from queuectl.models import JobState
+        from queuectl.store.outcome import Completed
 
         store = self.store
         wid = "bench-claimer"
@@ -85,7 +85,7 @@ class BigQueue:
             if any(j is None for j in got):
                 raise RuntimeError("claim returned None from a non-empty queue")
             for j in got:  # PROCESSING -> COMPLETED, fenced like a worker's finish
-                if not store.finish(j.id, j.lease, JobState.COMPLETED, None, 0, None, "", ""):
+                if not store.finish(j.id, j.lease, Completed("", "")):
                     raise RuntimeError(f"finish lost the lease of {j.id}")
             self._add(b)
             left -= b

@@ -11,7 +11,7 @@ import builtins
 from queuectl.config import Config, Paths, check_combination
 from queuectl.errors import Conflict, InvalidInput, JobNotFound
 from queuectl.models import MONITOR_LEASE, Event, Job, JobState, NewJob, WorkerInfo, iso
-from queuectl.rules import check_jobs, open_home
+from queuectl.rules import check_jobs, check_purge, open_home
 from queuectl.settings import LIMIT, SETTINGS, normalize_key, num_text
 from queuectl.store import Store, open_store
 
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-#: The states `purge` may delete: a job that may still run is never purged.
-PURGEABLE = frozenset({JobState.COMPLETED, JobState.DEAD})
 
 
 class Queue:
@@ -137,8 +135,7 @@ class Queue:
 
     def purge(self, states: builtins.list[str], older_than: float | None = None) -> int:
         parsed = [parse_state(s) for s in states]
-        if not parsed or any(s not in PURGEABLE for s in parsed):
-            raise InvalidInput("only completed and dead jobs can be purged")
+        check_purge(parsed)
         before = None if older_than is None else self.store.now() - older_than
         return self.store.purge(parsed, before)
 

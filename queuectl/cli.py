@@ -318,10 +318,10 @@ def _enqueue_quickly(home: str | None, db: str | None, job: list[str], options: 
         return _enqueue_with_library(home, db, job_spec(job, options))
     spec = job_spec(job, options)
     rules.open_home(home_dir, db_url)
-    from queuectl.store.sqlite_conn import enqueue_new
+    from queuectl.store.sqlite.insert import insert_new
 
-    job_id = enqueue_new(db_url, spec)
-    return _enqueue_with_library(home, db, spec) if job_id is None else job_id
+    ids = insert_new(db_url, lambda stored, now: [rules.check_job(spec, *rules.job_defaults(stored), now)])
+    return _enqueue_with_library(home, db, spec) if ids is None else ids[0]
 
 
 def _enqueue_stdin_quickly(home: str | None, db: str | None, options: dict[str, Any]) -> list[str]:
@@ -337,9 +337,9 @@ def _enqueue_stdin_quickly(home: str | None, db: str | None, options: dict[str, 
     ids = None
     if not rules.is_postgres_url(db_url):
         rules.open_home(home_dir, db_url)
-        from queuectl.store.sqlite_conn import enqueue_many_new
+        from queuectl.store.sqlite.insert import insert_new
 
-        ids = enqueue_many_new(db_url, specs)
+        ids = insert_new(db_url, lambda stored, now: rules.check_jobs(specs, stored, now, numbered=True))
     if ids is None:
         from queuectl.api import Queue
         from queuectl.config import resolve_paths

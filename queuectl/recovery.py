@@ -55,6 +55,7 @@ from queuectl.models import (
 )
 from queuectl.recovery_log import Recovery, RecoveryLog, compact
 from queuectl.store import Store
+from queuectl.store.outcome import recovered
 
 #: Seconds by which the store's clock may drift from this process's monotonic clock
 #: between two passes before it counts as a step.
@@ -438,9 +439,8 @@ def end_attempt(
     a recovery's verdict, or a worker giving back a job it never started.  False:
     the guard did not hold, nothing changed."""
     # PROCESSING -> FAILED / DEAD / PENDING (recovery, or given back unstarted)
-    return store.recover(
-        job.id, job.lease, move.state, move.next_run_at, reason, error, now, audit=audit, guard=guard
-    )
+    outcome = recovered(move.state, move.next_run_at, reason, error, audit=audit, guard=guard)
+    return store.recover(job.id, job.lease, outcome, now)
 
 
 def lease_ttl(cfg: Config) -> float:

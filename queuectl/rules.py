@@ -259,6 +259,17 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
     )
 
 
+#: The states `purge` may delete: jobs that will never change again.
+PURGEABLE = frozenset({"completed", "dead"})
+
+
+def check_purge(states: Iterable[str]) -> None:
+    """Refuse a purge of any state but completed and dead (or of none)."""
+    given = list(states)
+    if not given or any(s not in PURGEABLE for s in given):
+        raise InvalidInput("only completed and dead jobs can be purged")
+
+
 #: A job object of no other fields (the common case of a bulk enqueue) is checked by
 #: a shorter path in check_job, with the same checks in the same order.
 _PLAIN_FIELDS = frozenset({"command", "id"})

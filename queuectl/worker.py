@@ -28,6 +28,7 @@ from queuectl.recovery import LEASE, Recoverer, end_attempt, monitor_absent
 from queuectl.scheduler import Duty, Scheduler
 from queuectl.signals import StopSignals
 from queuectl.store import Store
+from queuectl.store.outcome import finished
 
 #: How often (seconds) a worker re-reads the config table.
 CONFIG_TTL = 2.0
@@ -353,14 +354,12 @@ class Worker:
             backoff_max=cfg.backoff_max,
             now=t,
         )
-        result = (move.state, move.next_run_at, outcome.exit_code, outcome.error, outcome.stdout)
+        result = finished(move, outcome)
         # PROCESSING -> COMPLETED / FAILED / DEAD
         if claim_next:
-            held, self._next = self.store.finish_and_claim(
-                job.id, job.lease, *result, outcome.stderr, self.id, now
-            )
+            held, self._next = self.store.finish_and_claim(job.id, job.lease, result, self.id, now)
         else:
-            held = self.store.finish(job.id, job.lease, *result, outcome.stderr, now)
+            held = self.store.finish(job.id, job.lease, result, now)
         return move, held
 
     # --- the duties ----------------------------------------------------------------

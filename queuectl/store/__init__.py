@@ -1,4 +1,5 @@
-"""The Store contract: every backend implements exactly these semantics.
+"""The Store contract: every backend implements exactly these semantics, and the
+contract suite (tests/contract) holds each backend to them.
 
 Times are epoch seconds (floats).  `now=None` means "the store's clock": the host
 clock for SQLite, the database server's clock for PostgreSQL.  Every method that
@@ -11,30 +12,30 @@ in the same transaction, so the history can never disagree with the jobs table.
 Every time a write stores or compares (`now=None`) is read after the write has its
 locks: a write that waited for a lock held elsewhere records when it happened, not
 when it was asked for.
+
+Errors: every method may raise StoreError and its subclasses (errors.py), never a
+driver's own exception: StoreBusy (the database stayed locked; retrying may
+succeed), StoreUnavailable (the connection is lost; a write may or may not have
+committed), StoreFatal (the database can no longer be used by this process).  A
+store trusts its input: the caller (api.py, through rules.py) validates what users
+give, and a store raises no usage errors.
+
+The end of an attempt is one outcome value (store/outcome.py): finish() records a
+Finished one (Completed, Retry, Dead), recover() a Recovered one (RecoveredRetry,
+RecoveredDead, GivenBack).
 """
 
 from __future__ import annotations
 
-# Nothing but the protocol's annotations needs these, and importing typing and the
-# models costs milliseconds: `queuectl enqueue` imports this package for
-# store/sqlite_conn.py alone (issue 6).  Not typing.TYPE_CHECKING, for the same
-# reason; mypy gives a constant of this name the same meaning.
+# A constant of this name means to mypy what typing.TYPE_CHECKING means: the
+# protocol's annotations need these names, nothing at runtime does.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Protocol
 
-    from queuectl.models import (
-        Beat,
-        Event,
-        Job,
-        JobState,
-        LeaseGrant,
-        LeaseInfo,
-        NewJob,
-        RecoveryGuard,
-        WorkerInfo,
-    )
+    from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
+    from queuectl.store.outcome import Finished, Recovered
 else:
     # At runtime the protocol is a plain class: nothing checks it with isinstance().
     Protocol = object
@@ -67,9 +68,12 @@ class Store(Protocol):
     # --- jobs --------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
-        """Insert all jobs as PENDING in one transaction, or none of them.
+        """Insert all jobs as PENDING (due at their run_at, created and updated at
+        now, no attempt yet), each with its first history event, in one transaction:
+        all of them or none.  An idle worker waiting in wait_for_change() is woken.
 
-        Raises DuplicateJob if any id exists already.  Returns the ids in order.
+        Returns the ids in order.  Raises DuplicateJob (naming the first id that
+        repeats or exists already) and inserts nothing if any id is taken.
         """
 
     def get(self, job_id: str) -> Job | None:
@@ -79,7 +83,8 @@ class Store(Protocol):
         """The job's events, oldest first."""
 
     def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs (of one state) in creation order, oldest first."""
+        """Jobs (of one state, or all) in creation order, oldest first, at most `limit`
+        of them (None: all)."""
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state; every state is present (0 if none)."""
@@ -90,48 +95,33 @@ class Store(Protocol):
         passes call it.  It never changes what counts() returns."""
 
     def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        """Atomically take the best due job and return it as PROCESSING.
+        """Atomically take the best due job and return it as PROCESSING, in one
+        statement.
 
         Best: highest priority, then earliest next_run_at, then id.  Due: PENDING or
-        FAILED with next_run_at <= now.  The claim increments attempts and lease and
-        sets worker_id and started_at.  None means nothing is due.  No two callers,
-        in any processes, ever get the same (job, lease).
+        FAILED with next_run_at <= now.  The claim increments attempts (so a job that
+        kills its worker every time still runs out of attempts) and lease (the fence
+        every later write of this attempt checks), sets worker_id and started_at, and
+        clears the previous attempt's result.  None means nothing is due.  No two
+        callers, in any processes, ever get the same (job, lease).
         """
 
-    def finish(
-        self,
-        job_id: str,
-        lease: int,
-        state: JobState,
-        next_run_at: float | None,
-        exit_code: int | None,
-        error: str | None,
-        stdout: str,
-        stderr: str,
-        now: float | None = None,
-    ) -> bool:
-        """Record the end of an attempt, only if (job_id, PROCESSING, lease) still holds.
+    def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
+        """Record the end of an attempt by its own worker: PROCESSING -> the outcome's
+        state, writing what the outcome holds (exit code, error, output; a Retry's
+        next_run_at), finished_at and updated_at = now, reason cleared.
 
-        False means the lease was lost (the monitor recovered the job): the result
-        is dropped.
+        Fenced: only if (job_id, PROCESSING, lease) still holds, checked in the same
+        statement.  False means it did not (the job was recovered, and maybe claimed
+        again, or it never existed): nothing changes, the result is dropped.
         """
 
     def finish_and_claim(
-        self,
-        job_id: str,
-        lease: int,
-        state: JobState,
-        next_run_at: float | None,
-        exit_code: int | None,
-        error: str | None,
-        stdout: str,
-        stderr: str,
-        worker_id: str,
-        now: float | None = None,
+        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
     ) -> tuple[bool, Job | None]:
         """finish() and then claim() for `worker_id`, in one transaction (one commit
-        per job in a busy worker).  Returns (finish held, the next job or None); the
-        claim is made whether or not the finish held."""
+        per job in a busy worker), both at the same `now`.  Returns (finish held, the
+        next job or None); the claim is made whether or not the finish held."""
 
     def next_due(self) -> float | None:
         """The earliest next_run_at of the runnable jobs an idle worker must wake for,
@@ -141,16 +131,18 @@ class Store(Protocol):
         wake an idle worker through wait_for_change()."""
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
-        """Move DEAD jobs back to PENDING with attempts reset; None means all DEAD jobs.
+        """Move DEAD jobs back to PENDING, due now, with attempts reset and the last
+        error cleared (reason 'dlq_retry'), in one transaction; None means every DEAD
+        job.  An idle worker waiting in wait_for_change() is woken.
 
-        Returns the ids moved.  Ids that are not DEAD are left alone (the caller tells
-        "unknown" from "not dead" with get()).
+        Returns the ids moved.  Ids that are not DEAD (or unknown) are left alone: the
+        caller tells "unknown" from "not dead" with get().
         """
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
-        """Delete finished jobs in `states` (and their history) last updated before
-        `before`; returns how many jobs were deleted.  Only COMPLETED and DEAD may be
-        purged."""
+        """Delete the jobs in `states` (and their history) last updated before `before`
+        (None: any time), in one transaction; returns how many jobs were deleted.  The
+        caller passes only finished states (COMPLETED, DEAD: rules.check_purge)."""
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         """How many jobs purge(states, before) would delete now (a count, no change)."""
@@ -160,25 +152,20 @@ class Store(Protocol):
     def processing(self) -> list[Job]:
         """All PROCESSING jobs."""
 
-    def recover(
-        self,
-        job_id: str,
-        lease: int,
-        state: JobState,
-        next_run_at: float | None,
-        reason: str,
-        error: str,
-        now: float | None = None,
-        audit: str | None = None,
-        *,
-        guard: RecoveryGuard | None = None,
-    ) -> bool:
-        """End an attempt on the worker's behalf (monitor), guarded like finish() and
-        by `guard` (the pass's lease, the worker's silence), all in one statement's
-        transaction.  With guard.give_back the attempt is not counted (attempts - 1)
-        and the job goes back to PENDING at `next_run_at`.  When it changes the job and
-        `audit` is given, that text (the recovery's log record) is added to the audit
-        outbox in the same transaction."""
+    def recover(self, job_id: str, lease: int, outcome: Recovered, now: float | None = None) -> bool:
+        """End an attempt on its worker's behalf (the monitor; a worker giving back a
+        job it claimed and never started): PROCESSING -> the outcome's state, with
+        its reason and error, exit code cleared, output kept, finished_at and
+        updated_at = now.  A GivenBack outcome does not count the attempt
+        (attempts - 1).
+
+        Fenced like finish() and, in the same statement, by the outcome's guard: the
+        pass's monitor lease still held and unexpired (guard.holder), the worker
+        still silent since the heartbeat the verdict saw (guard.worker_id,
+        guard.heartbeat_seen).  False: something did not hold, nothing changed.
+        When it changes the job and the outcome holds an `audit` text (the
+        recovery's log record), that text is added to the audit outbox in the same
+        transaction."""
 
     def audit_pending(self) -> list[tuple[int, str]]:
         """Audit records not yet written to a recovery log, oldest first: (id, text)."""
@@ -250,13 +237,19 @@ class Store(Protocol):
 
     def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
         """Return when another process may have changed the queue, when `timeout`
-        seconds have passed, or when `wakeup_fd` becomes readable."""
+        seconds have passed, or when `wakeup_fd` becomes readable.  A hint, never
+        the truth (the caller claims to find out), so it may return early and never
+        raises."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the connection(s); the store is not used after this."""
 
 
 def open_store(url: str, *, synchronous: str | None = None) -> Store:
-    """Open the backend `url` names: postgresql://... or a SQLite file path."""
+    """Open the backend `url` names (postgresql://... or a SQLite file path), creating
+    or migrating its schema on first use.  `synchronous` ('normal' or 'full') is the
+    SQLite durability setting, None: the stored one.  The only place a backend is
+    named; each is imported here, when first opened."""
     if url.startswith(("postgresql://", "postgres://")):
         from queuectl.errors import StoreUnavailable
 
@@ -267,6 +260,6 @@ def open_store(url: str, *, synchronous: str | None = None) -> Store:
                 "PostgreSQL support is not installed: pip install 'queuectl[postgres]'"
             ) from exc
         return PostgresStore(url)
-    from queuectl.store.sqlite import SQLiteStore
+    from queuectl.store.sqlite.store import SQLiteStore
 
     return SQLiteStore(url, synchronous=synchronous)

@@ -12,12 +12,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from queuectl.api import Queue
 from queuectl.errors import DuplicateJob, InvalidInput
-from queuectl.models import Event, Job, JobState, NewJob, WorkerInfo
+from queuectl.models import Event, Job, JobState, NewJob, Outcome, Transition, WorkerInfo
 from queuectl.store import Store
+from queuectl.store.outcome import Completed, GivenBack, RecoveredDead, RecoveredRetry, finished
 from tests.conftest import StoreFactory
 from tests.helpers import T0, wait_until
 
@@ -36,17 +39,16 @@ def claim(store: Store, now: float, worker: str = "w1") -> Job:
     return job
 
 
-def finish(store: Store, job: Job, state: JobState, now: float, **kw: object) -> bool:
+def finish(store: Store, job: Job, state: JobState, now: float, **kw: Any) -> bool:
+    """Finish `job` with the outcome that sends it to `state` (Completed, Retry, Dead)."""
+    result = Outcome(
+        kw.get("exit_code", 0 if state is JobState.COMPLETED else 1),
+        kw.get("error"),
+        kw.get("stdout", "out"),
+        kw.get("stderr", "err"),
+    )
     return store.finish(
-        job.id,
-        job.lease,
-        state,
-        kw.get("next_run_at"),  # type: ignore[arg-type]
-        kw.get("exit_code", 0 if state is JobState.COMPLETED else 1),  # type: ignore[arg-type]
-        kw.get("error"),  # type: ignore[arg-type]
-        kw.get("stdout", "out"),  # type: ignore[arg-type]
-        kw.get("stderr", "err"),  # type: ignore[arg-type]
-        now=now,
+        job.id, job.lease, finished(Transition(state, kw.get("next_run_at")), result), now=now
     )
 
 
@@ -315,13 +317,18 @@ def test_finish_with_a_stale_lease_changes_nothing(store: Store) -> None:
     store.enqueue([new("a")], now=T0)
     old = claim(store, T0)
     # The monitor takes the job back; it is claimed again with a new lease.
-    assert store.recover("a", old.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "worker gone", now=T0 + 1)
+    assert store.recover("a", old.lease, RecoveredRetry("heartbeat_lost", "worker gone", T0 + 1), now=T0 + 1)
     new_attempt = claim(store, T0 + 1, worker="w2")
     assert new_attempt.lease == old.lease + 1
     before, history = store.get("a"), store.history("a")
     for state in (JobState.COMPLETED, JobState.FAILED, JobState.DEAD):
         assert not finish(store, old, state, T0 + 5, next_run_at=T0 + 9)
-        assert not store.recover("a", old.lease, state, None, "timeout", "late", now=T0 + 5)
+    for outcome in (
+        RecoveredRetry("timeout", "late", T0 + 9),
+        RecoveredDead("timeout", "late"),
+        GivenBack("timeout", "late", T0 + 9),
+    ):
+        assert not store.recover("a", old.lease, outcome, now=T0 + 5)
     assert store.get("a") == before
     assert store.history("a") == history
     # The current lease still holds.
@@ -332,7 +339,7 @@ def test_finish_with_a_stale_lease_changes_nothing(store: Store) -> None:
 
 
 def test_finish_of_an_unknown_job_is_false(store: Store) -> None:
-    assert not store.finish("nope", 1, JobState.COMPLETED, None, 0, None, "", "", now=T0)
+    assert not store.finish("nope", 1, Completed("", ""), now=T0)
 
 
 def test_bulk_enqueue_writes_one_first_event_per_job(store: Store) -> None:
@@ -432,11 +439,12 @@ def test_purge_deletes_finished_jobs_and_their_history(store: Store) -> None:
     assert len(store.history("keep")) == 1
 
 
-@pytest.mark.parametrize("bad", [[JobState.PENDING], [JobState.PROCESSING], [JobState.FAILED], []])
-def test_purge_refuses_unfinished_states(store: Store, bad: list[JobState]) -> None:
+@pytest.mark.parametrize("bad", [["pending"], ["processing"], ["failed"], []])
+def test_purge_refuses_unfinished_states(store: Store, bad: list[str]) -> None:
+    # Refused before the store is asked (rules.check_purge): a store trusts its input.
     store.enqueue([new("a")], now=T0)
-    with pytest.raises(InvalidInput):
-        store.purge(bad)
+    with pytest.raises(InvalidInput, match="only completed and dead jobs can be purged"):
+        Queue(store).purge(bad)
     assert states(store) == {"a": "pending"}
 
 
@@ -454,8 +462,8 @@ def test_processing_lists_the_running_jobs(store: Store) -> None:
 def test_recover_ends_the_attempt_with_a_reason(store: Store) -> None:
     store.enqueue([new("a"), new("b", max_retries=0)], now=T0)
     a, b = claim(store, T0), claim(store, T0)
-    assert store.recover(a.id, a.lease, JobState.FAILED, T0 + 4, "heartbeat_lost", "worker gone", now=T0 + 2)
-    assert store.recover(b.id, b.lease, JobState.DEAD, None, "timeout", "too slow", now=T0 + 2)
+    assert store.recover(a.id, a.lease, RecoveredRetry("heartbeat_lost", "worker gone", T0 + 4), now=T0 + 2)
+    assert store.recover(b.id, b.lease, RecoveredDead("timeout", "too slow"), now=T0 + 2)
     got = store.get(a.id)
     assert got is not None
     assert (got.state, got.next_run_at, got.error, got.updated_at) == (
@@ -475,7 +483,7 @@ def test_recover_ends_the_attempt_with_a_reason(store: Store) -> None:
     assert store.get(b.id).state is JobState.DEAD  # type: ignore[union-attr]
     assert store.history(b.id)[-1].reason == "timeout"
     # A second recovery of the same attempt (another monitor) changes nothing.
-    assert not store.recover(a.id, a.lease, JobState.FAILED, T0 + 9, "heartbeat_lost", "again", now=T0 + 3)
+    assert not store.recover(a.id, a.lease, RecoveredRetry("heartbeat_lost", "again", T0 + 9), now=T0 + 3)
     assert store.get(a.id) == got
 
 
@@ -512,7 +520,7 @@ def test_heartbeat_tells_whether_the_worker_and_its_lease_hold(store: Store) -> 
     job = claim(store, T0 + 1)
     assert store.heartbeat("w1", "a", job.lease, now=T0 + 2)
     assert not store.heartbeat("w1", "a", job.lease + 1, now=T0 + 3)
-    assert store.recover("a", job.lease, JobState.FAILED, T0 + 10, "heartbeat_lost", "gone", now=T0 + 4)
+    assert store.recover("a", job.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 10), now=T0 + 4)
     assert not store.heartbeat("w1", "a", job.lease, now=T0 + 5)
 
 
@@ -630,7 +638,7 @@ def test_history_is_append_only_and_records_every_state_change(store: Store) -> 
     step(lambda: store.dlq_retry(["a"], now=T0 + 6), T0 + 6)
     step(lambda: lease.update(j=claim(store, T0 + 7)), T0 + 7)
     step(
-        lambda: store.recover("a", lease["j"].lease, JobState.FAILED, T0 + 8, "manual", "op", now=T0 + 7.5),
+        lambda: store.recover("a", lease["j"].lease, RecoveredRetry("manual", "op", T0 + 8), now=T0 + 7.5),
         T0 + 7.5,
     )
     step(lambda: lease.update(j=claim(store, T0 + 8)), T0 + 8)
@@ -695,15 +703,13 @@ def test_finish_and_claim_finishes_then_takes_the_next_job(store: Store) -> None
     store.enqueue([new("a"), new("b")], now=T0)
     a = store.claim("w1", now=T0)
     assert a is not None and a.id == "a"
-    held, nxt = store.finish_and_claim(
-        "a", a.lease, JobState.COMPLETED, None, 0, None, "out", "", "w1", now=T0 + 1
-    )
+    held, nxt = store.finish_and_claim("a", a.lease, Completed("out", ""), "w1", now=T0 + 1)
     assert held and nxt is not None and nxt.id == "b" and nxt.state is JobState.PROCESSING
     assert nxt.worker_id == "w1" and nxt.attempts == 1 and nxt.lease == 1
     done = store.get("a")
     assert done is not None and done.state is JobState.COMPLETED and done.stdout == "out"
     assert [e.to_state for e in store.history("a")] == ["pending", "processing", "completed"]
-    held, nxt = store.finish_and_claim("b", 1, JobState.COMPLETED, None, 0, None, "", "", "w1", now=T0 + 2)
+    held, nxt = store.finish_and_claim("b", 1, Completed("", ""), "w1", now=T0 + 2)
     assert held and nxt is None
 
 
@@ -711,10 +717,8 @@ def test_finish_and_claim_is_fenced_and_still_claims(store: Store) -> None:
     store.enqueue([new("a"), new("b")], now=T0)
     a = store.claim("w1", now=T0)
     assert a is not None
-    assert store.recover("a", a.lease, JobState.FAILED, T0 + 100, "heartbeat_lost", "gone", now=T0 + 1)
-    held, nxt = store.finish_and_claim(
-        "a", a.lease, JobState.COMPLETED, None, 0, None, "", "", "w1", now=T0 + 2
-    )
+    assert store.recover("a", a.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 100), now=T0 + 1)
+    held, nxt = store.finish_and_claim("a", a.lease, Completed("", ""), "w1", now=T0 + 2)
     assert not held and nxt is not None and nxt.id == "b"
     after = store.get("a")
     assert after is not None and after.state is JobState.FAILED and after.exit_code is None

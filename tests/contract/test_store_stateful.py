@@ -28,9 +28,10 @@ from hypothesis.stateful import (
 
 from queuectl.config import Config
 from queuectl.logs import json_logger
-from queuectl.models import RUNNABLE, JobState, NewJob, WorkerInfo, decide
+from queuectl.models import RUNNABLE, JobState, NewJob, Outcome, Transition, WorkerInfo, decide
 from queuectl.monitor import Monitor
 from queuectl.store import Store, open_store
+from queuectl.store.outcome import finished
 from queuectl.store.sqlite import SQLiteStore
 from tests.conftest import PG_SERVER, _unavailable
 from tests.helpers import T0
@@ -188,14 +189,18 @@ class StoreMachine(RuleBasedStateMachine):
         lease = self.held[jid]
         state, nxt = self._end(jid, ok)
         code = 0 if ok else 1
-        assert self.store.finish(jid, lease, state, nxt, code, None, "out", "", self.now)
+        assert self.store.finish(
+            jid, lease, finished(Transition(state, nxt), Outcome(code, None, "out", "")), self.now
+        )
 
     @precondition(lambda self: self.old)
     @rule(data=st.data(), state=st.sampled_from([JobState.COMPLETED, JobState.FAILED, JobState.DEAD]))
     def stale_finish(self, data: st.DataObject, state: JobState) -> None:
         jid, lease = data.draw(st.sampled_from(self.old))
         nxt = self.now + 1 if state is JobState.FAILED else None
-        assert not self.store.finish(jid, lease, state, nxt, 0, None, "late", "", self.now)
+        assert not self.store.finish(
+            jid, lease, finished(Transition(state, nxt), Outcome(0, None, "late", "")), self.now
+        )
 
     @rule(seconds=st.sampled_from([0.5, 2.0, 5.0, 30.0, 100.0]))
     def tick(self, seconds: float) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from queuectl.models import JobState, NewJob
 from queuectl.store import Store
+from queuectl.store.outcome import Dead
 from tests.chaos.harness import PG_SERVER, Cluster, pg_available, pg_schema, wait_until
 from tests.helpers import T0
 
@@ -91,7 +92,7 @@ def test_sql_looking_ids_round_trip(store: Store) -> None:
         assert [e.to_state for e in store.history(i)] == ["pending"]
     done = []
     while (job := store.claim("w'; --", T0 + 1)) is not None:
-        assert store.finish(job.id, job.lease, JobState.DEAD, None, 1, "err'); --", "", "", T0 + 2)
+        assert store.finish(job.id, job.lease, Dead(1, "err'); --", "", ""), T0 + 2)
         done.append(job.id)
     assert sorted(done) == sorted(NASTY_IDS)
     assert sorted(store.dlq_retry([NASTY_IDS[0], NASTY_IDS[3]], T0 + 3)) == sorted(

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from queuectl.errors import StoreError, StoreUnavailable
-from queuectl.models import JobState, NewJob
+from queuectl.models import NewJob
+from queuectl.store.outcome import Completed
 from queuectl.store.postgres import PostgresStore, redact_url
 from tests.helpers import T0, clean_env, wait_until
 from tests.pg.conftest import admin, schema_url
@@ -112,7 +113,7 @@ def test_the_store_reconnects_after_its_backends_are_terminated(pg_schemas: Call
         # A write goes to a new connection, not down the dead one.
         job = store.claim("w", now=T0)
         assert job is not None
-        assert store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "", T0)
+        assert store.finish(job.id, job.lease, Completed("", ""), T0)
         # So does a read; and again after a second termination.
         _terminate(app)
         assert store.counts()["completed"] == 1

@@ -17,6 +17,7 @@ import pytest
 
 from queuectl.errors import DuplicateJob, StoreError
 from queuectl.models import JobState, NewJob, WorkerInfo
+from queuectl.store.outcome import Completed, Dead, RecoveredRetry, Retry
 from queuectl.store.postgres import MIGRATIONS, PostgresStore
 from tests.helpers import T0, clean_env, wait_until
 from tests.pg.conftest import admin, schema_url
@@ -94,6 +95,44 @@ def test_a_newer_schema_is_refused(pg_url: str) -> None:
         PostgresStore(pg_url)
 
 
+def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url: str) -> None:
+    # Version 7 held the model SQLite's 9 holds; the steps after it change nothing.
+    schema = pg_url.rsplit("%3D", 1)[1]
+    with admin() as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("CREATE TABLE queuectl_schema (version integer PRIMARY KEY, applied_at timestamptz)")
+        for number, step in enumerate(MIGRATIONS[:7], 1):
+            conn.execute(step)
+            conn.execute("INSERT INTO queuectl_schema (version) VALUES (%s)", (number,))
+        conn.execute(
+            "INSERT INTO jobs (id, command, state, max_retries, priority, timeout, created_at,"
+            " updated_at, run_at, next_run_at) VALUES ('old', 'true', 'pending', 3, 0, 60, %s, %s, %s, %s)",
+            (T0, T0, T0, T0),
+        )
+        tables = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = %s ORDER BY 1, 2",
+            (schema,),
+        ).fetchall()
+    store = PostgresStore(pg_url)
+    try:
+        job = store.claim("w1", now=T0 + 1)
+        assert job is not None and job.id == "old" and job.attempts == 1
+        store.register_worker(WorkerInfo("w1", "h", 1, 2, T0, T0, home="/srv/q"))
+        assert [w.home for w in store.workers()] == ["/srv/q"]
+    finally:
+        store.close()
+    with admin() as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".queuectl_schema ORDER BY version').fetchall()
+        after = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = %s ORDER BY 1, 2",
+            (schema,),
+        ).fetchall()
+    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 10))
+    assert after == tables
+
+
 def test_a_foreign_jobs_table_is_refused(pg_url: str) -> None:
     schema = pg_url.rsplit("%3D", 1)[1]
     with admin() as conn:
@@ -126,7 +165,7 @@ def test_concurrent_claimers_get_each_job_exactly_once(pg_store: PostgresStore, 
             while (job := store.claim(f"w{n}", now=T0 + 1)) is not None:
                 with lock:
                     claimed.append((job.id, job.lease))
-                assert store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "", T0 + 2)
+                assert store.finish(job.id, job.lease, Completed("", ""), T0 + 2)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -151,14 +190,14 @@ def test_a_recovered_job_fences_out_its_old_worker(pg_store: PostgresStore) -> N
     first = pg_store.claim("old", now=T0)
     assert first is not None
     # PROCESSING -> FAILED by the monitor of another host
-    assert pg_store.recover(first.id, first.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "gone", T0)
-    assert not pg_store.recover(first.id, first.lease, JobState.FAILED, T0 + 1, "heartbeat_lost", "x", T0)
+    assert pg_store.recover(first.id, first.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 1), T0)
+    assert not pg_store.recover(first.id, first.lease, RecoveredRetry("heartbeat_lost", "x", T0 + 1), T0)
     second = pg_store.claim("new", now=T0 + 1)
     assert second is not None and second.lease == first.lease + 1
     # The old worker wakes up: its heartbeat and its result are both refused.
     assert not pg_store.heartbeat("old", first.id, first.lease)
-    assert not pg_store.finish(first.id, first.lease, JobState.COMPLETED, None, 0, None, "", "", T0 + 2)
-    assert pg_store.finish(second.id, second.lease, JobState.COMPLETED, None, 0, None, "ok", "", T0 + 2)
+    assert not pg_store.finish(first.id, first.lease, Completed("", ""), T0 + 2)
+    assert pg_store.finish(second.id, second.lease, Completed("ok", ""), T0 + 2)
     got = pg_store.get(first.id)
     assert got is not None and got.state is JobState.COMPLETED and got.stdout == "ok"
     chain = [(e.from_state, e.to_state, e.worker_id) for e in pg_store.history(first.id)]
@@ -210,7 +249,7 @@ def test_output_with_nul_bytes_is_stored(pg_store: PostgresStore) -> None:
     pg_store.enqueue(jobs(1))
     job = pg_store.claim("w", now=T0)
     assert job is not None
-    assert pg_store.finish(job.id, job.lease, JobState.FAILED, T0 + 2, 1, "bad\x00", "a\x00b", "\udcff", T0)
+    assert pg_store.finish(job.id, job.lease, Retry(T0 + 2, 1, "bad\x00", "a\x00b", "\udcff"), T0)
     got = pg_store.get(job.id)
     assert got is not None
     assert (got.stdout, got.error) == ("a\ufffdb", "bad\ufffd")
@@ -249,7 +288,7 @@ def test_notify_wakes_an_idle_waiter(pg_url: str, change: str) -> None:
             other.enqueue([NewJob("d", "false", 0, 0, 1.0, T0)])
             job = other.claim("w", now=T0)
             assert job is not None
-            other.finish(job.id, job.lease, JobState.DEAD, None, 1, None, "", "", T0)
+            other.finish(job.id, job.lease, Dead(1, None, "", ""), T0)
         _listening(waiter)
         thread, took = _waiter(waiter, 30)
         if change == "enqueue":

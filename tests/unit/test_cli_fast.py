@@ -186,7 +186,7 @@ def test_fast_path_enqueues_exactly_as_click(
 ) -> None:
     fast, slow = both(template, tmp_path, args)
     assert not fast.used_click and slow.used_click
-    assert not fast.used_library  # store/sqlite_conn.py and rules.py alone
+    assert not fast.used_library  # store/sqlite/insert.py and rules.py alone
     assert fast.code == 0, fast.stderr
     assert bool(GENERATED_ID.match(fast.stdout.decode().strip())) is generated
     assert fast.comparable(generated) == slow.comparable(generated)
@@ -482,7 +482,7 @@ def test_the_fast_path_imports_only_what_it_needs(template: Path, tmp_path: Path
         "queuectl.api",
         "queuectl.models",
         "queuectl.config",
-        "queuectl.store.sqlite",
+        "queuectl.store.sqlite.store",
         "datetime",
         "dataclasses",
         "typing",
@@ -686,7 +686,7 @@ def test_bulk_enqueue_without_click_stores_exactly_what_click_stores(
 ) -> None:
     fast, slow = both(template, tmp_path, ["enqueue", "-", *options], input=data)
     assert not fast.used_click and slow.used_click
-    assert not fast.used_library  # store/sqlite_conn.py and rules.py alone
+    assert not fast.used_library  # store/sqlite/insert.py and rules.py alone
     assert fast.code == 0, fast.stderr
     assert len(fast.stdout.splitlines()) == sum(1 for line in data.split(b"\n") if line.strip())
     assert _bulk_comparable(fast) == _bulk_comparable(slow)
@@ -705,7 +705,7 @@ def test_bulk_enqueue_without_click_rejects_exactly_as_click(
 
 
 def test_a_large_bulk_enqueue_without_click_folds_the_counts(template: Path, tmp_path: Path) -> None:
-    from queuectl.store.sqlite_conn import FOLD_MIN_ROWS
+    from queuectl.store.sqlite.insert import FOLD_MIN_ROWS
 
     n = FOLD_MIN_ROWS + 5
     data = "".join(f'{{"id": "b{i}", "command": "true"}}\n' for i in range(n)).encode()

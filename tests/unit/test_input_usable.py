@@ -15,6 +15,7 @@ import apsw
 import pytest
 
 from queuectl.store import Store
+from queuectl.store.outcome import finished
 from tests.helpers import T0, QHome, one_line_error
 
 FAR_FUTURE = "9999-12-31T23:59:59-14:00"
@@ -146,14 +147,16 @@ def test_purge_says_how_many_and_eof_is_a_usage_error(qhome: QHome) -> None:
 
 
 def test_purgeable_counts_what_purge_deletes(store: Store) -> None:
-    from queuectl.models import JobState, NewJob
+    from queuectl.models import JobState, NewJob, Outcome, Transition
 
     store.enqueue([NewJob(f"j{i}", "true", 0, 0, 60.0, T0) for i in range(4)], T0)
     for i in range(3):
         job = store.claim("w", now=T0 + i)
         assert job is not None
         state = JobState.COMPLETED if i < 2 else JobState.DEAD
-        assert store.finish(job.id, job.lease, state, None, 0, None, "", "", now=T0 + 10 * (i + 1))
+        assert store.finish(
+            job.id, job.lease, finished(Transition(state, None), Outcome(0)), now=T0 + 10 * (i + 1)
+        )
     both = [JobState.COMPLETED, JobState.DEAD]
     assert store.purgeable(both) == 3
     assert store.purgeable([JobState.DEAD]) == 1

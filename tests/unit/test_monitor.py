@@ -17,6 +17,7 @@ from queuectl.models import JobState, NewJob, WorkerInfo
 from queuectl.monitor import Monitor
 from queuectl.recovery import LEASE
 from queuectl.store import Store
+from queuectl.store.outcome import Completed, RecoveredRetry
 from tests.conftest import StoreFactory
 from tests.helpers import T0, wait_until
 
@@ -74,7 +75,7 @@ def test_a_silent_worker_is_stale_only_after_heartbeat_timeout(store: Store, tmp
     assert store.workers() == []
     assert store.history("a")[-1].reason == "heartbeat_lost"
     # The old worker's late result is fenced off.
-    assert not store.finish("a", claimed.lease, JobState.COMPLETED, None, 0, None, "", "", now=T0 + 17)
+    assert not store.finish("a", claimed.lease, Completed("", ""), now=T0 + 17)
     assert [r["job_id"] for r in logs(tmp_path) if r["event"] == "job_recovered"] == ["a"]
 
 
@@ -219,10 +220,10 @@ def test_a_recovery_whose_pass_died_before_its_log_is_logged_by_the_next_pass(
     record = {"time": "2023-11-14T22:13:50.000Z", "event": "job_recovered", "job_id": "a", "attempt": 1}
     # What a pass killed right after its compare-and-set leaves behind:
     assert store.recover(
-        "a", a.lease, JobState.FAILED, T0 + 2, "heartbeat_lost", "gone", T0, audit=json.dumps(record)
+        "a", a.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 2, audit=json.dumps(record)), T0
     )
     # A lost compare-and-set adds nothing to the outbox.
-    assert not store.recover("a", a.lease, JobState.FAILED, T0 + 2, "heartbeat_lost", "x", T0, audit="{}")
+    assert not store.recover("a", a.lease, RecoveredRetry("heartbeat_lost", "x", T0 + 2, audit="{}"), T0)
     assert [json.loads(text) for _, text in store.audit_pending()] == [record]
     monitor(store, tmp_path).run_once(now=T0 + 1)
     assert [r for r in logs(tmp_path) if r["event"] == "job_recovered"] == [record]

@@ -22,6 +22,7 @@ from queuectl.fence import Fence, deadline_after
 from queuectl.models import JobState, WorkerInfo
 from queuectl.monitor import Monitor
 from queuectl.store import Store
+from queuectl.store.outcome import Retry
 from tests.helpers import T0, wait_until
 from tests.unit.test_monitor import QUEUE, job, logs, register
 
@@ -135,7 +136,7 @@ def test_a_kill_that_loses_the_race_to_the_worker_is_recorded(
         def worker_finishes_first(*args: Any, **kwargs: Any) -> bool:
             # The job's own worker records its (killed) attempt between the
             # monitor's kill and its compare-and-set.
-            assert store.finish("a", claimed.lease, JobState.FAILED, T0 + 40, -9, None, "", "", now=T0 + 30)
+            assert store.finish("a", claimed.lease, Retry(T0 + 40, -9, None, "", ""), now=T0 + 30)
             return real_recover(*args, **kwargs)
 
         monkeypatch.setattr(store, "recover", worker_finishes_first)

@@ -7,6 +7,7 @@ from pathlib import Path
 import apsw
 
 from queuectl.models import JobState, NewJob, WorkerInfo
+from queuectl.store.outcome import Completed, Dead
 from queuectl.store.sqlite import APPLICATION_ID, MIGRATIONS, SQLiteStore
 from tests.helpers import T0
 
@@ -105,9 +106,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
     for _ in range(3):
         job = old.claim("w1", now=T0)
         assert job is not None
-        old.finish(
-            job.id, job.lease, JobState.DEAD if job.id == "j0" else JobState.COMPLETED, None, 1, None, "", ""
-        )
+        old.finish(job.id, job.lease, Dead(1, None, "", "") if job.id == "j0" else Completed("", ""))
     old.conn.execute(
         "DROP TABLE job_counts; DROP TABLE job_counts_upto; ALTER TABLE leases DROP COLUMN resumed_at;"
         " ALTER TABLE workers DROP COLUMN home; PRAGMA user_version=6"
@@ -133,7 +132,7 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
 
 
 def test_a_bulk_insert_folds_the_counts_and_a_small_one_does_not(tmp_path: Path) -> None:
-    from queuectl.store.sqlite_conn import FOLD_MIN_ROWS
+    from queuectl.store.sqlite.insert import FOLD_MIN_ROWS
 
     store = SQLiteStore(str(tmp_path / "q.db"))
     try:
@@ -156,7 +155,7 @@ def test_a_purge_of_the_newest_events_keeps_the_counts_right(tmp_path: Path) -> 
         )
         job = store.claim("w1", now=T0)
         assert job is not None and job.id == "done"
-        store.finish(job.id, job.lease, JobState.COMPLETED, None, 0, None, "", "")
+        store.finish(job.id, job.lease, Completed("", ""))
         store.fold_counts()
         assert _upto(store) == (4, 4)
         assert store.purge([JobState.COMPLETED]) == 1
@@ -189,5 +188,36 @@ def test_a_version_8_database_takes_the_home_of_each_worker(tmp_path: Path) -> N
         assert store.conn.execute("PRAGMA user_version").fetchall()[0][0] == len(MIGRATIONS) == 9
         store.register_worker(WorkerInfo("new", "h", 3, 4, T0, T0, home="/srv/q"))
         assert {w.id: w.home for w in store.workers()} == {"old": None, "new": "/srv/q"}
+    finally:
+        store.close()
+
+
+def test_both_stores_number_their_schema_versions_alike() -> None:
+    # A version number means one model in both stores, so the newest must be equal.
+    from queuectl.store.postgres import MIGRATIONS as PG_MIGRATIONS
+    from queuectl.store.postgres import SCHEMA_VERSION as PG_VERSION
+    from queuectl.store.sqlite import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == len(MIGRATIONS) == PG_VERSION == len(PG_MIGRATIONS)
+
+
+def test_a_database_at_the_current_version_opens_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "current.db"
+    SQLiteStore(str(path)).close()
+    conn = apsw.Connection(str(path))
+    before = conn.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY name").fetchall()
+    conn.execute("INSERT INTO config (key, value) VALUES ('max_retries', '5')")
+    conn.close()
+    store = SQLiteStore(str(path))
+    try:
+        ids = (
+            store.conn.execute("PRAGMA application_id").fetchall()
+            + store.conn.execute("PRAGMA user_version").fetchall()
+        )
+        assert ids == [(APPLICATION_ID,), (len(MIGRATIONS),)]
+        assert (
+            store.conn.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY name").fetchall() == before
+        )
+        assert store.config_items() == {"max_retries": "5"}
     finally:
         store.close()

@@ -12,6 +12,7 @@ from typing import Any
 from queuectl.api import Queue
 from queuectl.models import JobState, Outcome, iso
 from queuectl.store import Store
+from queuectl.store.outcome import RecoveredRetry
 from tests.conftest import StoreFactory
 from tests.helpers import T0, alive, group_members, read_lines, wait_until
 
@@ -196,7 +197,7 @@ def test_a_result_with_a_stale_lease_is_dropped(store: Store, make_worker: MakeW
     old = store.claim("w1", now=T0)
     assert old is not None
     # The monitor recovers the attempt; another worker claims the job again.
-    assert store.recover(job_id, old.lease, JobState.FAILED, T0 + 2, "heartbeat_lost", "gone", now=T0 + 1)
+    assert store.recover(job_id, old.lease, RecoveredRetry("heartbeat_lost", "gone", T0 + 2), now=T0 + 1)
     w1, w2 = make_worker("w1"), make_worker("w2")
     current = store.claim("w2", now=T0 + 2)
     assert current is not None and current.lease == old.lease + 1
@@ -225,7 +226,7 @@ def test_a_worker_that_loses_its_lease_kills_its_job(
         wait_until(started.exists, 10, "the job to start")
         job = other.get(job_id)
         assert job is not None
-        other.recover(job_id, job.lease, JobState.FAILED, T0 + 60, "heartbeat_lost", "taken back")
+        other.recover(job_id, job.lease, RecoveredRetry("heartbeat_lost", "taken back", T0 + 60))
 
     thread = threading.Thread(target=monitor)
     thread.start()

@@ -1,0 +1,385 @@
+"""The PostgreSQL store, through psycopg 3: one queue for workers on many hosts.
+
+Same semantics as the SQLite store (see store/__init__.py), with these choices:
+
+* Times are epoch seconds in `double precision` columns, so a value round-trips
+  exactly (remove_worker is a compare-and-set on heartbeat_at).  `now=None` means
+  the database clock (`now()`: one instant per transaction), so host clocks do not
+  matter; an explicit `now` is always honoured.
+* History is written by triggers in the same transaction as every state change.
+* The claim is one autocommit statement with `FOR UPDATE SKIP LOCKED`: claimers on
+  any number of hosts never get the same row and never wait for each other.
+* Enqueue and `dlq retry` send `pg_notify` in their transaction; an idle worker
+  LISTENs for it (notify.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from queuectl.errors import DuplicateJob, StoreError
+from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
+from queuectl.store.outcome import Finished, Recovered
+from queuectl.store.postgres import queries
+from queuectl.store.postgres.connection import CONNECT_TRIES, Conn, Connection
+from queuectl.store.postgres.notify import Listener, channel
+from queuectl.store.postgres.schema import migrate
+from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
+
+#: From this many jobs on, an enqueue uses COPY instead of one INSERT.
+COPY_THRESHOLD = 64
+_WORKERS = workers_query("ORDER BY j.id ")
+
+
+class PostgresStore:
+    #: Another host may reach the server while this one cannot (store protocol).
+    partitionable = True
+
+    def __init__(self, url: str, *, connect_tries: int = CONNECT_TRIES) -> None:
+        self._channel = ""
+        self._db = Connection(url, self._migrate, connect_tries)
+        self._listener = Listener(self._db)
+        #: The URL without its password: the only form that may be shown.
+        self.url = self._db.url
+        self._db.open()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.url!r})"
+
+    def _changes(self, query: str, params: Any) -> int:
+        """Run one statement (autocommit: its own transaction); the rows it changed."""
+        return self._db.run(lambda conn: conn.execute(query, params).rowcount)
+
+    def _migrate(self, conn: Conn) -> None:
+        self._channel = self._listener.channel = channel(migrate(conn, self.url))
+
+    # --- clock -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        return float(self._db.read(queries.CLOCK)[0][0])
+
+    def check_database(self) -> None:
+        """Nothing to check: the server owns its files (store protocol)."""
+
+    def set_call_timeout(self, seconds: float | None) -> None:
+        """Bound every call (store protocol)."""
+        self._db.set_call_timeout(seconds)
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
+        ids = [j.id for j in jobs]
+        if not jobs:
+            return []
+
+        def insert(conn: Conn) -> list[str]:
+            with conn.transaction():
+                if len(jobs) < COPY_THRESHOLD:
+                    queries.insert_few(conn, jobs, now)
+                else:
+                    queries.copy_many(conn, jobs, now)
+                conn.execute("SELECT pg_notify(%s, 'enqueue')", (self._channel,))
+            return ids
+
+        try:
+            return self._db.run(insert)
+        except DuplicateJob:
+            raise DuplicateJob(self._first_existing(ids)) from None
+        except UnicodeEncodeError:
+            raise StoreError("job text is not valid UTF-8") from None
+
+    def _first_existing(self, ids: list[str]) -> str | None:
+        seen: set[str] = set()
+        for job_id in ids:
+            if job_id in seen:
+                return job_id
+            seen.add(job_id)
+        rows = self._db.read(
+            "SELECT u.id FROM unnest(%s::text[]) WITH ORDINALITY AS u(id, n)"
+            " WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = u.id) ORDER BY u.n LIMIT 1",
+            (ids,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._db.read(f"SELECT {queries.COLS} FROM jobs WHERE id = %s", (job_id,))
+        return Job.from_tuple(rows[0]) if rows else None
+
+    def history(self, job_id: str) -> list[Event]:
+        rows = self._db.read(
+            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = %s ORDER BY seq", (job_id,)
+        )
+        return [Event.from_tuple(r) for r in rows]
+
+    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
+        lim = None if limit is None else int(limit)
+        if state is None:
+            rows = self._db.read(f"SELECT {queries.COLS} FROM jobs ORDER BY created_at, id LIMIT %s", (lim,))
+        else:
+            rows = self._db.read(
+                f"SELECT {queries.COLS} FROM jobs WHERE state = %s ORDER BY created_at, id LIMIT %s",
+                (state.value, lim),
+            )
+        return [Job.from_tuple(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobState}
+        for state, n in self._db.read("SELECT state, count(*) FROM jobs GROUP BY state"):
+            out[str(state)] = int(n)
+        return out
+
+    def fold_counts(self) -> None:
+        """Nothing to fold: counts() counts the jobs table itself here, with no
+        snapshot to keep."""
+
+    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+        return self._db.run(lambda conn: queries.claim(conn, worker_id, now))
+
+    def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
+        return self._db.run(lambda conn: queries.finish(conn, job_id, lease, outcome, now))
+
+    def finish_and_claim(
+        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
+    ) -> tuple[bool, Job | None]:
+        def both(conn: Conn) -> tuple[bool, Job | None]:
+            # One transaction, one commit per job; the finish stays fenced by the lease.
+            with conn.transaction():
+                return queries.finish(conn, job_id, lease, outcome, now), queries.claim(conn, worker_id, now)
+
+        return self._db.run(both)
+
+    def next_due(self) -> float | None:
+        rows = self._db.read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
+        # DEAD -> PENDING, attempts reset: the job gets a fresh set of retries.
+        update = (
+            f"UPDATE jobs SET state = 'pending', attempts = 0, next_run_at = {queries.T},"
+            f" updated_at = {queries.T}, worker_id = NULL, exit_code = NULL, error = NULL,"
+            " reason = 'dlq_retry' WHERE state = 'dead'"
+        )
+        ids = None if job_ids is None else list(dict.fromkeys(job_ids))
+        if ids is None:
+            query = (
+                f"WITH moved AS ({update} RETURNING id, created_at)"
+                " SELECT id FROM moved ORDER BY created_at, id"
+            )
+            params: dict[str, Any] = {"now": now}
+        else:
+            query = f"{update} AND id = ANY(%(ids)s::text[]) RETURNING id"
+            params = {"now": now, "ids": ids}
+
+        def retry(conn: Conn) -> list[str]:
+            with conn.transaction():
+                moved = [str(r[0]) for r in conn.execute(query, params).fetchall()]
+                if moved:
+                    conn.execute("SELECT pg_notify(%s, 'dlq_retry')", (self._channel,))
+            return moved
+
+        moved = self._db.run(retry)
+        if ids is None:
+            return moved
+        done = set(moved)
+        return [i for i in ids if i in done]
+
+    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+        # One statement: the jobs and their history go together, or not at all.
+        query = (
+            "WITH gone AS (DELETE FROM jobs WHERE state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8) RETURNING id),"
+            " events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone))"
+            " SELECT count(*) FROM gone"
+        )
+        params = {"states": [s.value for s in states], "before": before}
+        return self._db.run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
+
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        query = (
+            "SELECT count(*) FROM jobs WHERE state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+        )
+        return int(self._db.read(query, {"states": [s.value for s in states], "before": before})[0][0])
+
+    # --- recovery ------------------------------------------------------------------
+
+    def processing(self) -> list[Job]:
+        rows = self._db.read(f"SELECT {queries.COLS} FROM jobs WHERE state = 'processing' ORDER BY id")
+        return [Job.from_tuple(r) for r in rows]
+
+    def recover(self, job_id: str, lease: int, outcome: Recovered, now: float | None = None) -> bool:
+        query, params = recover_statement(job_id, lease, outcome, lambda name: f"%({name})s", queries.clean)
+        params["audit"] = outcome.audit
+
+        def take_back(conn: Conn) -> bool:
+            with conn.transaction():
+                # The job's row first, then the time: a wait for the row (its worker's
+                # finish) comes before the clock is read.
+                conn.execute("SELECT 1 FROM jobs WHERE id = %(id)s FOR UPDATE", params)
+                params["now"] = queries.clock(conn) if now is None else now
+                changed = conn.execute(query, params).rowcount > 0
+                if changed and outcome.audit is not None:
+                    conn.execute(
+                        "INSERT INTO audit_outbox (record, created_at) VALUES (%(audit)s, %(now)s)", params
+                    )
+            return changed
+
+        return self._db.run(take_back)
+
+    def audit_pending(self) -> list[tuple[int, str]]:
+        rows = self._db.read("SELECT id, record FROM audit_outbox ORDER BY id")
+        return [(int(i), str(r)) for i, r in rows]
+
+    def audit_clear(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._changes("DELETE FROM audit_outbox WHERE id = ANY(%s)", (list(ids),))
+
+    # --- workers -------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        self._changes(
+            f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+            " proc_start = excluded.proc_start, started_at = excluded.started_at,"
+            " heartbeat_at = excluded.heartbeat_at, home = excluded.home,"
+            " holding = excluded.holding",
+            worker_row(info),
+        )
+
+    def heartbeat(
+        self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
+    ) -> Beat:
+        params = {"now": now, "w": worker_id, "job": job_id, "lease": lease}
+
+        def beat(conn: Conn) -> Beat:
+            with conn.transaction():
+                # The job first: a wait for a lock on jobs comes before the heartbeat's
+                # time, which the UPDATE reads from the clock as it writes the row.
+                # FOR SHARE waits for a recovery in flight (it locks the job FOR
+                # UPDATE): the answer is then its outcome, never the state before it,
+                # and a recovery that starts after this commits sees the heartbeat.
+                held = job_id is None or (
+                    conn.execute(
+                        "SELECT 1 FROM jobs WHERE id = %(job)s AND state = 'processing'"
+                        " AND lease = %(lease)s::int8 FOR SHARE",
+                        params,
+                    ).fetchone()
+                    is not None
+                )
+                registered = (
+                    conn.execute(
+                        "UPDATE workers SET holding = %(job)s::text, heartbeat_at ="
+                        " COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+                        " WHERE id = %(w)s",
+                        params,
+                    ).rowcount
+                    > 0
+                )
+            return Beat(registered, held)
+
+        return self._db.run(beat)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._changes(
+            "DELETE FROM workers WHERE id = %(w)s AND NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
+            {"w": worker_id},
+        )
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo.from_tuple(r) for r in self._db.read(_WORKERS)]
+
+    def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
+        changed = self._changes(
+            "DELETE FROM workers WHERE id = %(w)s AND heartbeat_at = %(hb)s::float8"
+            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = %(w)s)",
+            {"w": worker_id, "hb": heartbeat_at},
+        )
+        return changed > 0
+
+    # --- the monitor lease -----------------------------------------------------------
+
+    def acquire_lease(
+        self, name: str, holder: str, kind: str, ttl: float, now: float | None = None
+    ) -> LeaseGrant | None:
+        # One INSERT ... ON CONFLICT: atomic, so two takers never both win.
+        query = (
+            "INSERT INTO leases (name, holder, kind, acquired_at, expires_at)"
+            " VALUES (%(name)s, %(holder)s, %(kind)s, %(now)s, %(now)s + %(ttl)s::float8)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, kind = excluded.kind,"
+            " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
+            " WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at"
+        )
+        params: dict[str, Any] = {"name": name, "holder": holder, "kind": kind, "ttl": ttl}
+
+        def take(conn: Conn) -> LeaseGrant | None:
+            with conn.transaction():
+                before = conn.execute(
+                    "SELECT greatest(acquired_at, last_pass_at), resumed_at FROM leases"
+                    " WHERE name = %(name)s FOR UPDATE",
+                    params,
+                ).fetchone()
+                params["now"] = t = queries.clock(conn) if now is None else now
+                if conn.execute(query, params).rowcount == 0:
+                    return None
+            previous, resumed = before if before else (None, None)
+            return LeaseGrant(at=t, previous=previous, resumed_at=resumed)
+
+        return self._db.run(take)
+
+    def mark_resumed(self, name: str, holder: str, at: float) -> None:
+        self._changes("UPDATE leases SET resumed_at = %s WHERE name = %s AND holder = %s", (at, name, holder))
+
+    def keep_due(self, was: float, now: float) -> int:
+        return self._changes(
+            "UPDATE jobs SET next_run_at = %(now)s WHERE state IN ('pending', 'failed')"
+            " AND next_run_at > %(now)s AND next_run_at <= %(was)s",
+            {"now": now, "was": was},
+        )
+
+    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
+        query = (
+            f"UPDATE leases SET expires_at = {queries.T},"
+            f" last_pass_at = CASE WHEN %(passed)s THEN {queries.T} ELSE last_pass_at END,"
+            " last_pass_by = CASE WHEN %(passed)s THEN holder ELSE last_pass_by END,"
+            " last_pass_kind = CASE WHEN %(passed)s THEN kind ELSE last_pass_kind END,"
+            f" last_monitor_pass_at = CASE WHEN %(passed)s AND kind = 'monitor' THEN {queries.T}"
+            "                        ELSE last_monitor_pass_at END"
+            " WHERE name = %(name)s AND holder = %(holder)s"
+        )
+        return self._changes(query, {"now": now, "passed": bool(passed), "name": name, "holder": holder}) > 0
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        rows = self._db.read(
+            "SELECT name, holder, kind, acquired_at, expires_at, last_pass_at, last_pass_by,"
+            " last_pass_kind, last_monitor_pass_at, resumed_at FROM leases WHERE name = %s",
+            (name,),
+        )
+        return LeaseInfo(*rows[0]) if rows else None
+
+    # --- config --------------------------------------------------------------------
+
+    def config_items(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._db.read("SELECT key, value FROM config")}
+
+    def config_set(self, items: dict[str, str]) -> None:
+        def store(conn: Conn) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO config (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    list(items.items()),
+                )
+
+        self._db.run(store)
+
+    # --- waiting -------------------------------------------------------------------
+
+    def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
+        """Wait for a NOTIFY on this queue's channel (notify.Listener.wait)."""
+        self._listener.wait(timeout, wakeup_fd)
+
+    def close(self) -> None:
+        self._listener.close()
+        self._db.close()

@@ -1,0 +1,109 @@
+"""SQL and parameters both backends share, written once: the column lists they read
+and write, and the fenced statements that end an attempt.  A statement is built for
+one backend's placeholder style by `mark` (name -> placeholder: ":name" for SQLite,
+"%(name)s" for PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from queuectl.models import MONITOR_LEASE, WorkerInfo
+from queuectl.store.outcome import Finished, Recovered
+
+#: A job's history events, in models.Event's field order.
+EVENT_COLUMNS = "seq, job_id, at, from_state, to_state, attempt, worker_id, exit_code, error, reason"
+#: The columns register_worker writes, in worker_row's order.
+WORKER_COLUMNS = "id, host, pid, proc_start, started_at, heartbeat_at, home, holding"
+
+#: Text as it goes into a column (PostgreSQL's cannot hold NUL: postgres.queries.clean).
+Clean = Callable[[str | None], str | None]
+
+
+def _same(text: str | None) -> str | None:
+    return text
+
+
+def workers_query(pick: str = "") -> str:
+    """Every worker row in WorkerInfo's field order (the PROCESSING job it holds
+    picked by `pick`, an ORDER BY clause or nothing), oldest first."""
+    return (
+        "SELECT w.id, w.host, w.pid, w.proc_start, w.started_at, w.heartbeat_at,"
+        " (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'processing'"
+        f"  {pick}LIMIT 1), w.holding, w.home"
+        " FROM workers w ORDER BY w.started_at, w.id"
+    )
+
+
+def worker_row(info: WorkerInfo) -> tuple[Any, ...]:
+    """The values of WORKER_COLUMNS for `info`."""
+    return (
+        info.id,
+        info.host,
+        info.pid,
+        info.proc_start,
+        info.started_at,
+        info.heartbeat_at,
+        info.home,
+        info.holding,
+    )
+
+
+def finish_params(
+    job_id: str, lease: int, outcome: Finished, now: float | None, clean: Clean = _same
+) -> dict[str, Any]:
+    """The parameters of a backend's finish statement: state, next, code, error, out,
+    err, now, id, lease."""
+    return {
+        "state": outcome.state.value,
+        "next": outcome.next_run_at,
+        "code": outcome.exit_code,
+        "error": clean(outcome.error),
+        "out": clean(outcome.stdout),
+        "err": clean(outcome.stderr),
+        "now": now,
+        "id": job_id,
+        "lease": lease,
+    }
+
+
+def recover_statement(
+    job_id: str, lease: int, outcome: Recovered, mark: Callable[[str], str], clean: Clean = _same
+) -> tuple[str, dict[str, Any]]:
+    """The recovery's one guarded UPDATE and its parameters but `now`: PROCESSING ->
+    FAILED / DEAD (or PENDING, the attempt given back), fenced by the lease and by
+    what the outcome's guard requires (its lease holder's lease still unexpired, its
+    silent worker still silent)."""
+    attempts = "attempts - 1" if outcome.give_back else "attempts"
+    now = mark("now")
+    sql = (
+        f"UPDATE jobs SET state = {mark('state')}, attempts = {attempts}, next_run_at = {mark('next')},"
+        f" exit_code = NULL, error = {mark('error')}, finished_at = {now}, updated_at = {now},"
+        f" reason = {mark('reason')} WHERE id = {mark('id')} AND state = 'processing'"
+        f" AND lease = {mark('lease')}"
+    )
+    params: dict[str, Any] = {
+        "state": outcome.state.value,
+        "next": outcome.next_run_at,
+        "error": clean(outcome.error),
+        "reason": outcome.reason,
+        "id": job_id,
+        "lease": lease,
+    }
+    g = outcome.guard
+    if g.holder is not None:
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM leases WHERE name = {mark('lease_name')}"
+            f" AND holder = {mark('holder')} AND expires_at > {now})"
+        )
+        params.update(lease_name=MONITOR_LEASE, holder=g.holder)
+    if g.worker_id is not None:
+        # The worker is still silent: no heartbeat since the one the verdict saw.
+        sql += (
+            f" AND NOT EXISTS (SELECT 1 FROM workers WHERE id = {mark('wid')}"
+            f" AND heartbeat_at > {mark('seen')})"
+        )
+        seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
+        params.update(wid=g.worker_id, seen=seen)
+    return sql, params

@@ -1,0 +1,50 @@
+"""The two statements of a worker's loop: the claim and the finish (by the attempt's
+own worker).  Each is one statement, run by SQLiteStore inside its write
+transaction (finish_and_claim runs both in one), and reports what it changed.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+from queuectl.models import JOB_COLUMNS, Job
+from queuectl.store.outcome import Finished
+from queuectl.store.sql import finish_params
+
+COLS = ", ".join(JOB_COLUMNS)
+
+# PENDING/FAILED -> PROCESSING: one statement, so no two claimers can both match the
+# row.  INDEXED BY: without statistics the planner prefers jobs_state (state=?) plus a
+# sort of every runnable job, a cost that grows with the queue; jobs_due answers from
+# its first entry.
+_CLAIM = (
+    "UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
+    " lease = lease + 1, worker_id = :w, started_at = :now, updated_at = :now,"
+    " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
+    " stderr = NULL, reason = NULL"
+    " WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due"
+    "             WHERE state IN ('pending', 'failed')"
+    "             AND next_run_at <= :now"
+    "             ORDER BY priority DESC, next_run_at, id LIMIT 1)"
+    f" RETURNING {COLS}"
+)
+
+# PROCESSING -> COMPLETED / FAILED / DEAD, fenced by the lease
+_FINISH = (
+    "UPDATE jobs SET state = :state, next_run_at = :next, exit_code = :code,"
+    " error = :error, stdout = :out, stderr = :err, finished_at = :now,"
+    " updated_at = :now, reason = NULL"
+    " WHERE id = :id AND state = 'processing' AND lease = :lease"
+)
+
+
+def claim(conn: apsw.Connection, worker_id: str, now: float) -> Job | None:
+    # The RETURNING cursor is read to its end (fetchall) so the statement completes
+    # inside the transaction.
+    rows = conn.execute(_CLAIM, {"w": worker_id, "now": now}).fetchall()
+    return Job.from_tuple(rows[0]) if rows else None
+
+
+def finish(conn: apsw.Connection, job_id: str, lease: int, outcome: Finished, now: float) -> bool:
+    conn.execute(_FINISH, finish_params(job_id, lease, outcome, now))
+    return bool(conn.changes())

@@ -1,0 +1,393 @@
+"""The SQLite store: the Store contract (store/__init__.py) over one APSW connection.
+
+The history of state changes is written by a trigger, so no statement can change a
+job's state without its event; a new job's first event is written with its insert
+(insert.insert_jobs, the one place jobs are inserted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import apsw
+
+from queuectl.errors import StoreError, StoreGone
+from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
+from queuectl.store.outcome import Finished, Recovered
+from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
+from queuectl.store.sqlite import queries
+from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
+from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
+from queuectl.store.sqlite.file import DatabaseFile
+from queuectl.store.sqlite.insert import insert_jobs
+from queuectl.store.sqlite.schema import WAKE_FOR, migrate
+
+T = TypeVar("T")
+_WORKERS = workers_query()
+_COLS = queries.COLS
+
+
+def _real(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+class SQLiteStore:
+    #: Every process shares this host's one write lock: never cut off (store protocol).
+    partitionable = False
+
+    def __init__(self, path: str, *, synchronous: str | None = None, clock: Callable[[], float] = time.time):
+        self.path = path
+        self._clock = clock
+        self._data_version: int | None = None
+        self.conn = connect(path, synchronous)
+        try:
+            migrate(self.conn, path)
+        except apsw.Error as exc:
+            self.conn.close()
+            raise translate(exc, path) from None
+        except StoreError:
+            self.conn.close()
+            raise
+        self._file = self._watch()
+
+    def _watch(self) -> DatabaseFile:
+        try:
+            return DatabaseFile(self.path, int(self._read("PRAGMA page_size")[0][0]))
+        except OSError as exc:  # deleted between the open and here
+            self.conn.close()
+            raise StoreGone(f"database file {self.path} vanished as it was opened: {exc.strerror}") from None
+        except StoreError:
+            self.conn.close()
+            raise
+
+    def check_database(self) -> None:
+        """The path still names the file this store opened, whole (store protocol)."""
+        self._file.check()
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run fn in one BEGIN IMMEDIATE transaction, retrying it whole when busy."""
+        return write(self.conn, self.path, fn)
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        return read(self.conn, self.path, sql, params)
+
+    def _changes(self, sql: str, params: Any = ()) -> int:
+        """Run one statement in its own write transaction; the rows it changed."""
+
+        def run(conn: apsw.Connection) -> int:
+            conn.execute(sql, params)
+            return int(conn.changes())
+
+        return self._write(run)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def set_call_timeout(self, seconds: float | None) -> None:
+        """Nothing to bound: lock waits end with the busy timeout."""
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+    # --- jobs ----------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
+        t = self._now(now)
+        rows = [
+            (j.id, j.command, j.max_retries, j.priority, j.timeout, t, t, j.run_at, j.run_at) for j in jobs
+        ]
+        insert_jobs(self.conn, self.path, rows)  # None -> PENDING
+        return [j.id for j in jobs]
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_tuple(rows[0]) if rows else None
+
+    def history(self, job_id: str) -> list[Event]:
+        rows = self._read(f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [Event.from_tuple(r) for r in rows]
+
+    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
+        lim = -1 if limit is None else int(limit)
+        if state is None:
+            sql = f"SELECT {_COLS} FROM jobs ORDER BY created_at, id LIMIT ?"
+            rows = self._read(sql, (lim,))
+        else:
+            sql = f"SELECT {_COLS} FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT ?"
+            rows = self._read(sql, (state.value, lim))
+        return [Job.from_tuple(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in JobState}
+        for state, n in net_counts(self._read(COUNTS)).items():
+            out[str(state)] += n
+        return out
+
+    def fold_counts(self) -> None:
+        self._write(fold_counts)
+
+    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+        return self._write(lambda conn: queries.claim(conn, worker_id, self._now(now)))
+
+    def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
+        return self._write(lambda conn: queries.finish(conn, job_id, lease, outcome, self._now(now)))
+
+    def finish_and_claim(
+        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
+    ) -> tuple[bool, Job | None]:
+        def both(conn: apsw.Connection) -> tuple[bool, Job | None]:
+            t = self._now(now)
+            return queries.finish(conn, job_id, lease, outcome, t), queries.claim(conn, worker_id, t)
+
+        return self._write(both)
+
+    def next_due(self) -> float | None:
+        # INDEXED BY, as in claim(): otherwise a scan of every runnable job per idle poll.
+        # Jobs due on arrival are not in jobs_next: they are due already.
+        rows = self._read(f"SELECT min(next_run_at) FROM jobs INDEXED BY jobs_next WHERE {WAKE_FOR}")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
+        t = self._now(now)
+        # DEAD -> PENDING, attempts reset: the job gets a fresh set of retries.
+        sql = (
+            "UPDATE jobs SET state = 'pending', attempts = 0, next_run_at = :now,"
+            " updated_at = :now, worker_id = NULL, exit_code = NULL, error = NULL,"
+            " reason = 'dlq_retry' WHERE state = 'dead'"
+        )
+        ids = None if job_ids is None else list(job_ids)
+
+        def retry(conn: apsw.Connection) -> list[str]:
+            if ids is None:
+                return [str(r[0]) for r in conn.execute(sql + " RETURNING id", {"now": t}).fetchall()]
+            moved: list[str] = []
+            for job_id in ids:
+                rows = conn.execute(sql + " AND id = :id RETURNING id", {"now": t, "id": job_id})
+                moved.extend(str(r[0]) for r in rows.fetchall())
+            return moved
+
+        return self._write(retry)
+
+    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+        marks = ",".join("?" * len(states))
+        cutoff = float("inf") if before is None else before
+        params = [s.value for s in states] + [cutoff]
+        where = f"state IN ({marks}) AND updated_at < ?"
+
+        def delete(conn: apsw.Connection) -> int:
+            # The counts: fold first, so every remaining event is in the snapshot; take
+            # the purged jobs out of it; and mark it up to the newest event left, since
+            # deleting the newest events lets SQLite hand their seqs out again.
+            fold_counts(conn)
+            gone = conn.execute(f"SELECT state, count(*) FROM jobs WHERE {where} GROUP BY state", params)
+            minus = [(n, state) for state, n in gone.fetchall()]
+            conn.execute(
+                f"DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE {where})",
+                params,
+            )
+            conn.execute(f"DELETE FROM jobs WHERE {where}", params)
+            deleted = int(conn.changes())
+            conn.executemany("UPDATE job_counts SET n = n - ? WHERE state = ?", minus)
+            conn.execute(COUNTS_UPTO)
+            return deleted
+
+        return self._write(delete)
+
+    def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
+        marks = ",".join("?" * len(states))
+        cutoff = float("inf") if before is None else before
+        sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ?"
+        return int(self._read(sql, [s.value for s in states] + [cutoff])[0][0])
+
+    # --- recovery ------------------------------------------------------------------
+
+    def processing(self) -> list[Job]:
+        rows = self._read(f"SELECT {_COLS} FROM jobs WHERE state = 'processing' ORDER BY id")
+        return [Job.from_tuple(r) for r in rows]
+
+    def recover(self, job_id: str, lease: int, outcome: Recovered, now: float | None = None) -> bool:
+        sql, params = recover_statement(job_id, lease, outcome, lambda name: f":{name}")
+        audit = outcome.audit
+
+        def take_back(conn: apsw.Connection) -> bool:
+            params["now"] = t = self._now(now)
+            conn.execute(sql, params)
+            if not conn.changes():
+                return False
+            if audit is not None:
+                conn.execute("INSERT INTO audit_outbox (record, created_at) VALUES (?, ?)", (audit, t))
+            return True
+
+        return self._write(take_back)
+
+    def audit_pending(self) -> list[tuple[int, str]]:
+        rows = self._read("SELECT id, record FROM audit_outbox ORDER BY id")
+        return [(int(str(i)), str(r)) for i, r in rows]
+
+    def audit_clear(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._write(
+                lambda conn: conn.executemany("DELETE FROM audit_outbox WHERE id = ?", [(i,) for i in ids])
+            )
+
+    # --- workers -------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo) -> None:
+        self._changes(
+            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            worker_row(info),
+        )
+
+    def heartbeat(
+        self, worker_id: str, job_id: str | None, lease: int | None, now: float | None = None
+    ) -> Beat:
+        def beat(conn: apsw.Connection) -> Beat:
+            conn.execute(
+                "UPDATE workers SET heartbeat_at = ?, holding = ? WHERE id = ?",
+                (self._now(now), job_id, worker_id),
+            )
+            registered = bool(conn.changes())
+            if job_id is None:
+                return Beat(registered, True)
+            rows = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'processing' AND lease = ?",
+                (job_id, lease),
+            ).fetchall()
+            return Beat(registered, bool(rows))
+
+        return self._write(beat)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._changes(
+            "DELETE FROM workers WHERE id = :w AND NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
+            {"w": worker_id},
+        )
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo.from_tuple(r) for r in self._read(_WORKERS)]
+
+    def remove_worker(self, worker_id: str, heartbeat_at: float) -> bool:
+        changed = self._changes(
+            "DELETE FROM workers WHERE id = :w AND heartbeat_at = :hb AND NOT EXISTS"
+            " (SELECT 1 FROM jobs WHERE state = 'processing' AND worker_id = :w)",
+            {"w": worker_id, "hb": heartbeat_at},
+        )
+        return bool(changed)
+
+    # --- the monitor lease --------------------------------------------------------
+
+    def acquire_lease(
+        self, name: str, holder: str, kind: str, ttl: float, now: float | None = None
+    ) -> LeaseGrant | None:
+        def take(conn: apsw.Connection) -> LeaseGrant | None:
+            t = self._now(now)
+            before = conn.execute(
+                "SELECT max(acquired_at, coalesce(last_pass_at, acquired_at)), resumed_at"
+                " FROM leases WHERE name = ?",
+                (name,),
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO leases (name, holder, kind, acquired_at, expires_at)"
+                " VALUES (:name, :holder, :kind, :now, :exp)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, kind = excluded.kind,"
+                " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at"
+                " WHERE leases.holder = excluded.holder OR leases.expires_at <= excluded.acquired_at",
+                {"name": name, "holder": holder, "kind": kind, "now": t, "exp": t + ttl},
+            )
+            if not conn.changes():
+                return None
+            previous, resumed = before[0] if before else (None, None)
+            return LeaseGrant(at=t, previous=_real(previous), resumed_at=_real(resumed))
+
+        return self._write(take)
+
+    def mark_resumed(self, name: str, holder: str, at: float) -> None:
+        self._changes("UPDATE leases SET resumed_at = ? WHERE name = ? AND holder = ?", (at, name, holder))
+
+    def keep_due(self, was: float, now: float) -> int:
+        return self._changes(
+            "UPDATE jobs SET next_run_at = :now WHERE state IN ('pending', 'failed')"
+            " AND next_run_at > :now AND next_run_at <= :was",
+            {"now": now, "was": was},
+        )
+
+    def release_lease(self, name: str, holder: str, passed: bool, now: float | None = None) -> bool:
+        def release(conn: apsw.Connection) -> bool:
+            conn.execute(
+                "UPDATE leases SET expires_at = :now,"
+                " last_pass_at = CASE WHEN :passed THEN :now ELSE last_pass_at END,"
+                " last_pass_by = CASE WHEN :passed THEN holder ELSE last_pass_by END,"
+                " last_pass_kind = CASE WHEN :passed THEN kind ELSE last_pass_kind END,"
+                " last_monitor_pass_at = CASE WHEN :passed AND kind = 'monitor' THEN :now"
+                "                        ELSE last_monitor_pass_at END"
+                " WHERE name = :name AND holder = :holder",
+                {"now": self._now(now), "passed": int(passed), "name": name, "holder": holder},
+            )
+            return bool(conn.changes())
+
+        return self._write(release)
+
+    def lease_info(self, name: str) -> LeaseInfo | None:
+        rows = self._read(
+            "SELECT name, holder, kind, acquired_at, expires_at, last_pass_at, last_pass_by,"
+            " last_pass_kind, last_monitor_pass_at, resumed_at FROM leases WHERE name = ?",
+            (name,),
+        )
+        return LeaseInfo(*rows[0]) if rows else None
+
+    # --- config --------------------------------------------------------------------
+
+    def config_items(self) -> dict[str, str]:
+        return config_items(self.conn, self.path)
+
+    def config_set(self, items: dict[str, str]) -> None:
+        self._write(
+            lambda conn: conn.executemany(
+                "INSERT INTO config (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(items.items()),
+            )
+        )
+
+    # --- waiting -------------------------------------------------------------------
+
+    def wait_for_change(self, timeout: float, wakeup_fd: int | None = None) -> None:
+        """Poll PRAGMA data_version (it changes when another connection commits)
+        every few milliseconds: microseconds a check, and no server to notify us."""
+        deadline = time.monotonic() + timeout
+        if self._data_version is None:
+            self._data_version = self._version()
+        fds = [wakeup_fd] if wakeup_fd is not None else []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if fds:
+                ready, _, _ = select.select(fds, [], [], min(left, 0.005))
+                if ready:
+                    return
+            else:
+                time.sleep(min(left, 0.005))
+            version = self._version()
+            if version != self._data_version:
+                self._data_version = version
+                return
+
+    def _version(self) -> int:
+        return int(self._read("PRAGMA data_version")[0][0])
+
+    def close(self) -> None:
+        with contextlib.suppress(apsw.Error):
+            self.conn.close()
+        # A file deleted or replaced under us: SQLite's close checkpoints nothing and
+        # deletes nothing then.  Our -wal and -shm at the path belong to the old file,
+        # and would be read as the new file's: take them away (never a newer file's).
+        if self._file.gone():
+            self._file.remove_own_wal()
