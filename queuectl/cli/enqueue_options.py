@@ -62,17 +62,21 @@ def submit(home: str | None, db: str | None, job: Sequence[str], options: Mappin
     home_dir, db_url = rules.resolve_locations(home, db)
     bulk = list(job) == [STDIN]
     specs = stdin_specs(sys.stdin, options) if bulk else [job_spec(job, options)]
-    ids: list[str] | None = None
-    if not rules.is_postgres_url(db_url):
-        rules.open_home(home_dir, db_url)
-        from queuectl.store.sqlite_conn import enqueue_many_new, enqueue_new
-
-        if bulk:
-            ids = enqueue_many_new(db_url, specs)
-        else:
-            one = enqueue_new(db_url, specs[0])
-            ids = None if one is None else [one]
+    ids = None if rules.is_postgres_url(db_url) else _lean(home_dir, db_url, specs, bulk)
     return _with_library(home, db, specs, bulk) if ids is None else ids
+
+
+def _lean(home_dir: str, db_url: str, specs: list[dict[str, Any]], bulk: bool) -> list[str] | None:
+    """Insert into a SQLite queue at the current schema with store/sqlite_conn.py and
+    the job rules alone; None (nothing done) for a database to create, migrate or refuse."""
+    from queuectl import rules
+    from queuectl.store.sqlite_conn import enqueue_many_new, enqueue_new
+
+    rules.open_home(home_dir, db_url)
+    if bulk:
+        return enqueue_many_new(db_url, specs)
+    one = enqueue_new(db_url, specs[0])
+    return None if one is None else [one]
 
 
 def _with_library(home: str | None, db: str | None, specs: list[dict[str, Any]], bulk: bool) -> list[str]:
