@@ -144,7 +144,7 @@ def library(template: Path, tmp_path: Path, args: Sequence[str | bytes], **popen
     return lib
 
 
-# --- the forms the fast path takes -----------------------------------------------------
+# --- the forms the pre-parser takes ----------------------------------------------------
 
 FAST_OK: list[tuple[list[str], bool]] = [
     # (arguments after --home HOME, whether the id is generated)
@@ -194,7 +194,7 @@ FAST_ERRORS: list[list[str | bytes]] = [
 
 
 @pytest.mark.parametrize(("args", "generated"), FAST_OK, ids=lambda v: repr(v)[:60])
-def test_fast_path_enqueues_exactly_as_click(
+def test_pre_parser_enqueues_exactly_as_click(
     template: Path, tmp_path: Path, args: list[str], generated: bool
 ) -> None:
     fast, slow = both(template, tmp_path, args)
@@ -207,7 +207,7 @@ def test_fast_path_enqueues_exactly_as_click(
 
 
 @pytest.mark.parametrize("args", FAST_ERRORS, ids=lambda v: repr(v)[:60])
-def test_fast_path_rejects_exactly_as_click(template: Path, tmp_path: Path, args: list[str | bytes]) -> None:
+def test_pre_parser_rejects_exactly_as_click(template: Path, tmp_path: Path, args: list[str | bytes]) -> None:
     fast, slow = both(template, tmp_path, args)
     assert not fast.used_click and slow.used_click
     assert not fast.used_library
@@ -218,7 +218,7 @@ def test_fast_path_rejects_exactly_as_click(template: Path, tmp_path: Path, args
     assert fast.dump == dump_db(template / "db" / "queue.db")  # nothing changed
 
 
-# --- what the fast path leaves to click ------------------------------------------------
+# --- what the pre-parser leaves to click -----------------------------------------------
 
 CLICK_FORMS: list[list[str]] = [
     ["enqueue"],
@@ -463,7 +463,7 @@ def test_a_closed_stdout(template: Path, tmp_path: Path) -> None:
 
 
 def test_an_ascii_stdout_goes_to_click(template: Path, tmp_path: Path) -> None:
-    """click.echo writes UTF-8 to a stdout configured as ASCII: the fast path leaves
+    """click.echo writes UTF-8 to a stdout configured as ASCII: the pre-parser leaves
     that to it, so a non-ASCII id prints the same bytes."""
     home = tmp_path / "h"
     shutil.copytree(template, home)
@@ -483,7 +483,7 @@ def test_an_ascii_stdout_goes_to_click(template: Path, tmp_path: Path) -> None:
 # --- imports and the option table --------------------------------------------------------
 
 
-def test_the_fast_path_imports_only_what_it_needs(template: Path, tmp_path: Path) -> None:
+def test_the_pre_parser_imports_only_what_it_needs(template: Path, tmp_path: Path) -> None:
     fast, _ = both(template, tmp_path, ["enqueue", "true"])
     assert fast.code == 0
     for heavy in (
