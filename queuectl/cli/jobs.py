@@ -22,19 +22,19 @@ STATUS_KEYS = ("pending", "processing", "completed", "failed", "dead", "total", 
 @pass_ctx
 def status(c: Ctx, as_json: bool) -> None:
     """Jobs per state, the total, and the live workers."""
-    out, warning = status_report(c.queue.status(), as_json)
+    counts = c.queue.status()
+    if as_json:
+        emit_json(counts)
+        return
+    out, warning = _status_text(counts)
     click.echo(out, nl=False)
     if warning is not None:
         click.echo(warning, err=True)
 
 
-def status_report(counts: Mapping[str, Any], as_json: bool) -> tuple[str, str | None]:
-    """`queuectl status`'s output for Queue.status() counts: (stdout text, a warning
-    for stderr or None)."""
-    if as_json:
-        import json
-
-        return json.dumps(counts, ensure_ascii=False) + "\n", None  # as emit_json
+def _status_text(counts: Mapping[str, Any]) -> tuple[str, str | None]:
+    """`queuectl status`'s text for Queue.status() counts: (stdout, a warning for
+    stderr or None)."""
     lines = [f"{key:<11} {counts[key]}" for key in STATUS_KEYS]
     rec = counts["recovery"]
     if rec["last_pass_at"] is None:

@@ -11,11 +11,9 @@ from typing import Any
 
 import click
 
-from queuectl.api import Queue
 from queuectl.cli.context import Ctx, pass_ctx
 from queuectl.cli.render import emit_json, json_option, table
 from queuectl.cli.settings import key_range
-from queuectl.config import Paths
 from queuectl.errors import InvalidInput
 
 
@@ -36,16 +34,11 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
     The first SIGTERM/SIGINT finishes the current job and exits 0; a second one
     kills the job, records the attempt, and exits.
     """
-    sys.exit(run_worker(c.queue, c.paths, burst, poll_interval))
-
-
-def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | None) -> int:
-    """One worker in the foreground on `queue` until it is told to stop (or, with
-    burst, until nothing is left); its exit code."""
     from queuectl import contain, home, logs, procs
     from queuectl.signals import StopSignals
     from queuectl.worker import Worker
 
+    queue, paths = c.queue, c.paths
     home.secure(str(paths.home), writers=True)  # it writes run/ (and supervisord its log)
     logs.install(paths.logs / "workers.direct.log")
     signals = StopSignals()
@@ -63,7 +56,7 @@ def run_worker(queue: Queue, paths: Paths, burst: bool, poll_interval: float | N
     # This process runs nothing but its jobs: it may contain them (contain.py).
     contain.install(contain.Containment.start(w.id, cgroup=w.config.job_cgroup == "auto"))
     try:
-        return w.run(burst=burst)
+        sys.exit(w.run(burst=burst))
     finally:
         contain.uninstall()
 
