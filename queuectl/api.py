@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-
 class Queue:
     # Annotations after `def list` below say `builtins.list`: inside the class body
     # the bare name means that method.

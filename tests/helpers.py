@@ -17,7 +17,7 @@ import apsw
 import pytest
 from click.testing import CliRunner, Result
 
-from queuectl.cli import cli
+from queuectl.cli.root import cli
 
 #: A fixed instant (2023-11-14T22:13:20Z) the store and the worker are driven at.
 T0 = 1_700_000_000.0

@@ -1,5 +1,5 @@
 """The CLI through click's CliRunner (and `python -m queuectl` where stdout must hold
-nothing but the answer): every command of issue 2 and its stable --json shapes."""
+nothing but the answer): every command and its stable --json shapes."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from queuectl.config import ALL_KEYS
 from queuectl.models import parse_time
 from tests.helpers import QHome
 
-#: status --json keys that issue 2 fixes (later issues may add others, e.g. recovery).
+#: The status --json keys every version carries.
 STATUS_KEYS = {"pending", "processing", "completed", "failed", "dead", "total", "workers"}
-#: Keys status --json may carry besides (documented by later issues).
+#: Keys status --json may carry besides (documented in the README).
 STATUS_EXTRA = {"recovery"}
-#: Every field of a job in the JSON form, by issue 2's names.
+#: Every field of a job in the JSON form.
 JOB_KEYS = {
     "id",
     "command",

@@ -1,4 +1,4 @@
-"""Bad input (issue 2): each case ends in one line on stderr, a non-zero exit (2 for
+"""Bad input: each case ends in one line on stderr, a non-zero exit (2 for
 usage errors, see queuectl/errors.py), no traceback, and the stored data unchanged.
 Run through `python -m queuectl`, so main()'s exit codes are the real ones."""
 

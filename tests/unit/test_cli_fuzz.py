@@ -1,4 +1,4 @@
-"""Hostile input (issue 5): Hypothesis throws random arguments, random and malformed
+"""Hostile input: Hypothesis throws random arguments, random and malformed
 JSON, huge numbers, NaN, NUL bytes, invalid UTF-8, unicode ids and very long commands
 at every CLI command that does not start processes.  Each call ends with a correct
 result or one clear line on stderr with a documented exit code, never a traceback,

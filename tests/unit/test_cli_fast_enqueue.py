@@ -1,13 +1,14 @@
-"""The fast paths of `queuectl enqueue`, `worker run` and `status` (cli.py, issue 6)
-against the click commands.
+"""The pre-parser of `queuectl enqueue` (queuectl/cli/fast_enqueue.py) against the
+click command, and the lean SQLite insert both make against the library (Queue).
 
-Every case runs twice as a real process on a copy of the same queue, once as
-`queuectl` runs (the fast path where it applies) and once with the fast path
-switched off (click for everything); stdout, stderr, the exit code and every stored
-row must be the same.  The clock is frozen in both processes, so the stored times
-agree; a generated id is the only thing that differs, and is compared by shape.
-Each run also reports whether the click commands were loaded, so the cases prove
-which path they took.
+Every case runs as a real process on copies of the same queue: as `queuectl` runs
+(the pre-parser where it applies), with the pre-parser switched off (click for
+everything), and, where the insert is compared, with the lean insert switched off too
+(the library); stdout, stderr, the exit code and every stored row must be the same.
+The clock is frozen in every process, so the stored times agree; a generated id is
+the only thing that differs, and is compared by shape.  Each run also reports
+whether click's command tree and the library were loaded, so the cases prove which
+path they took.
 """
 
 from __future__ import annotations
@@ -26,25 +27,28 @@ import apsw
 import click
 import pytest
 
-from queuectl import cli as cli_module
 from queuectl import rules
-from queuectl.commands import cli as click_group
-from queuectl.commands import enqueue as click_enqueue
+from queuectl.cli import fast_enqueue
+from queuectl.cli.enqueue import enqueue as click_enqueue
+from queuectl.cli.enqueue_options import OPTIONS
+from queuectl.cli.root import cli as click_group
 from queuectl.store.sqlite import APPLICATION_ID, MIGRATIONS
 from tests.helpers import T0, QHome, clean_env, dump_db
 
-#: Runs queuectl's main() in a child process: argv[1] is "fast" (as the script runs)
-#: or "click" (fast path off), argv[2] a file that gets the modules loaded at exit.
+#: Runs queuectl's main() in a child process: argv[1] is "fast" (as the script runs),
+#: "click" (pre-parser off) or "library" (pre-parser and lean insert off), argv[2] a
+#: file that gets the modules loaded at exit.
 RUNNER = f"""
 import atexit, sys, time
 time.time = lambda: {T0!r}  # before queuectl.store.sqlite binds it as its clock
 mode, report = sys.argv[1], sys.argv[2]
 del sys.argv[1:3]
 from queuectl import cli
-if mode == "click":
-    cli.parse_fast_enqueue = lambda args: None
-    cli.parse_fast_worker_run = lambda args: None
-    cli.parse_fast_status = lambda args: None
+from queuectl.cli import enqueue_options, fast_enqueue
+if mode in ("click", "library"):
+    fast_enqueue.parse = lambda args: None
+if mode == "library":
+    enqueue_options._lean = lambda *args: None
 def _report():
     with open(report, "w") as f:
         f.write("\\n".join(sorted(sys.modules)))
@@ -71,7 +75,7 @@ class Run:
     @property
     def used_click(self) -> bool:
         """The click command tree was loaded (an error alone loads click to print)."""
-        return "queuectl.commands" in self.modules
+        return "queuectl.cli.root" in self.modules
 
     def comparable(self, generated: bool) -> tuple[Any, ...]:
         """What must be equal between the two paths; a generated id is replaced by
@@ -131,7 +135,16 @@ def both(template: Path, tmp_path: Path, args: Sequence[str | bytes], **popen: A
     return run("fast", homes[0], args, tmp_path, **popen), run("click", homes[1], args, tmp_path, **popen)
 
 
-# --- the forms the fast path takes -----------------------------------------------------
+def library(template: Path, tmp_path: Path, args: Sequence[str | bytes], **popen: Any) -> Run:
+    """The same call through the library (Queue) instead of the lean insert."""
+    home = tmp_path / "library"
+    shutil.copytree(template, home)
+    lib = run("library", home, args, tmp_path, **popen)
+    assert lib.used_library
+    return lib
+
+
+# --- the forms the pre-parser takes ----------------------------------------------------
 
 FAST_OK: list[tuple[list[str], bool]] = [
     # (arguments after --home HOME, whether the id is generated)
@@ -181,7 +194,7 @@ FAST_ERRORS: list[list[str | bytes]] = [
 
 
 @pytest.mark.parametrize(("args", "generated"), FAST_OK, ids=lambda v: repr(v)[:60])
-def test_fast_path_enqueues_exactly_as_click(
+def test_pre_parser_enqueues_exactly_as_click(
     template: Path, tmp_path: Path, args: list[str], generated: bool
 ) -> None:
     fast, slow = both(template, tmp_path, args)
@@ -190,20 +203,22 @@ def test_fast_path_enqueues_exactly_as_click(
     assert fast.code == 0, fast.stderr
     assert bool(GENERATED_ID.match(fast.stdout.decode().strip())) is generated
     assert fast.comparable(generated) == slow.comparable(generated)
+    assert fast.comparable(generated) == library(template, tmp_path, args).comparable(generated)
 
 
 @pytest.mark.parametrize("args", FAST_ERRORS, ids=lambda v: repr(v)[:60])
-def test_fast_path_rejects_exactly_as_click(template: Path, tmp_path: Path, args: list[str | bytes]) -> None:
+def test_pre_parser_rejects_exactly_as_click(template: Path, tmp_path: Path, args: list[str | bytes]) -> None:
     fast, slow = both(template, tmp_path, args)
     assert not fast.used_click and slow.used_click
     assert not fast.used_library
     assert fast.code in (2, 4), fast.stderr
     assert fast.stdout == b""
     assert fast.comparable(False) == slow.comparable(False)
+    assert fast.comparable(False) == library(template, tmp_path, args).comparable(False)
     assert fast.dump == dump_db(template / "db" / "queue.db")  # nothing changed
 
 
-# --- what the fast path leaves to click ------------------------------------------------
+# --- what the pre-parser leaves to click -----------------------------------------------
 
 CLICK_FORMS: list[list[str]] = [
     ["enqueue"],
@@ -219,12 +234,9 @@ CLICK_FORMS: list[list[str]] = [
     ["enqueue", "true", "--home", "/tmp"],
     ["--db", "x", "--db", "y", "enqueue", "true"],
     ["--version"],
+    ["-V"],
     ["enqueue", "-", "--", "x"],
-    ["status", "--jsn"],
-    ["status", "--json", "--json"],
-    ["status", "extra"],
-    ["status", "-h"],
-    ["--home", "/tmp", "--home", "/tmp", "status"],
+    ["--home", "/tmp", "--home", "/tmp", "enqueue", "true"],
 ]
 
 
@@ -264,9 +276,9 @@ def test_a_database_that_cannot_be_opened(template: Path, tmp_path: Path) -> Non
     assert not outs[0].used_click
 
 
-def _homes(template: Path, tmp_path: Path) -> list[Path]:
+def _homes(template: Path, tmp_path: Path, modes: Sequence[str] = ("fast", "click")) -> list[Path]:
     homes = []
-    for mode in ("fast", "click"):
+    for mode in modes:
         shutil.copytree(template, tmp_path / mode)
         homes.append(tmp_path / mode)
     return homes
@@ -381,7 +393,7 @@ def test_stored_defaults_are_read_as_the_library_reads_them(
     template: Path, tmp_path: Path, stored: dict[str, str]
 ) -> None:
     """A valid stored value is a job's default; an invalid one gives the built-in default."""
-    homes = _homes(template, tmp_path)
+    homes = _homes(template, tmp_path, ("fast", "click", "library"))
     for home in homes:
         conn = apsw.Connection(str(home / "db" / "queue.db"))
         conn.executemany("INSERT OR REPLACE INTO config (key, value) VALUES (?, ?)", list(stored.items()))
@@ -390,6 +402,8 @@ def test_stored_defaults_are_read_as_the_library_reads_them(
     slow = run("click", homes[1], ["enqueue", "true", "--id", "c1"], tmp_path)
     assert fast.code == 0 and not fast.used_library
     assert fast.comparable(False) == slow.comparable(False)
+    lib = run("library", homes[2], ["enqueue", "true", "--id", "c1"], tmp_path)
+    assert lib.used_library and lib.comparable(False) == slow.comparable(False)
 
 
 @pytest.mark.parametrize(
@@ -449,7 +463,7 @@ def test_a_closed_stdout(template: Path, tmp_path: Path) -> None:
 
 
 def test_an_ascii_stdout_goes_to_click(template: Path, tmp_path: Path) -> None:
-    """click.echo writes UTF-8 to a stdout configured as ASCII: the fast path leaves
+    """click.echo writes UTF-8 to a stdout configured as ASCII: the pre-parser leaves
     that to it, so a non-ASCII id prints the same bytes."""
     home = tmp_path / "h"
     shutil.copytree(template, home)
@@ -463,13 +477,13 @@ def test_an_ascii_stdout_goes_to_click(template: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "é\n".encode(), b"")
-    assert "queuectl.commands" in report.read_text().split("\n")
+    assert "queuectl.cli.root" in report.read_text().split("\n")
 
 
 # --- imports and the option table --------------------------------------------------------
 
 
-def test_the_fast_path_imports_only_what_it_needs(template: Path, tmp_path: Path) -> None:
+def test_the_pre_parser_imports_only_what_it_needs(template: Path, tmp_path: Path) -> None:
     fast, _ = both(template, tmp_path, ["enqueue", "true"])
     assert fast.code == 0
     for heavy in (
@@ -477,7 +491,7 @@ def test_the_fast_path_imports_only_what_it_needs(template: Path, tmp_path: Path
         "structlog",
         "psycopg",
         "json",
-        "queuectl.commands",
+        "queuectl.cli.root",
         "queuectl.worker",
         "queuectl.api",
         "queuectl.models",
@@ -503,46 +517,40 @@ def test_importing_the_entry_point_is_light() -> None:
     assert out.strip() == "['queuectl', 'queuectl.cli']"
 
 
-def test_the_option_tables_match_the_click_commands() -> None:
+def test_the_click_command_is_built_from_the_declarations() -> None:
     types = {click.INT: int, click.FLOAT: float, click.STRING: str}
-    declared = {
-        p.opts[0]: (p.name, types[p.type])
+    declared = [
+        (p.opts, p.name, types[p.type], p.help)
         for p in click_enqueue.params
         if isinstance(p, click.Option) and p.opts[0] != "--help"
-    }
-    assert declared == {flag: (param, kind) for flag, (param, _, kind) in cli_module.ENQUEUE_OPTIONS.items()}
+    ]
+    assert declared == [([o.flag], o.param, o.kind, o.help) for o in OPTIONS]
     group = {p.opts[0]: p.name for p in click_group.params if isinstance(p, click.Option)}
-    for flag, param in cli_module.GROUP_OPTIONS.items():
+    for flag, param in fast_enqueue.GROUP_OPTIONS.items():
         assert group[flag] == param
     enqueue_args = [p for p in click_enqueue.params if isinstance(p, click.Argument)]
     assert [(a.name, a.nargs) for a in enqueue_args] == [("job", -1)]
 
 
-# --- worker run ---------------------------------------------------------------------------
+# --- worker run and status (click only) ---------------------------------------------------
 
 
-def test_worker_run_starts_without_click_and_works_as_the_click_command(
-    template: Path, tmp_path: Path
-) -> None:
-    # Both run a due job and exit 0; only the click run loaded click.  (The runner's
-    # clock stands at T0, before the template's job is due.)
+def test_worker_run_runs_a_due_job_and_exits(template: Path, tmp_path: Path) -> None:
+    # The runner's clock stands at T0, before the template's job is due.
     due = '{"id": "due", "command": "echo ran", "run_at": "2000-01-01T00:00:00Z"}'
-    for h in ("fast", "click"):
-        shutil.copytree(template, tmp_path / h)
-        assert run("fast", tmp_path / h, ["enqueue", due], tmp_path).code == 0
-    fast = run("fast", tmp_path / "fast", ["worker", "run", "--burst", "--poll-interval", "0.05"], tmp_path)
-    slow = run("click", tmp_path / "click", ["worker", "run", "--poll-interval=0.05", "--burst"], tmp_path)
-    assert (fast.code, slow.code) == (0, 0), (fast.stderr, slow.stderr)
-    assert "click" not in fast.modules and "queuectl.commands" not in fast.modules
-    assert slow.used_click
-    for r in (fast, slow):
-        states = {row[0]: row[2] for row in r.dump["jobs"]}
-        assert states == {"dup": "pending", "due": "completed"}
-        events = [json.loads(line)["event"] for line in r.stderr.decode().splitlines()]
-        assert events[0] == "worker_started" and events[-1] == "worker_stopped"
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    assert run("fast", home, ["enqueue", due], tmp_path).code == 0
+    r = run("fast", home, ["worker", "run", "--burst", "--poll-interval", "0.05"], tmp_path)
+    assert r.code == 0, r.stderr
+    assert r.used_click
+    states = {row[0]: row[2] for row in r.dump["jobs"]}
+    assert states == {"dup": "pending", "due": "completed"}
+    events = [json.loads(line)["event"] for line in r.stderr.decode().splitlines()]
+    assert events[0] == "worker_started" and events[-1] == "worker_stopped"
 
 
-WORKER_CLICK_FORMS: list[list[str]] = [
+WORKER_USAGE_ERRORS: list[list[str]] = [
     ["worker", "run", "--burst=1"],
     ["worker", "run", "--poll-interval", "0"],
     ["worker", "run", "--poll-interval", "61"],
@@ -554,12 +562,14 @@ WORKER_CLICK_FORMS: list[list[str]] = [
 ]
 
 
-@pytest.mark.parametrize("args", WORKER_CLICK_FORMS, ids=lambda v: repr(v)[:60])
-def test_other_worker_run_forms_go_to_click(template: Path, tmp_path: Path, args: list[str]) -> None:
-    fast, slow = both(template, tmp_path, args)
-    assert fast.used_click
-    assert fast.comparable(False) == slow.comparable(False)
-    assert fast.code == 2
+@pytest.mark.parametrize("args", WORKER_USAGE_ERRORS, ids=lambda v: repr(v)[:60])
+def test_worker_run_usage_errors(template: Path, tmp_path: Path, args: list[str]) -> None:
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    r = run("fast", home, args, tmp_path)
+    assert r.code == 2
+    assert r.stdout == b"" and r.stderr.startswith(b"queuectl: error: ") and r.stderr.count(b"\n") == 1
+    assert r.dump == dump_db(template / "db" / "queue.db")
 
 
 @pytest.mark.parametrize(
@@ -571,31 +581,25 @@ def test_other_worker_run_forms_go_to_click(template: Path, tmp_path: Path, args
     ],
     ids=lambda v: repr(v)[:60],
 )
-def test_worker_run_forms_click_takes_go_to_click(template: Path, tmp_path: Path, args: list[str]) -> None:
-    fast, slow = both(template, tmp_path, args)
-    assert fast.used_click
-    assert (fast.code, slow.code) == (0, 0)
+def test_worker_run_forms_click_takes(template: Path, tmp_path: Path, args: list[str]) -> None:
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    assert run("fast", home, args, tmp_path).code == 0
 
 
-def test_the_worker_run_options_match_the_click_command() -> None:
-    worker_run = click_group.commands["worker"].commands["run"]  # type: ignore[attr-defined]
-    options = {p.opts[0]: p for p in worker_run.params if isinstance(p, click.Option)}
-    assert set(options) == {"--burst", "--poll-interval"}
-    assert options["--burst"].is_flag
-    assert {f: options[f].name for f in cli_module.WORKER_RUN_OPTIONS} == cli_module.WORKER_RUN_OPTIONS
-    kind = options["--poll-interval"].type
+def test_the_poll_interval_range_is_the_settings_table_s() -> None:
+    from queuectl.config import ALL_KEYS
+
+    worker_run = click_group.get_command(click.Context(click_group), "worker").commands["run"]  # type: ignore[union-attr]
+    kind = next(p.type for p in worker_run.params if p.name == "poll_interval")
     assert isinstance(kind, click.FloatRange)
-    assert (kind.min, kind.max) == cli_module.POLL_INTERVAL_RANGE
+    assert (kind.min, kind.max) == (ALL_KEYS["poll_interval"].low, ALL_KEYS["poll_interval"].high)
     assert not (kind.min_open or kind.max_open)
 
 
-# --- status ---------------------------------------------------------------------------------
-
-
-def test_status_without_click_prints_what_the_click_command_prints(template: Path, tmp_path: Path) -> None:
+def test_status_prints_the_counts_and_the_recovery_pass(template: Path, tmp_path: Path) -> None:
     """On the template, then with a job processing under a live worker and no
-    recovery pass yet (the overdue warning on stderr), then after a pass: text and JSON
-    the same, byte for byte, from both paths, and only the click run loads click."""
+    recovery pass yet (the overdue warning on stderr), then after a pass."""
     home = tmp_path / "h"
     shutil.copytree(template, home)
     conn = apsw.Connection(str(home / "db" / "queue.db"))
@@ -614,32 +618,37 @@ def test_status_without_click_prints_what_the_click_command_prints(template: Pat
     for name, change in steps:
         if change is not None:
             conn.execute(change)
-        for args in (["status"], ["status", "--json"]):
-            fast, slow = run("fast", home, args, tmp_path), run("click", home, args, tmp_path)
-            assert fast.code == slow.code == 0, (name, fast.stderr)
-            assert (fast.stdout, fast.stderr) == (slow.stdout, slow.stderr), name
-            assert "click" not in fast.modules and slow.used_click
-            if name == "processing" and args == ["status"]:
-                assert b"processing  1\n" in fast.stdout and fast.stderr.startswith(b"warning: ")
-            if name == "recovered" and args == ["status", "--json"]:
-                rec = json.loads(fast.stdout)["recovery"]
-                assert (rec["last_pass_by"], rec["age_s"], rec["overdue"]) == ("monitor:h:1", 8.5, False)
+        text, as_json = (
+            run("fast", home, ["status"], tmp_path),
+            run("fast", home, ["status", "--json"], tmp_path),
+        )
+        assert text.code == as_json.code == 0, (name, text.stderr)
+        counts = json.loads(as_json.stdout)
+        assert text.stdout.decode().startswith(
+            "".join(f"{key:<11} {counts[key]}\n" for key in ("pending", "processing", "completed"))
+        )
+        assert as_json.stderr == b""
+        if name == "template":
+            assert b"recovery    no recovery pass has run yet" in text.stdout and text.stderr == b""
+        if name == "processing":
+            assert b"processing  1\n" in text.stdout and text.stderr.startswith(b"warning: ")
+        if name == "recovered":
+            assert b"recovery    last pass 8.5s ago by monitor:h:1 (monitor)\n" in text.stdout
+            rec = counts["recovery"]
+            assert (rec["last_pass_by"], rec["age_s"], rec["overdue"]) == ("monitor:h:1", 8.5, False)
     conn.close()
 
 
-def test_status_without_click_on_a_closed_stdout(template: Path, tmp_path: Path) -> None:
-    codes = []
-    for mode in ("fast", "click"):
-        home = tmp_path / mode
-        shutil.copytree(template, home)
-        r, w = os.pipe()
-        os.close(r)
-        try:
-            got = run(mode, home, ["status"], tmp_path, stdout=w)
-        finally:
-            os.close(w)
-        codes.append((got.code, got.stderr, got.used_click))
-    assert codes == [(1, b"", False), (1, b"", True)]
+def test_status_on_a_closed_stdout(template: Path, tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    shutil.copytree(template, home)
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        got = run("fast", home, ["status"], tmp_path, stdout=w)
+    finally:
+        os.close(w)
+    assert (got.code, got.stderr) == (1, b"")
 
 
 # --- enqueue - (stdin) ----------------------------------------------------------------------
@@ -690,6 +699,8 @@ def test_bulk_enqueue_without_click_stores_exactly_what_click_stores(
     assert fast.code == 0, fast.stderr
     assert len(fast.stdout.splitlines()) == sum(1 for line in data.split(b"\n") if line.strip())
     assert _bulk_comparable(fast) == _bulk_comparable(slow)
+    lib = library(template, tmp_path, ["enqueue", "-", *options], input=data)
+    assert _bulk_comparable(fast) == _bulk_comparable(lib)
 
 
 @pytest.mark.parametrize(("data", "options"), BULK_ERRORS, ids=lambda v: repr(v)[:60])
@@ -702,6 +713,8 @@ def test_bulk_enqueue_without_click_rejects_exactly_as_click(
     assert fast.stdout == b"" and fast.stderr.count(b"\n") == 1
     assert (fast.code, fast.stderr) == (slow.code, slow.stderr)
     assert fast.dump == slow.dump == dump_db(template / "db" / "queue.db")  # nothing changed
+    lib = library(template, tmp_path, ["enqueue", "-", *options], input=data)
+    assert (lib.code, lib.stderr, lib.dump) == (fast.code, fast.stderr, fast.dump)
 
 
 def test_a_large_bulk_enqueue_without_click_folds_the_counts(template: Path, tmp_path: Path) -> None:

@@ -1,7 +1,6 @@
-"""CLI commands that run or control processes: workers, supervisord, the monitor.
+"""The worker commands: `worker run/start/stop/status`, `stop-workers`, `shutdown`.
 
-Registered on the `cli` group of commands.py (which imports this module).  Parsing and
-rendering only: the work is in worker.py, supervisor.py and monitor.py.
+Parsing and rendering only: the work is in worker.py and supervisor.py.
 """
 
 from __future__ import annotations
@@ -12,15 +11,13 @@ from typing import Any
 
 import click
 
-from queuectl import render
-from queuectl.cli import POLL_INTERVAL_RANGE
-from queuectl.commands import Ctx, cli, emit_json, json_option, pass_ctx, table
+from queuectl.cli.context import Ctx, pass_ctx
+from queuectl.cli.render import emit_json, json_option, table
+from queuectl.cli.settings import key_range
 from queuectl.errors import InvalidInput
 
-# --- workers and the monitor ---------------------------------------------------------
 
-
-@cli.group()
+@click.group()
 def worker() -> None:
     """Run workers: one in this terminal, or a pool under supervisord."""
 
@@ -28,7 +25,7 @@ def worker() -> None:
 @worker.command("run")
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none is processing.")
 @click.option(
-    "--poll-interval", type=click.FloatRange(*POLL_INTERVAL_RANGE), help="Longest idle wait, seconds."
+    "--poll-interval", type=click.FloatRange(*key_range("poll_interval")), help="Longest idle wait, seconds."
 )
 @pass_ctx
 def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
@@ -37,9 +34,31 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
     The first SIGTERM/SIGINT finishes the current job and exits 0; a second one
     kills the job, records the attempt, and exits.
     """
-    from queuectl.cli import run_worker  # shared with cli.py's fast path
+    from queuectl import contain, home, logs, procs
+    from queuectl.signals import StopSignals
+    from queuectl.worker import Worker
 
-    sys.exit(run_worker(c.queue, c.paths, burst, poll_interval))
+    queue, paths = c.queue, c.paths
+    home.secure(str(paths.home), writers=True)  # it writes run/ (and supervisord its log)
+    logs.install(paths.logs / "workers.direct.log")
+    signals = StopSignals()
+    signals.install()
+    w = Worker(
+        queue.store,
+        queue=procs.queue_key(paths.db_url),
+        signals=signals,
+        watch_parent=bool(os.environ.get("SUPERVISOR_ENABLED")),
+        logs_dir=paths.logs,
+        run_dir=paths.run,
+        overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
+        home=home.identity(str(paths.home)),
+    )
+    # This process runs nothing but its jobs: it may contain them (contain.py).
+    contain.install(contain.Containment.start(w.id, cgroup=w.config.job_cgroup == "auto"))
+    try:
+        sys.exit(w.run(burst=burst))
+    finally:
+        contain.uninstall()
 
 
 def _supervisor(c: Ctx) -> Any:
@@ -99,7 +118,7 @@ def worker_stop(c: Ctx) -> None:
     _stop_workers(c)
 
 
-@cli.command("stop-workers")
+@click.command("stop-workers")
 @pass_ctx
 def stop_workers(c: Ctx) -> None:
     """Same as `worker stop`."""
@@ -176,7 +195,7 @@ def _worker_row(name: str | None, state: str | None, pid: int | None, w: Any, no
     }
 
 
-@cli.command()
+@click.command()
 @pass_ctx
 def shutdown(c: Ctx) -> None:
     """Stop the workers gracefully, then supervisord itself (and the monitor)."""
@@ -187,99 +206,3 @@ def shutdown(c: Ctx) -> None:
     stopped = sv.stop_workers()
     sv.shutdown()
     click.echo(f"stopped {len(stopped)} worker(s) and supervisord")
-
-
-@cli.group()
-def monitor() -> None:
-    """The monitor that recovers crashed and hung jobs."""
-
-
-@monitor.command("run")
-@pass_ctx
-def monitor_run(c: Ctx) -> None:
-    """Run recovery passes every monitor_interval until stopped."""
-    from queuectl import logs
-    from queuectl.signals import StopSignals
-
-    logs.install(c.paths.logs / "monitor.direct.log")
-    signals = StopSignals()
-    signals.install()
-    if os.environ.get("SUPERVISOR_ENABLED"):
-        signals.watch_parent()
-    sys.exit(_monitor(c, signals).run())
-
-
-def _monitor(c: Ctx, signals: Any = None) -> Any:
-    from queuectl import home, procs
-    from queuectl.monitor import Monitor
-
-    home.secure(str(c.paths.home), writers=True)  # it writes recovery logs in logs/
-    return Monitor(
-        c.queue.store,
-        queue=procs.queue_key(c.paths.db_url),
-        logs_dir=c.paths.logs,
-        signals=signals,
-    )
-
-
-@cli.command()
-@click.option("--dry-run", is_flag=True, help="Only print what would be recovered.")
-@click.option("--job", "job_id", help="Recover this processing job now (reason: manual).")
-@json_option
-@pass_ctx
-def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
-    """Run one monitor pass now and print what it recovered (and killed)."""
-    mon = _monitor(c)
-    if job_id is not None:
-        if dry_run:
-            raise InvalidInput("--dry-run and --job cannot be combined")
-        done = [mon.recover_job(job_id)]
-    elif dry_run:
-        done = mon.run_once(dry_run=True)
-    else:
-        done = mon.guarded_pass("cli", wait=True) or []
-    if mon.log_error is not None:  # the recoveries stand: a warning, not a failure
-        click.echo(
-            f"queuectl: warning: {mon.log_error}; the records stay in the database"
-            " and the next recovery pass writes them",
-            err=True,
-        )
-    if as_json:
-        emit_json([r.fields() for r in done])
-        return
-    if not done:
-        click.echo("nothing to recover")
-    for r in done:
-        click.echo(render.line(_recovery_line(r, dry_run)))
-
-
-def _recovery_line(r: Any, dry_run: bool) -> str:
-    verb = "would recover" if dry_run else "recovered"
-    kill = "would kill" if dry_run else "killed"
-    pids = f", {kill} pids {' '.join(map(str, r.killed_pids))}" if r.killed_pids else ""
-    if r.event == "job_recovered":
-        back = " (attempt given back)" if r.attempt_given_back else ""
-        return f"{verb} job {r.job_id} ({r.reason}): attempt {r.attempt} -> {r.state_after}{back}{pids}"
-    if r.event == "worker_removed":
-        return f"{verb} worker {r.worker_id} ({r.reason}): removed"
-    return f"{kill} orphan process {r.pid} of job {r.job_id} (attempt {r.attempt})"
-
-
-@cli.command()
-@click.option("--jobs", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
-@click.option("--command", "command", default="true", show_default=True, help="The job to run.")
-@json_option
-def bench(jobs: int, workers: int, rounds: int, command: str, as_json: bool) -> None:
-    """Drain no-op jobs on a temporary home; print jobs/s next to the spawn limit.
-
-    The spawn limit is how fast as many processes start the same command with no
-    queue at all: the ratio tells how close queuectl gets to this machine's limit.
-    """
-    from queuectl import benchmark
-
-    if not command.strip():
-        raise InvalidInput("--command must not be empty")
-    result = benchmark.run(jobs=jobs, workers=workers, command=command, rounds=rounds)
-    click.echo(benchmark.render(result, as_json))

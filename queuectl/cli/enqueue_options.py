@@ -1,0 +1,113 @@
+"""`queuectl enqueue`'s option declarations and the one call that enqueues.
+
+The click command (enqueue.py) and the pre-parser (fast_enqueue.py) are both built
+from OPTIONS and both call submit(), so the two cannot disagree on an option's name,
+its type, or what is done with its value.  The values' ranges are checked once, by
+the job rules (rules.check_job) that submit() applies.  Imports neither click nor
+the library: the pre-parser loads this module.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+
+class Option:
+    """One option of `queuectl enqueue`: its flag, click's parameter name, the job
+    field it sets, the type its value converts to, and its help."""
+
+    __slots__ = ("field", "flag", "help", "kind", "param")
+
+    def __init__(self, flag: str, param: str, field: str, kind: type, help: str) -> None:
+        self.flag = flag
+        self.param = param
+        self.field = field
+        self.kind = kind
+        self.help = help
+
+
+OPTIONS = (
+    Option("--id", "job_id", "id", str, "Job id (default: a new sortable id)."),
+    Option(
+        "--max-retries",
+        "max_retries",
+        "max_retries",
+        int,
+        "Retries after the first attempt (default: config).",
+    ),
+    Option("--priority", "priority", "priority", int, "Higher runs first (default 0)."),
+    Option("--delay", "delay", "delay", float, "Seconds to wait before the first run."),
+    Option("--run-at", "run_at", "run_at", str, "Earliest start, ISO-8601 (UTC if no zone)."),
+    Option("--timeout", "timeout", "timeout", float, "Time limit in seconds (default: config job_timeout)."),
+)
+#: The job argument: the words of one job (joined), or `-` for JSON lines on stdin.
+STDIN = "-"
+
+
+def submit(home: str | None, db: str | None, job: Sequence[str], options: Mapping[str, Any]) -> list[str]:
+    """Enqueue `job` on the queue the group options name; the new ids.
+
+    The job text is parsed (and stdin read) before the queue is opened, so bad input is
+    reported first.  A SQLite queue at the current schema is written by
+    store.sqlite.insert with the job rules alone; PostgreSQL, and a database to
+    create, migrate or refuse, go through the library (Queue).
+    """
+    from queuectl import rules
+
+    home_dir, db_url = rules.resolve_locations(home, db)
+    bulk = list(job) == [STDIN]
+    specs = stdin_specs(sys.stdin, options) if bulk else [job_spec(job, options)]
+    ids = None if rules.is_postgres_url(db_url) else _lean(home_dir, db_url, specs, bulk)
+    return _with_library(home, db, specs, bulk) if ids is None else ids
+
+
+def _lean(home_dir: str, db_url: str, specs: list[dict[str, Any]], bulk: bool) -> list[str] | None:
+    """Insert into a SQLite queue at the current schema with store.sqlite.insert and
+    the job rules alone; None (nothing done) for a database to create, migrate or refuse."""
+    from queuectl import rules
+    from queuectl.store.sqlite.insert import insert_new
+
+    rules.open_home(home_dir, db_url)
+    return insert_new(db_url, lambda stored, now: rules.check_jobs(specs, stored, now, numbered=bulk))
+
+
+def _with_library(home: str | None, db: str | None, specs: list[dict[str, Any]], bulk: bool) -> list[str]:
+    from queuectl.api import Queue
+    from queuectl.config import resolve_paths
+
+    queue = Queue.open(resolve_paths(home, db))
+    try:
+        return queue.enqueue_many(specs) if bulk else [queue.enqueue(specs[0])]
+    finally:
+        queue.close()
+
+
+def job_spec(job: Sequence[str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job object of `queuectl enqueue JOB... [options]`: the words joined into a
+    command (or a JSON object), the options given over its fields."""
+    from queuectl.rules import parse_job_text
+
+    return {**parse_job_text(" ".join(job)), **_overrides(options)}
+
+
+def stdin_specs(stream: Any, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The job objects of `queuectl enqueue - [options]`: the stream's JSON lines, the
+    options given over their fields."""
+    from queuectl.errors import InvalidInput
+    from queuectl.rules import read_json_lines
+
+    specs = read_json_lines(stream)
+    if options.get("job_id") is not None and len(specs) > 1:
+        raise InvalidInput("--id cannot be used with more than one job")
+    overrides = _overrides(options)
+    return [{**s, **overrides} for s in specs] if overrides else specs
+
+
+def _overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options given (not None), under their job field names."""
+    return {o.field: options[o.param] for o in OPTIONS if options.get(o.param) is not None}

@@ -1,0 +1,144 @@
+"""The job commands: status, list, inspect, logs, purge."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from queuectl.cli import render
+from queuectl.cli.context import LIMIT, Ctx, pass_ctx
+from queuectl.cli.render import emit_json, json_option, print_jobs, table
+from queuectl.errors import InvalidInput
+
+#: The lines of `queuectl status`, in order, before the recovery line.
+STATUS_KEYS = ("pending", "processing", "completed", "failed", "dead", "total", "workers")
+
+
+@click.command()
+@json_option
+@pass_ctx
+def status(c: Ctx, as_json: bool) -> None:
+    """Jobs per state, the total, and the live workers."""
+    counts = c.queue.status()
+    if as_json:
+        emit_json(counts)
+        return
+    out, warning = _status_text(counts)
+    click.echo(out, nl=False)
+    if warning is not None:
+        click.echo(warning, err=True)
+
+
+def _status_text(counts: Mapping[str, Any]) -> tuple[str, str | None]:
+    """`queuectl status`'s text for Queue.status() counts: (stdout, a warning for
+    stderr or None)."""
+    lines = [f"{key:<11} {counts[key]}" for key in STATUS_KEYS]
+    rec = counts["recovery"]
+    if rec["last_pass_at"] is None:
+        lines.append("recovery    no recovery pass has run yet (no monitor or worker has started)")
+    else:
+        by = f"{rec['last_pass_by']} ({rec['last_pass_kind']})"
+        lines.append(f"recovery    last pass {rec['age_s']:.1f}s ago by {by}")
+    warning = None
+    if rec["overdue"] and (counts["processing"] or counts["workers"]):
+        warning = "warning: no recovery pass for over 3 monitor intervals: is a monitor or worker running?"
+    return "".join(line + "\n" for line in lines), warning
+
+
+@click.command("list")
+@click.option("--state", help="Only jobs in this state.")
+@click.option("--limit", type=LIMIT, help="At most N jobs (oldest first).")
+@json_option
+@pass_ctx
+def list_(c: Ctx, state: str | None, limit: int | None, as_json: bool) -> None:
+    """List jobs, oldest first."""
+    print_jobs(c.queue.list(state, limit), as_json)
+
+
+@click.command()
+@click.argument("job_id")
+@json_option
+@pass_ctx
+def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
+    """Every field of a job, its captured output and its full history."""
+    job, events = c.queue.inspect(job_id)
+    data = job.to_dict()
+    data["history"] = [e.to_dict() for e in events]
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        if key in ("history", "stdout", "stderr"):
+            continue
+        click.echo(f"{key:<12} {'' if value is None else render.line(str(value))}")
+    for stream in ("stdout", "stderr"):
+        click.echo(f"--- {stream} ---")
+        text = render.block(data[stream] or "")
+        click.echo(text, nl=not text.endswith("\n"))
+    click.echo("--- history ---")
+    rows = [
+        (
+            e["at"],
+            e["from"] or "-",
+            e["to"],
+            e["attempt"],
+            e["worker_id"],
+            e["exit_code"],
+            e["reason"] or e["error"],
+        )
+        for e in data["history"]
+    ]
+    table(rows, ("at", "from", "to", "attempt", "worker", "exit", "reason/error"))
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--stream", type=click.Choice(["both", "stdout", "stderr"]), default="both")
+@click.option("--raw", is_flag=True, help="Print the output as the job wrote it (control characters too).")
+@pass_ctx
+def logs(c: Ctx, job_id: str, stream: str, raw: bool) -> None:
+    """The stdout and stderr of a job's last attempt (terminal control characters
+    shown escaped, unless --raw)."""
+    job = c.queue.get(job_id)
+    shown = (lambda text: text) if raw else render.block
+    if stream in ("both", "stdout") and job.stdout:
+        click.echo(shown(job.stdout), nl=False)
+    if stream in ("both", "stderr") and job.stderr:
+        click.echo(shown(job.stderr), nl=False, err=stream == "both")
+
+
+@click.command()
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    required=True,
+    type=click.Choice(["completed", "dead"]),
+    help="Purge jobs in this state (repeatable).",
+)
+@click.option("--older-than", type=click.FloatRange(min=0), help="Only jobs finished this many seconds ago.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def purge(c: Ctx, states: tuple[str, ...], older_than: float | None, yes: bool) -> None:
+    """Delete finished jobs and their history for good."""
+    if not yes:
+        n = c.queue.purgeable(list(states), older_than)
+        what = f"{n} {'/'.join(states)} job{'' if n == 1 else 's'}"
+        if not _confirm(f"Delete {what} and their history?"):
+            raise InvalidInput("not confirmed: nothing deleted")
+    n = c.queue.purge(list(states), older_than)
+    click.echo(f"purged {n} jobs")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read one answer from stdin: yes, or no (the default).  No answer
+    at all (stdin closed or at its end) is a usage error; ^C stays an interrupt."""
+    click.echo(f"{question} [y/N]: ", nl=False, err=True)
+    answer = sys.stdin.readline() if sys.stdin is not None else ""
+    if not answer:
+        click.echo(err=True)
+        raise InvalidInput("no answer on stdin: nothing deleted (give --yes to purge without asking)")
+    return answer.strip().lower() in ("y", "yes")
