@@ -1,7 +1,7 @@
 """structlog set-up: JSON events, one object per line, no global configuration.
 
 Workers and the monitor log their events to stderr (supervisord writes them to
-files under logs/); recovery logs for auditors are separate files (monitor.py).
+files under logs/); recovery logs for auditors are separate files (recovery_log.py).
 Those two processes write through a LogStream: when nobody reads their stderr any
 more (supervisord died, a terminal closed), a log line goes to the process's own
 file under logs/ instead, or is dropped; it never raises, so a log line can never

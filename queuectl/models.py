@@ -280,7 +280,7 @@ class WorkerInfo:
         }
 
 
-#: The lease every recovery pass runs under (monitor.py); here, so that reading it
+#: The lease every recovery pass runs under (recovery.py); here, so that reading it
 #: (`queuectl status`) does not import the monitor.
 MONITOR_LEASE = "monitor"
 
