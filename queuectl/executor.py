@@ -23,6 +23,7 @@ from queuectl import contain
 from queuectl.affinity import widen, widen_one
 from queuectl.models import Outcome
 from queuectl.procs import proc_start
+from queuectl.settings import SETTINGS
 
 #: The variables of a job's environment its stdin marker repeats (procs.job_processes).
 MARKED = ("QUEUECTL_JOB_ID", "QUEUECTL_LEASE", "QUEUECTL_ATTEMPT", "QUEUECTL_QUEUE")
@@ -179,8 +180,9 @@ class Command:
     command: str
     timeout: float
     env: Mapping[str, str]
-    kill_grace: float = 5.0
-    output_limit: int = 64 * 1024
+    kill_grace: float = SETTINGS["kill_grace"].default
+    #: Bytes (the setting is in KiB).
+    output_limit: int = SETTINGS["output_limit"].default * 1024
     #: The CPUs the job may use, when the worker keeps itself to one (cpu_affinity).
     cpus: frozenset[int] | None = None
 

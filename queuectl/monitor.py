@@ -12,6 +12,7 @@ from typing import Any
 from queuectl.config import Config
 from queuectl.errors import QueuectlError, StoreFatal
 from queuectl.recovery import Recoverer
+from queuectl.settings import SETTINGS
 from queuectl.signals import StopSignals
 from queuectl.store import Store
 
@@ -34,7 +35,7 @@ class Monitor(Recoverer):
     def run(self) -> int:
         self.log.info("monitor_started", host=self.host)
         while not self.signals.warm:
-            interval = 5.0
+            interval = float(SETTINGS["monitor_interval"].default)  # until config is read
             try:
                 self.store.check_database()
                 cfg = Config.from_stored(self.store.config_items())

@@ -1,5 +1,6 @@
 """The recovery commands: `monitor run` (the monitor's loop) and `recover` (one pass
-now).  Parsing and rendering only: the work is in monitor.py."""
+now).  Parsing and rendering only: the work is in monitor.py (the
+loop) and recovery.py (the pass)."""
 
 from __future__ import annotations
 

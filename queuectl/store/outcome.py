@@ -136,7 +136,11 @@ def recovered(
     guard: RecoveryGuard = UNGUARDED,
 ) -> Recovered:
     """The recovery that sends a job to `state`: FAILED due at `next_run_at`, DEAD,
-    or PENDING at `next_run_at` with the attempt given back."""
+    or PENDING at `next_run_at` with the attempt given back.  The kind alone says
+    whether the attempt is given back (stores read no flag): a guard that asks for a
+    give-back (`RecoveryGuard.give_back`) with any other state is a caller's error."""
+    if guard.give_back and state is not JobState.PENDING:
+        raise ValueError(f"a give-back sends the job to pending, not to {state}")
     if state is JobState.PENDING and next_run_at is not None:
         return GivenBack(reason, error, next_run_at, audit=audit, guard=guard)
     if state is JobState.FAILED and next_run_at is not None:

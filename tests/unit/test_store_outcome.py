@@ -74,3 +74,14 @@ def test_a_recovery_names_its_state_and_whether_the_attempt_counts() -> None:
 def test_no_recovery_to_a_state_it_cannot_send_a_job_to(state: JobState, next_run_at: float | None) -> None:
     with pytest.raises(ValueError):
         recovered(state, next_run_at, "manual", "op")
+
+
+def test_a_guard_that_gives_the_attempt_back_admits_only_pending() -> None:
+    # Stores write a give-back from the outcome's kind: a flag that says otherwise
+    # must not be turned silently into a counted attempt.
+    give_back = RecoveryGuard(holder="monitor:1", give_back=True)
+    back = recovered(JobState.PENDING, T0, "worker_died", "never started", guard=give_back)
+    assert isinstance(back, GivenBack) and back.guard == give_back
+    for state, at in ((JobState.FAILED, T0), (JobState.DEAD, None)):
+        with pytest.raises(ValueError):
+            recovered(state, at, "worker_died", "x", guard=give_back)
