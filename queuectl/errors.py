@@ -36,6 +36,16 @@ class DuplicateJob(Conflict):
         self.job_id = job_id
 
 
+class UniqueConflict(Conflict):
+    """A new job's unique key is held by a job that may still run."""
+
+    def __init__(self, key: str, job_id: str | None) -> None:
+        holder = f"job {job_id}" if job_id else "another job"
+        super().__init__(f"unique key {key!r} is held by {holder} (pending, failed, waiting or processing)")
+        self.key = key
+        self.job_id = job_id
+
+
 class StoreError(QueuectlError):
     """The database cannot be used: busy, corrupt, not ours, read-only, full."""
 

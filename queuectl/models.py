@@ -7,6 +7,7 @@ this module, so the retry rules live in exactly one place.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -16,6 +17,8 @@ from queuectl.rules import iso, new_id, parse_time
 
 __all__ = [
     "ALLOWED",
+    "CANCELLABLE",
+    "DEFAULT_QUEUE",
     "JOB_COLUMNS",
     "MONITOR_LEASE",
     "RUNNABLE",
@@ -51,6 +54,12 @@ class JobState(enum.StrEnum):
     PROCESSING -> PENDING            recovered before its command started: the attempt
                                      is given back (attempts -= 1)
     DEAD -> PENDING                  `dlq retry` (attempts reset to 0)
+    (new) -> WAITING                 enqueued after parents (--after) not all completed
+    WAITING -> PENDING               its last parent completed (due then, or at run_at)
+    WAITING/PENDING/FAILED/PROCESSING -> CANCELLED
+                                     `cancel` (a running attempt is killed by its own
+                                     worker, which sees it with its heartbeat), or a
+                                     parent ended dead or cancelled
     """
 
     PENDING = "pending"
@@ -58,20 +67,30 @@ class JobState(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     DEAD = "dead"
+    WAITING = "waiting"
+    CANCELLED = "cancelled"
 
 
 #: States a worker may claim from.
 RUNNABLE = (JobState.PENDING, JobState.FAILED)
 #: States a job never leaves on its own.
-TERMINAL = (JobState.COMPLETED, JobState.DEAD)
+TERMINAL = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+#: States `cancel` moves to CANCELLED (a job that may still run).
+CANCELLABLE = (JobState.WAITING, JobState.PENDING, JobState.FAILED, JobState.PROCESSING)
+#: The default queue's name.
+DEFAULT_QUEUE = "default"
 
 ALLOWED: Mapping[JobState | None, frozenset[JobState]] = {
-    None: frozenset({JobState.PENDING}),
-    JobState.PENDING: frozenset({JobState.PROCESSING}),
-    JobState.FAILED: frozenset({JobState.PROCESSING}),
-    JobState.PROCESSING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.DEAD, JobState.PENDING}),
+    None: frozenset({JobState.PENDING, JobState.WAITING}),
+    JobState.WAITING: frozenset({JobState.PENDING, JobState.CANCELLED}),
+    JobState.PENDING: frozenset({JobState.PROCESSING, JobState.CANCELLED}),
+    JobState.FAILED: frozenset({JobState.PROCESSING, JobState.CANCELLED}),
+    JobState.PROCESSING: frozenset(
+        {JobState.COMPLETED, JobState.FAILED, JobState.DEAD, JobState.PENDING, JobState.CANCELLED}
+    ),
     JobState.DEAD: frozenset({JobState.PENDING}),
     JobState.COMPLETED: frozenset(),
+    JobState.CANCELLED: frozenset(),
 }
 
 
@@ -183,6 +202,14 @@ class Job:
     error: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+    #: The named queue the job is in.
+    queue: str = DEFAULT_QUEUE
+    #: The directory the command runs in (None: the worker's own).
+    cwd: str | None = None
+    #: Variables added to the worker's environment, as a JSON object (None: none).
+    env: str | None = None
+    #: While the job may still run, no other such job has this key (None: no key).
+    unique_key: str | None = None
 
     @classmethod
     def from_tuple(cls, row: Sequence[Any]) -> Job:
@@ -190,6 +217,13 @@ class Job:
         job = cls(*row)
         object.__setattr__(job, "state", JobState(job.state))
         return job
+
+    def environment(self) -> dict[str, str]:
+        """The variables `env` adds (empty: none)."""
+        if not self.env:
+            return {}
+        value = json.loads(self.env)
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
     def to_dict(self, *, output: bool = True) -> dict[str, Any]:
         """The stable JSON form: times as ISO-8601 UTC, states as strings."""
@@ -202,6 +236,8 @@ class Job:
                 value = value.value
             elif f.name in ("stdout", "stderr") and not output:
                 continue
+            elif f.name == "env":
+                value = self.environment()
             out[f.name] = value
         if self.state not in RUNNABLE:
             # Only a waiting job has a next run; elsewhere the stored value would mislead.
@@ -352,3 +388,10 @@ class NewJob:
     priority: int
     timeout: float
     run_at: float
+    queue: str = DEFAULT_QUEUE
+    cwd: str | None = None
+    #: JSON object text, or None.
+    env: str | None = None
+    unique_key: str | None = None
+    #: Parents: the job waits until every one of them has completed.
+    after: tuple[str, ...] = ()

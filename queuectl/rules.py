@@ -142,8 +142,11 @@ JOB_FIELDS = frozenset({"id", "command", "max_retries", "priority", "run_at", "d
 #: values (so a job printed by `inspect --json` can be enqueued again elsewhere).
 INITIAL_FIELDS = frozenset({"state", "attempts", "created_at", "updated_at"})
 
-#: A validated new job: (id, command, max_retries, priority, timeout, run_at).
-JobRow = tuple[str, str, int, int, float, float]
+#: A validated new job, models.NewJob's fields in order: (id, command, max_retries,
+#: priority, timeout, run_at, queue, cwd, env, unique_key, after).
+JobRow = tuple[str, str, int, int, float, float, str, str | None, str | None, str | None, tuple[str, ...]]
+#: The queue a job goes to when none is named (models.DEFAULT_QUEUE).
+DEFAULT_QUEUE = "default"
 
 
 def parse_job_text(text: str) -> dict[str, Any]:
@@ -241,7 +244,19 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
         command = _check_command(spec.get("command"))
         job_id = spec.get("id")
         job_id = new_id(now) if job_id is None else _check_id(job_id)
-        return (job_id, command, max_retries, _PRIORITY, float(timeout), now)
+        return (
+            job_id,
+            command,
+            max_retries,
+            _PRIORITY,
+            float(timeout),
+            now,
+            DEFAULT_QUEUE,
+            None,
+            None,
+            None,
+            (),
+        )
     unknown = set(spec) - JOB_FIELDS - INITIAL_FIELDS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
@@ -256,6 +271,11 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
         _int(spec, "priority", _PRIORITY),
         _number(spec, "timeout", timeout),
         _start_time(spec, now),
+        DEFAULT_QUEUE,
+        None,
+        None,
+        None,
+        (),
     )
 
 

@@ -14,7 +14,17 @@ from queuectl.cli.render import emit_json, json_option, print_jobs, table
 from queuectl.errors import InvalidInput
 
 #: The lines of `queuectl status`, in order, before the recovery line.
-STATUS_KEYS = ("pending", "processing", "completed", "failed", "dead", "total", "workers")
+STATUS_KEYS = (
+    "pending",
+    "processing",
+    "completed",
+    "failed",
+    "dead",
+    "waiting",
+    "cancelled",
+    "total",
+    "workers",
+)
 
 
 @click.command()

@@ -14,7 +14,17 @@ from queuectl.models import parse_time
 from tests.helpers import QHome
 
 #: The status --json keys every version carries.
-STATUS_KEYS = {"pending", "processing", "completed", "failed", "dead", "total", "workers"}
+STATUS_KEYS = {
+    "pending",
+    "processing",
+    "completed",
+    "failed",
+    "dead",
+    "waiting",
+    "cancelled",
+    "total",
+    "workers",
+}
 #: Keys status --json may carry besides (documented in the README).
 STATUS_EXTRA = {"recovery"}
 #: Every field of a job in the JSON form.
@@ -179,6 +189,8 @@ def test_status_json(qhome: QHome) -> None:
         "completed": 1,
         "failed": 0,
         "dead": 1,
+        "waiting": 0,
+        "cancelled": 0,
         "total": 3,
         "workers": 0,
     }

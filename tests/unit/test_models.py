@@ -62,19 +62,23 @@ def test_outcome_ok_only_for_a_clean_exit_zero() -> None:
 
 
 def test_transition_table() -> None:
-    assert ALLOWED[None] == {JobState.PENDING}
+    # WAITING: enqueued after parents that have not all completed.
+    assert ALLOWED[None] == {JobState.PENDING, JobState.WAITING}
     # PENDING: an attempt given back (recovered before its command started).
     assert ALLOWED[JobState.PROCESSING] == {
         JobState.COMPLETED,
         JobState.FAILED,
         JobState.DEAD,
         JobState.PENDING,
+        JobState.CANCELLED,
     }
+    assert ALLOWED[JobState.WAITING] == {JobState.PENDING, JobState.CANCELLED}
     assert ALLOWED[JobState.DEAD] == {JobState.PENDING}
-    assert ALLOWED[JobState.COMPLETED] == frozenset()
+    for state in (JobState.COMPLETED, JobState.CANCELLED):
+        assert ALLOWED[state] == frozenset()
     for state in RUNNABLE:
-        assert ALLOWED[state] == {JobState.PROCESSING}
-    assert set(RUNNABLE) | set(TERMINAL) | {JobState.PROCESSING} == set(JobState)
+        assert ALLOWED[state] == {JobState.PROCESSING, JobState.CANCELLED}
+    assert set(RUNNABLE) | set(TERMINAL) | {JobState.PROCESSING, JobState.WAITING} == set(JobState)
     assert str(JobState.DEAD) == "dead"
 
 

@@ -59,11 +59,11 @@ def test_a_job_field_takes_its_range_from_the_table(field: str) -> None:
 
 def test_a_jobs_defaults_are_the_queues_settings() -> None:
     stored = {"max_retries": "7", "job_timeout": "12.5"}
-    ((_, _, max_retries, priority, timeout, run_at),) = rules.check_jobs(
+    ((_, _, max_retries, priority, timeout, run_at, *_),) = rules.check_jobs(
         [{"command": "true"}], stored, NOW, numbered=False
     )
     assert (max_retries, priority, timeout, run_at) == (7, JOB_OPTIONS["priority"].default, 12.5, NOW)
-    ((_, _, max_retries, _, timeout, _),) = rules.check_jobs([{"command": "true"}], {}, NOW, numbered=False)
+    ((_, _, max_retries, _, timeout, *_),) = rules.check_jobs([{"command": "true"}], {}, NOW, numbered=False)
     assert (max_retries, timeout) == (Config().max_retries, Config().job_timeout)
 
 

@@ -22,6 +22,13 @@ Conn = psycopg.Connection[Any]
 #: Advisory lock class for migrations ("QCTL"); the key is the schema's hash.
 LOCK_CLASS = 0x5143544C
 
+#: Advisory lock class of a queue's concurrency check ("QCTQ").
+ROOM_LOCK = 0x51435451
+#: Every state, as the v10 CHECK constraint lists them.
+STATES = "'pending','processing','completed','failed','dead','waiting','cancelled'"
+#: The states of a job that may still run: a unique key is held in these.
+LIVE = "'waiting','pending','failed','processing'"
+
 MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE TABLE jobs (
@@ -150,6 +157,77 @@ MIGRATIONS: tuple[str, ...] = (
     # on the two stores' version N means one model.
     "SELECT 1",
     "SELECT 1",
+    # v10: job control (the model of SQLite's v10): the waiting and cancelled states,
+    # named queues (queue; the queues table), cwd and env, unique keys (a partial
+    # unique index over the jobs that may still run), dependencies (job_deps, released
+    # and cancelled by triggers in the transaction of the parent's change; PostgreSQL
+    # triggers fire for a trigger's own updates, so a cancel reaches grandchildren).
+    # queuectl_room() is a queue's concurrency check for the claim: VOLATILE, so its
+    # count reads a snapshot taken after its lock (READ COMMITTED), not the claim's.
+    f"""
+    ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+    ALTER TABLE jobs ADD CONSTRAINT jobs_state_check CHECK (state IN ({STATES}));
+    ALTER TABLE jobs ADD COLUMN queue text COLLATE "C" NOT NULL DEFAULT 'default',
+                     ADD COLUMN cwd text, ADD COLUMN env text, ADD COLUMN unique_key text;
+    DROP INDEX IF EXISTS jobs_due;
+    CREATE INDEX jobs_due ON jobs (queue, priority DESC, next_run_at, id)
+        WHERE state IN ('pending', 'failed');
+    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ({LIVE});
+
+    CREATE TABLE queues (
+        name        text COLLATE "C" PRIMARY KEY,
+        paused      boolean NOT NULL DEFAULT false,
+        concurrency bigint                          -- at most this many processing; NULL: any
+    );
+    INSERT INTO queues (name) VALUES ('default');
+    INSERT INTO queues (name) SELECT DISTINCT queue FROM jobs ON CONFLICT DO NOTHING;
+
+    CREATE TABLE job_deps (
+        child  text COLLATE "C" NOT NULL,
+        parent text COLLATE "C" NOT NULL,
+        PRIMARY KEY (child, parent)
+    );
+    CREATE INDEX job_deps_parent ON job_deps (parent, child);
+
+    CREATE FUNCTION jobs_release_children() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        UPDATE jobs SET state = 'pending', next_run_at = greatest(run_at, NEW.updated_at),
+            updated_at = NEW.updated_at, reason = 'parents_completed'
+        WHERE state = 'waiting' AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id)
+          AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.parent
+                          WHERE d.child = jobs.id AND p.state <> 'completed');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_release_children AFTER UPDATE OF state ON jobs
+        FOR EACH ROW WHEN (NEW.state = 'completed' AND OLD.state IS DISTINCT FROM NEW.state)
+        EXECUTE FUNCTION jobs_release_children();
+
+    CREATE FUNCTION jobs_cancel_children() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        UPDATE jobs SET state = 'cancelled', next_run_at = NULL, updated_at = NEW.updated_at,
+            finished_at = NEW.updated_at, reason = 'parent ' || NEW.id || ' ' || NEW.state
+        WHERE state = 'waiting' AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_cancel_children AFTER UPDATE OF state ON jobs
+        FOR EACH ROW WHEN (NEW.state IN ('dead', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+        EXECUTE FUNCTION jobs_cancel_children();
+
+    CREATE FUNCTION queuectl_room(q text, most bigint) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
+    BEGIN
+        -- Held to the end of the claim's transaction: the next claimer's count, taken
+        -- after it gets the lock, sees this claim committed.  A claimer that cannot
+        -- take it passes the queue over, as SKIP LOCKED passes a row over.
+        IF NOT pg_try_advisory_xact_lock({ROOM_LOCK}, hashtext(current_schema() || '/' || q)) THEN
+            RETURN false;
+        END IF;
+        RETURN (SELECT count(*) FROM jobs WHERE state = 'processing' AND queue = q) < most;
+    END $$;
+    """,
 )
 
 #: The version of a schema with every migration applied.

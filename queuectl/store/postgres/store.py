@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from queuectl.errors import DuplicateJob, StoreError
+from queuectl.errors import DuplicateJob, StoreError, UniqueConflict
 from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
 from queuectl.store.outcome import Finished, Recovered
 from queuectl.store.postgres import queries
@@ -75,19 +75,41 @@ class PostgresStore:
 
         def insert(conn: Conn) -> list[str]:
             with conn.transaction():
+                wait = queries.waiting(conn, jobs) if any(j.after for j in jobs) else frozenset()
                 if len(jobs) < COPY_THRESHOLD:
-                    queries.insert_few(conn, jobs, now)
+                    queries.insert_few(conn, jobs, now, wait)
                 else:
-                    queries.copy_many(conn, jobs, now)
+                    queries.copy_many(conn, jobs, now, wait)
+                queries.link(conn, jobs)
                 conn.execute("SELECT pg_notify(%s, 'enqueue')", (self._channel,))
             return ids
 
         try:
             return self._db.run(insert)
         except DuplicateJob:
-            raise DuplicateJob(self._first_existing(ids)) from None
+            raise self._conflict(jobs) from None
         except UnicodeEncodeError:
             raise StoreError("job text is not valid UTF-8") from None
+
+    def _conflict(self, jobs: Sequence[NewJob]) -> DuplicateJob | UniqueConflict:
+        """What a failed insert clashed with: an id, or else a unique key."""
+        taken = self._first_existing([j.id for j in jobs])
+        keyed = [(j.unique_key, j.id) for j in jobs if j.unique_key is not None]
+        if taken is not None or not keyed:
+            return DuplicateJob(taken)
+        seen: dict[str, str] = {}
+        for key, job_id in keyed:
+            if key in seen:
+                return UniqueConflict(key, seen[key])
+            seen[key] = job_id
+            rows = self._db.read(
+                "SELECT id FROM jobs WHERE unique_key = %s"
+                " AND state IN ('waiting', 'pending', 'failed', 'processing')",
+                (key,),
+            )
+            if rows:
+                return UniqueConflict(key, str(rows[0][0]))
+        return DuplicateJob(None)
 
     def _first_existing(self, ids: list[str]) -> str | None:
         seen: set[str] = set()

@@ -106,6 +106,9 @@ def _configure(conn: apsw.Connection, path: str, synchronous: str | None) -> Non
     if str(mode).lower() != "wal":
         raise StoreError(f"database {path} cannot use WAL mode (journal_mode={mode})")
     conn.execute("PRAGMA foreign_keys=ON")
+    # A cancelled parent's waiting children are cancelled by a trigger, and theirs by
+    # the same trigger again (schema v10).
+    conn.execute("PRAGMA recursive_triggers=ON")
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
     conn.transaction_mode = "IMMEDIATE"
     if synchronous is None:

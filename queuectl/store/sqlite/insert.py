@@ -9,7 +9,7 @@ import time
 
 import apsw
 
-from queuectl.errors import DuplicateJob, StoreError
+from queuectl.errors import DuplicateJob, StoreError, UniqueConflict
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS_UPTO, fold_counts
 from queuectl.store.sqlite.schema import is_current
@@ -19,25 +19,23 @@ from queuectl.store.sqlite.schema import is_current
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from typing import Any
 
-    #: A validated job as rules.check_job returns it:
-    #: (id, command, max_retries, priority, timeout, run_at).
-    JobRow = tuple[str, str, int, int, float, float]
+    from queuectl.rules import JobRow
 
-# None -> PENDING (insert_jobs writes the first events with INSERT_FIRST_EVENTS).  Parameters: id,
-# command, max_retries, priority, timeout, created_at, updated_at, run_at, next_run_at.
+# None -> PENDING or WAITING (insert_jobs writes the first events with
+# INSERT_FIRST_EVENTS).  Parameters: id, command, state, max_retries, priority, timeout,
+# created_at, updated_at, run_at, next_run_at, queue, cwd, env, unique_key.
 INSERT_JOB = (
     "INSERT INTO jobs (id, command, state, max_retries, priority, timeout,"
-    " created_at, updated_at, run_at, next_run_at)"
-    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+    " created_at, updated_at, run_at, next_run_at, queue, cwd, env, unique_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: The first event (what the state trigger writes for a change) of every job inserted
 #: after the row with rowid ?, in rowid order: the order insert_jobs inserted them.
 #: One statement for all of them, not one per job.
 INSERT_FIRST_EVENTS = (
     "INSERT INTO job_events (job_id, at, from_state, to_state, attempt)"
-    " SELECT id, updated_at, NULL, 'pending', 0 FROM jobs WHERE rowid > ? ORDER BY rowid"
+    " SELECT id, updated_at, NULL, state, 0 FROM jobs WHERE rowid > ? ORDER BY rowid"
 )
 #: SQLite gives a new row the largest rowid plus one, unless the largest is 2**63-1
 #: (then any unused one), so below this bound (a wide safety margin) the rows
@@ -49,12 +47,19 @@ _ROWID_SAFE = 2**62
 FOLD_MIN_ROWS = 500
 
 
-def insert_jobs(conn: apsw.Connection, path: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert jobs as PENDING (rows as INSERT_JOB takes them), each with its first
-    history event, in one transaction; DuplicateJob names the first id that exists
-    (or repeats)."""
+def insert_jobs(conn: apsw.Connection, path: str, jobs: Sequence[JobRow], now: float) -> None:
+    """Insert jobs (rows as rules.check_job returns them), each with its first
+    history event, in one transaction: all of them or none.  A job is PENDING, due at
+    its run_at, or WAITING while a parent (`after`) has not completed.
 
-    fold = len(rows) >= FOLD_MIN_ROWS
+    DuplicateJob names the first id that exists (or repeats); UniqueConflict the first
+    unique key a job that may still run holds; JobNotFound a parent that is neither
+    stored nor in `jobs`; Conflict a parent that ended dead or cancelled (the job could
+    never run)."""
+
+    fold = len(jobs) >= FOLD_MIN_ROWS
+    queues = {j[6] for j in jobs}
+    linked = [j for j in jobs if j[10]]
 
     def insert(c: apsw.Connection) -> None:
         if fold:  # the events since the last fold; the new jobs are counted below
@@ -62,16 +67,96 @@ def insert_jobs(conn: apsw.Connection, path: str, rows: Sequence[tuple[Any, ...]
         before = c.execute("SELECT coalesce(max(rowid), 0) FROM jobs").fetchall()[0][0]
         if not isinstance(before, int) or before >= _ROWID_SAFE:
             raise StoreError("the jobs table has run out of rowids in order")
-        c.executemany(INSERT_JOB, rows)
+        waiting = _waiting(c, linked, {j[0] for j in jobs}) if linked else frozenset()
+        c.executemany(
+            INSERT_JOB,
+            [
+                (
+                    i,
+                    cmd,
+                    "waiting" if i in waiting else "pending",
+                    retries,
+                    prio,
+                    timeout,
+                    now,
+                    now,
+                    at,
+                    None if i in waiting else at,
+                    queue,
+                    cwd,
+                    env,
+                    key,
+                )
+                for i, cmd, retries, prio, timeout, at, queue, cwd, env, key, _ in jobs
+            ],
+        )
         c.execute(INSERT_FIRST_EVENTS, (before,))
+        if linked:
+            c.executemany(
+                "INSERT OR IGNORE INTO job_deps (child, parent) VALUES (?, ?)",
+                [(j[0], parent) for j in linked for parent in j[10]],
+            )
+        if queues != {"default"}:
+            c.executemany("INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in sorted(queues)])
         if fold:  # no other writer between: the snapshot is current but for these
-            c.execute("UPDATE job_counts SET n = n + ? WHERE state = 'pending'", (len(rows),))
+            c.executemany(
+                "UPDATE job_counts SET n = n + ? WHERE state = ?",
+                [(len(waiting), "waiting"), (len(jobs) - len(waiting), "pending")],
+            )
             c.execute(COUNTS_UPTO)
 
     try:
         write(conn, path, insert)
     except DuplicateJob:
-        raise DuplicateJob(_first_existing(conn, path, [str(r[0]) for r in rows])) from None
+        keyed = [(str(j[9]), str(j[0])) for j in jobs if j[9] is not None]
+        raise _conflict(conn, path, [str(j[0]) for j in jobs], keyed) from None
+
+
+def _waiting(c: apsw.Connection, linked: Sequence[JobRow], new: set[str]) -> frozenset[str]:
+    """The ids among `linked` (jobs with parents) that must wait: a parent in this
+    batch or stored and not completed.  Raises for an unknown parent, or one that
+    ended dead or cancelled."""
+    from queuectl.errors import Conflict, JobNotFound
+
+    waiting = set()
+    for job in linked:
+        for parent in job[10]:
+            if parent in new:
+                waiting.add(job[0])
+                continue
+            rows = c.execute("SELECT state FROM jobs WHERE id = ?", (parent,)).fetchall()
+            if not rows:
+                raise JobNotFound(parent)
+            state = str(rows[0][0])
+            if state in ("dead", "cancelled"):
+                raise Conflict(f"parent job {parent} is {state}: job {job[0]} could never run")
+            if state != "completed":
+                waiting.add(job[0])
+    return frozenset(waiting)
+
+
+def _conflict(
+    conn: apsw.Connection, path: str, ids: list[str], keyed: list[tuple[str, str]]
+) -> DuplicateJob | UniqueConflict:
+    """What a failed insert clashed with: an id, or else a unique key."""
+    taken = _first_existing(conn, path, ids)
+    if taken is not None or not keyed:
+        return DuplicateJob(taken)
+    seen: dict[str, str] = {}
+    for key, job_id in keyed:
+        if key in seen:
+            return UniqueConflict(key, seen[key])
+        seen[key] = job_id
+        rows = read(
+            conn,
+            path,
+            "SELECT id FROM jobs WHERE unique_key = ?"
+            " AND state IN ('waiting', 'pending', 'failed', 'processing')",
+            (key,),
+        )
+        if rows:
+            return UniqueConflict(key, str(rows[0][0]))
+    return DuplicateJob(None)
 
 
 def _first_existing(conn: apsw.Connection, path: str, ids: list[str]) -> str | None:
@@ -103,11 +188,8 @@ def insert_new(path: str, build: Callable[[Mapping[str, str], float], Sequence[J
             return None
         now = time.time()  # SQLiteStore's clock
         jobs = build(config_items(conn, path), now)
-        rows = [
-            (i, cmd, retries, prio, timeout, now, now, at, at) for i, cmd, retries, prio, timeout, at in jobs
-        ]
-        insert_jobs(conn, path, rows)
-        return [r[0] for r in rows]
+        insert_jobs(conn, path, jobs, now)
+        return [j[0] for j in jobs]
     except apsw.Error as exc:
         raise translate(exc, path) from None
     finally:

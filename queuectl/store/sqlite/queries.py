@@ -14,18 +14,27 @@ from queuectl.store.sql import finish_params
 COLS = ", ".join(JOB_COLUMNS)
 
 # PENDING/FAILED -> PROCESSING: one statement, so no two claimers can both match the
-# row.  INDEXED BY: without statistics the planner prefers jobs_state (state=?) plus a
-# sort of every runnable job, a cost that grows with the queue; jobs_due answers from
-# its first entry.
+# row (and, SQLite having one writer at a time, no two can both see room under a
+# queue's concurrency).  Each queue the worker serves (:served, a JSON array; NULL:
+# every queue) that is not paused and has room gives its first due job, read from
+# jobs_due from its first entry for that queue; the best of those is claimed.  The
+# cost grows with the number of queues, not of jobs.  INDEXED BY: without statistics
+# the planner prefers jobs_state (state=?) plus a sort of every runnable job.
 _CLAIM = (
     "UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
     " lease = lease + 1, worker_id = :w, started_at = :now, updated_at = :now,"
     " finished_at = NULL, exit_code = NULL, error = NULL, stdout = NULL,"
     " stderr = NULL, reason = NULL"
-    " WHERE id = (SELECT id FROM jobs INDEXED BY jobs_due"
-    "             WHERE state IN ('pending', 'failed')"
-    "             AND next_run_at <= :now"
-    "             ORDER BY priority DESC, next_run_at, id LIMIT 1)"
+    " WHERE id = (SELECT h.id FROM queues q JOIN jobs h ON h.id ="
+    "              (SELECT id FROM jobs INDEXED BY jobs_due"
+    "               WHERE queue = q.name AND state IN ('pending', 'failed')"
+    "               AND next_run_at <= :now"
+    "               ORDER BY priority DESC, next_run_at, id LIMIT 1)"
+    "             WHERE q.paused = 0"
+    "             AND (:served IS NULL OR q.name IN (SELECT value FROM json_each(:served)))"
+    "             AND (q.concurrency IS NULL OR q.concurrency >"
+    "                  (SELECT count(*) FROM jobs p WHERE p.state = 'processing' AND p.queue = q.name))"
+    "             ORDER BY h.priority DESC, h.next_run_at, h.id LIMIT 1)"
     f" RETURNING {COLS}"
 )
 
@@ -38,10 +47,11 @@ _FINISH = (
 )
 
 
-def claim(conn: apsw.Connection, worker_id: str, now: float) -> Job | None:
+def claim(conn: apsw.Connection, worker_id: str, now: float, served: str | None = None) -> Job | None:
+    """`served`: the queues to claim from, as a JSON array (None: every queue)."""
     # The RETURNING cursor is read to its end (fetchall) so the statement completes
     # inside the transaction.
-    rows = conn.execute(_CLAIM, {"w": worker_id, "now": now}).fetchall()
+    rows = conn.execute(_CLAIM, {"w": worker_id, "now": now, "served": served}).fetchall()
     return Job.from_tuple(rows[0]) if rows else None
 
 

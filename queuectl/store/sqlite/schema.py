@@ -19,6 +19,11 @@ APPLICATION_ID = 0x5143544C
 #: name it word for word, so the planner sees that the partial index covers them.
 WAKE_FOR = "state = 'failed' OR (state = 'pending' AND next_run_at > created_at)"
 
+#: Every state, as the v10 CHECK constraints list them.
+STATES = "'pending','processing','completed','failed','dead','waiting','cancelled'"
+#: The states of a job that may still run: a unique key is held in these.
+LIVE = "'waiting','pending','failed','processing'"
+
 MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE TABLE jobs (
@@ -161,6 +166,112 @@ MIGRATIONS: tuple[str, ...] = (
     # and list, only their own workers.
     """
     ALTER TABLE workers ADD COLUMN home TEXT;
+    """,
+    # v10: job control.  Two new states (waiting: for parents; cancelled), so the jobs
+    # table is rebuilt (SQLite cannot change a CHECK); named queues (queue, and the
+    # queues table: paused, concurrency), the caller's directory and variables (cwd,
+    # env), unique keys (held by a partial unique index while the job may still run),
+    # and dependencies (job_deps, released and cancelled by triggers in the
+    # transaction of the parent's change).  jobs_due leads with the queue: the claim
+    # takes each served queue's first due job from it (flat in queue size, and a
+    # paused queue's jobs are never walked).
+    f"""
+    DROP TRIGGER IF EXISTS jobs_history_update;
+    DROP INDEX IF EXISTS jobs_due;
+    DROP INDEX IF EXISTS jobs_next;
+    DROP INDEX IF EXISTS jobs_state;
+    CREATE TABLE jobs_v10 (
+        id          TEXT PRIMARY KEY,
+        command     TEXT NOT NULL,
+        state       TEXT NOT NULL
+                    CHECK (state IN ({STATES})),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        timeout     REAL NOT NULL,
+        lease       INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        run_at      REAL NOT NULL,
+        next_run_at REAL,
+        started_at  REAL,
+        finished_at REAL,
+        worker_id   TEXT,
+        exit_code   INTEGER,
+        error       TEXT,
+        stdout      TEXT,
+        stderr      TEXT,
+        reason      TEXT,
+        queue       TEXT NOT NULL DEFAULT 'default',
+        cwd         TEXT,
+        env         TEXT,                         -- JSON object of added variables
+        unique_key  TEXT
+    ) STRICT;
+    INSERT INTO jobs_v10 (rowid, id, command, state, attempts, max_retries, priority,
+        timeout, lease, created_at, updated_at, run_at, next_run_at, started_at,
+        finished_at, worker_id, exit_code, error, stdout, stderr, reason)
+    SELECT rowid, id, command, state, attempts, max_retries, priority, timeout, lease,
+        created_at, updated_at, run_at, next_run_at, started_at, finished_at, worker_id,
+        exit_code, error, stdout, stderr, reason FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v10 RENAME TO jobs;
+    CREATE INDEX jobs_due ON jobs (queue, priority DESC, next_run_at, id)
+        WHERE state IN ('pending', 'failed');
+    CREATE INDEX jobs_next ON jobs (next_run_at) WHERE {WAKE_FOR};
+    CREATE INDEX jobs_state ON jobs (state, created_at, id);
+    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ({LIVE});
+    CREATE TRIGGER jobs_history_update AFTER UPDATE OF state ON jobs
+    WHEN OLD.state IS NOT NEW.state BEGIN
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, worker_id,
+                                exit_code, error, reason)
+        VALUES (NEW.id, NEW.updated_at, OLD.state, NEW.state, NEW.attempts, NEW.worker_id,
+                NEW.exit_code, NEW.error, NEW.reason);
+    END;
+
+    CREATE TABLE job_counts_v10 (
+        state TEXT PRIMARY KEY CHECK (state IN ({STATES})),
+        n     INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO job_counts_v10 (state, n) SELECT state, n FROM job_counts;
+    INSERT INTO job_counts_v10 (state, n) VALUES ('waiting', 0), ('cancelled', 0);
+    DROP TABLE job_counts;
+    ALTER TABLE job_counts_v10 RENAME TO job_counts;
+
+    CREATE TABLE queues (
+        name        TEXT PRIMARY KEY,
+        paused      INTEGER NOT NULL DEFAULT 0,
+        concurrency INTEGER                       -- at most this many processing; NULL: any
+    ) STRICT;
+    INSERT INTO queues (name) VALUES ('default');
+    INSERT OR IGNORE INTO queues (name) SELECT DISTINCT queue FROM jobs;
+
+    CREATE TABLE job_deps (
+        child  TEXT NOT NULL,
+        parent TEXT NOT NULL,
+        PRIMARY KEY (child, parent)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX job_deps_parent ON job_deps (parent, child);
+
+    -- A parent completed: each waiting child whose parents have all completed is due.
+    CREATE TRIGGER jobs_release_children AFTER UPDATE OF state ON jobs
+    WHEN NEW.state = 'completed' AND OLD.state IS NOT NEW.state
+         AND EXISTS (SELECT 1 FROM job_deps WHERE parent = NEW.id) BEGIN
+        UPDATE jobs SET state = 'pending', next_run_at = max(run_at, NEW.updated_at),
+            updated_at = NEW.updated_at, reason = 'parents_completed'
+        WHERE state = 'waiting' AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id)
+          AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.parent
+                          WHERE d.child = jobs.id AND p.state <> 'completed');
+    END;
+    -- A parent ended dead or cancelled: its waiting children can never run.  Their own
+    -- children follow (recursive_triggers is on for every connection).
+    CREATE TRIGGER jobs_cancel_children AFTER UPDATE OF state ON jobs
+    WHEN NEW.state IN ('dead', 'cancelled') AND OLD.state IS NOT NEW.state
+         AND EXISTS (SELECT 1 FROM job_deps WHERE parent = NEW.id) BEGIN
+        UPDATE jobs SET state = 'cancelled', next_run_at = NULL, updated_at = NEW.updated_at,
+            finished_at = NEW.updated_at, reason = 'parent ' || NEW.id || ' ' || NEW.state
+        WHERE state = 'waiting' AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id);
+    END;
     """,
 )
 

@@ -98,11 +98,23 @@ class SQLiteStore:
     # --- jobs ----------------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[NewJob], now: float | None = None) -> list[str]:
-        t = self._now(now)
         rows = [
-            (j.id, j.command, j.max_retries, j.priority, j.timeout, t, t, j.run_at, j.run_at) for j in jobs
+            (
+                j.id,
+                j.command,
+                j.max_retries,
+                j.priority,
+                j.timeout,
+                j.run_at,
+                j.queue,
+                j.cwd,
+                j.env,
+                j.unique_key,
+                tuple(j.after),
+            )
+            for j in jobs
         ]
-        insert_jobs(self.conn, self.path, rows)  # None -> PENDING
+        insert_jobs(self.conn, self.path, rows, self._now(now))  # None -> PENDING / WAITING
         return [j.id for j in jobs]
 
     def get(self, job_id: str) -> Job | None:
