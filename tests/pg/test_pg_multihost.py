@@ -204,7 +204,7 @@ def test_a_server_restart_mid_drain_loses_nothing_and_runs_nothing_twice(
         pytest.skip("needs root and Debian's pg_ctlcluster to restart the server")
     out = tmp_path / "out"
     ids = [f"job{i:04d}" for i in range(300)]
-    pg_store.enqueue([NewJob(i, appending(out, "sleep 0.02; "), 3, 0, 60.0, 0.0) for i in ids])
+    pg_store.enqueue([NewJob(i, appending(out, "sleep 0.05; "), 3, 0, 60.0, 0.0) for i in ids])
     workers = [hosts.spawn(f"host-{c}", "--poll-interval", "0.05") for c in "abc"]
     wait_until(lambda: completed(pg_store) >= 40, 60, "the drain to get going")
 
