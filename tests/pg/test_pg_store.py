@@ -96,7 +96,8 @@ def test_a_newer_schema_is_refused(pg_url: str) -> None:
 
 
 def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url: str) -> None:
-    # Version 7 held the model SQLite's 9 holds; the steps after it change nothing.
+    # Version 7 held the model SQLite's 9 holds; v8 and v9 change nothing, and the
+    # later steps only add (the old job is in the default queue).
     schema = pg_url.rsplit("%3D", 1)[1]
     with admin() as conn:
         conn.execute(f'SET search_path TO "{schema}"')
@@ -117,7 +118,7 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
     store = PostgresStore(pg_url)
     try:
         job = store.claim("w1", now=T0 + 1)
-        assert job is not None and job.id == "old" and job.attempts == 1
+        assert job is not None and job.id == "old" and job.attempts == 1 and job.queue == "default"
         store.register_worker(WorkerInfo("w1", "h", 1, 2, T0, T0, home="/srv/q"))
         assert [w.home for w in store.workers()] == ["/srv/q"]
     finally:
@@ -129,8 +130,8 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
             " WHERE table_schema = %s ORDER BY 1, 2",
             (schema,),
         ).fetchall()
-    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 10))
-    assert after == tables
+    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1))
+    assert set(tables) <= set(after)
 
 
 def test_a_foreign_jobs_table_is_refused(pg_url: str) -> None:
@@ -340,3 +341,26 @@ def _waiter_fd(store: PostgresStore, fd: int) -> tuple[threading.Thread, list[fl
     thread = threading.Thread(target=wait)
     thread.start()
     return thread, took
+
+
+def test_a_queues_running_count_reads_only_its_processing_jobs(pg_store: PostgresStore, pg_url: str) -> None:
+    # queuectl_room counts a queue's PROCESSING jobs at every claim from a limited
+    # queue.  Through jobs_state it would walk every dead 'processing' entry that the
+    # claims and finishes since the last vacuum left (all queues'): a partial index
+    # of the processing jobs by queue keeps it to that queue's.
+    import psycopg
+
+    pg_store.enqueue([NewJob(f"w{i:03d}", "true", 3, 0, 60.0, T0, queue="work") for i in range(50)], T0)
+    for _ in range(50):
+        job = pg_store.claim("w1", now=T0)
+        assert job is not None
+        pg_store.finish(job.id, job.lease, Completed("", ""), now=T0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(r[0])
+            for r in conn.execute(
+                "EXPLAIN SELECT count(*) FROM jobs WHERE state = 'processing' AND queue = 'capped'"
+            )
+        )
+    assert "jobs_running" in plan, plan
