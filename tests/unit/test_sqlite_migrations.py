@@ -7,7 +7,7 @@ from pathlib import Path
 import apsw
 
 from queuectl.models import JobState, NewJob, WorkerInfo
-from queuectl.store.outcome import Completed, Dead
+from queuectl.store.outcome import Completed
 from queuectl.store.sqlite import APPLICATION_ID, MIGRATIONS, SQLiteStore
 from tests.helpers import T0
 
@@ -110,7 +110,8 @@ def test_a_version_6_database_takes_a_counts_snapshot_of_its_jobs(tmp_path: Path
             (f"j{i}", T0, T0, T0, T0),
         )
         conn.execute(
-            "INSERT INTO job_events (job_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'pending', 0)",
+            "INSERT INTO job_events (job_id, at, from_state, to_state, attempt)"
+            " VALUES (?, ?, NULL, 'pending', 0)",
             (f"j{i}", T0),
         )
     for job_id, end in (("j0", "dead"), ("j1", "completed"), ("j2", "completed")):
