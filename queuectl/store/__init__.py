@@ -127,9 +127,9 @@ class Store(Protocol):
         flat in the number of jobs (it grows with the number of queues).
 
         The claim increments attempts (so a job that kills its worker every time
-        still runs out of attempts) and lease (the fence
-        every later write of this attempt checks), sets worker_id and started_at, and
-        clears the previous attempt's result.  None means nothing is due.  No two
+        still runs out of attempts) and lease (the fence every later write of this
+        attempt checks), sets worker_id and started_at, and clears the previous
+        attempt's result.  None means nothing is due.  No two
         callers, in any processes, ever get the same (job, lease).
         """
 

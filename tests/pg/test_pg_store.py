@@ -364,3 +364,26 @@ def test_a_queues_running_count_reads_only_its_processing_jobs(pg_store: Postgre
             )
         )
     assert "jobs_running" in plan, plan
+
+
+def test_a_claimer_that_loses_a_queues_lock_is_told_to_claim_again(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    # Another claimer holds the queue's room lock (its claim is in flight): this one
+    # passes the queue over rather than wait, and next_due() says the queue has a job
+    # due and room, so its worker claims again at once instead of idling.
+    import psycopg
+
+    from queuectl.store.postgres.schema import ROOM_LOCK
+
+    pg_store.enqueue([NewJob("l1", "true", 3, 0, 60.0, T0, queue="lim")], T0)
+    pg_store.set_concurrency("lim", 2)
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema() || '/' || 'lim'))", (ROOM_LOCK,))
+        assert pg_store.claim("w1", queues=["lim"]) is None
+        due = pg_store.next_due(["lim"])
+        assert due is not None and due <= pg_store.now()
+        other.execute("SELECT pg_advisory_unlock_all()")
+    job = pg_store.claim("w1", queues=["lim"])
+    assert job is not None and job.id == "l1"
+    assert pg_store.next_due(["lim"]) is None
