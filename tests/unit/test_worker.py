@@ -274,3 +274,16 @@ def test_an_idle_worker_does_not_spin_on_a_paused_queues_due_jobs(
     assert w._idle_timeout() > 0.5
     store.set_paused("p", False)
     assert w._idle_timeout() < 0.5  # its retry is due: no long sleep
+
+
+def test_a_worker_serving_one_queue_still_recovers_every_queues_jobs(
+    store: Store, make_worker: MakeWorker, tmp_path: Path
+) -> None:
+    # Covering for an absent monitor is not a claim: a dead worker's job is recovered
+    # whichever queue it is in.
+    store.enqueue([NewJob("b1", "true", 3, 0, 30.0, T0, queue="b")], now=T0)
+    assert store.claim("ghost", now=T0, queues=["b"]) is not None  # a worker that never registered
+    w = make_worker(serves=["a"], logs_dir=tmp_path)
+    w._cover_for_monitor(startup=True)
+    job = store.get("b1")
+    assert job is not None and job.state is JobState.PENDING  # given back: it never started
