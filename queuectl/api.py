@@ -10,8 +10,8 @@ import builtins
 
 from queuectl.config import Config, Paths, check_combination
 from queuectl.errors import Conflict, InvalidInput, JobNotFound
-from queuectl.models import MONITOR_LEASE, Event, Job, JobState, NewJob, WorkerInfo, iso
-from queuectl.rules import check_jobs, check_purge, open_home
+from queuectl.models import MONITOR_LEASE, Event, Job, JobFilter, JobState, NewJob, QueueInfo, WorkerInfo, iso
+from queuectl.rules import check_jobs, check_purge, check_queue_name, open_home, parse_moment
 from queuectl.settings import LIMIT, SETTINGS, normalize_key, num_text
 from queuectl.store import Store, open_store
 
@@ -72,18 +72,71 @@ class Queue:
         job = self.get(job_id)
         return job, self.store.history(job_id)
 
-    def list(self, state: str | None = None, limit: int | None = None) -> list[Job]:
+    def list(
+        self,
+        state: str | None = None,
+        limit: int | None = None,
+        *,
+        states: Iterable[str] = (),
+        queues: Iterable[str] = (),
+        command_contains: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        newest_first: bool = False,
+    ) -> list[Job]:
+        """Jobs in creation order (oldest first, or newest first), at most `limit`
+        (None: all), meeting every filter given: a state among `states` (or `state`),
+        a queue among `queues`, a command holding `command_contains` literally,
+        created since/until (ISO-8601 times, or durations ago such as `2h`)."""
         _check_limit(limit)
-        return self.store.list_jobs(parse_state(state) if state else None, limit)
+        wanted = [*states, *([state] if state else [])]
+        now = self.store.now() if since is not None or until is not None else 0.0
+        where = JobFilter(
+            states=tuple(dict.fromkeys(parse_state(s) for s in wanted)),
+            queues=tuple(dict.fromkeys(check_queue_name(q) for q in queues)),
+            command_contains=command_contains or None,
+            since=None if since is None else parse_moment(since, now, "--since"),
+            until=None if until is None else parse_moment(until, now, "--until"),
+            newest_first=newest_first,
+        )
+        return self.store.list_jobs(None, limit, where=where)
 
-    def status(self) -> dict[str, Any]:
-        """Counts per state, the total, live workers, and the last recovery pass."""
+    def status(self, *, by_queue: bool = False) -> dict[str, Any]:
+        """Counts per state, the total, live workers, and the last recovery pass;
+        with by_queue, also `queues`: each queue's counts (queue_stats)."""
         counts = self.store.counts()
         out: dict[str, Any] = {s.value: counts.get(s.value, 0) for s in JobState}
         out["total"] = sum(counts.values())
         out["workers"] = len(self.live_workers())
         out["recovery"] = self.recovery_status()
+        if by_queue:
+            out["queues"] = [q.to_dict() for q in self.queues()]
         return out
+
+    # --- named queues ----------------------------------------------------------------
+
+    def queues(self) -> builtins.list[QueueInfo]:
+        """Every queue: paused, concurrency, its jobs per state."""
+        return self.store.queue_stats()
+
+    def pause(self, name: str) -> bool:
+        """Stop claims from the queue (its running jobs finish); the queue is created
+        if it has none yet.  False: it was paused already."""
+        return self.store.set_paused(check_queue_name(name), True)
+
+    def resume(self, name: str) -> bool:
+        """Let workers claim from the queue again.  False: it was not paused."""
+        return self.store.set_paused(check_queue_name(name), False)
+
+    def set_concurrency(self, name: str, limit: int | None) -> bool:
+        """At most `limit` (>= 1) of the queue's jobs processing at once, across every
+        worker and host; None: no limit.  False: it was so already."""
+        check_queue_name(name)
+        if limit is not None and not 1 <= limit <= CONCURRENCY_MAX:
+            raise InvalidInput(
+                f"--concurrency must be between 1 and {CONCURRENCY_MAX} (--no-limit removes the limit)"
+            )
+        return self.store.set_concurrency(name, limit)
 
     def recovery_status(self) -> dict[str, Any]:
         """Who ran the last recovery pass and when; `overdue` when none ran for more
@@ -161,6 +214,10 @@ class Queue:
         check_combination(merged)
         self.store.config_set({name: str(parsed)})
         return name, parsed
+
+
+#: The largest concurrency a queue takes (a 64-bit count either store holds).
+CONCURRENCY_MAX = 1_000_000
 
 
 def parse_state(text: str) -> JobState:

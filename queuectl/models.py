@@ -26,11 +26,13 @@ __all__ = [
     "Beat",
     "Event",
     "Job",
+    "JobFilter",
     "JobState",
     "LeaseGrant",
     "LeaseInfo",
     "NewJob",
     "Outcome",
+    "QueueInfo",
     "Reason",
     "RecoveryGuard",
     "Transition",
@@ -395,3 +397,39 @@ class NewJob:
     unique_key: str | None = None
     #: Parents: the job waits until every one of them has completed.
     after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing shows: every given condition holds (empty or None: no
+    condition on that field)."""
+
+    states: tuple[JobState, ...] = ()
+    queues: tuple[str, ...] = ()
+    #: A literal substring of the command (case-sensitive; no pattern characters).
+    command_contains: str | None = None
+    #: Created at or after `since`, and before `until` (epoch seconds).
+    since: float | None = None
+    until: float | None = None
+    newest_first: bool = False
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """One named queue: its settings and how many of its jobs are in each state."""
+
+    name: str
+    paused: bool
+    #: At most this many of its jobs processing at once (None: no limit).
+    concurrency: int | None
+    #: Every state, 0 if none.
+    counts: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "paused": self.paused,
+            "concurrency": self.concurrency,
+            "counts": dict(self.counts),
+            "total": sum(self.counts.values()),
+        }

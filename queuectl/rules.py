@@ -507,3 +507,48 @@ def _b32(n: int, width: int) -> str:
         text = _pairs[n & 1023] + text
         n >>= 10
     return text
+
+
+# --- named queues and listings -------------------------------------------------------
+
+#: What a queue's name is made of: ASCII letters and digits, '.', '_', '-', starting
+#: with a letter or digit, 64 at most: safe in a shell line, a log field, a file.
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_CHARS = _NAME_FIRST | frozenset("._-")
+
+
+def check_queue_name(name: str) -> str:
+    """The name as given, or InvalidInput saying what a queue name may hold."""
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= 64
+        or name[0] not in _NAME_FIRST
+        or not set(name) <= _NAME_CHARS
+    ):
+        raise InvalidInput(
+            f"bad queue name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', a letter or digit first"
+        )
+    return name
+
+
+_AGO = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_moment(text: str, now: float, option: str) -> float:
+    """A point in time for a listing's --since/--until: an ISO-8601 time (UTC without
+    a zone), or a duration before `now` (`90s`, `15m`, `2h`, `7d`)."""
+    value = text.strip()
+    unit = _AGO.get(value[-1:].lower())
+    if unit is not None:
+        try:
+            amount = float(value[:-1])
+        except ValueError:
+            amount = math.nan
+        if math.isfinite(amount) and amount >= 0:
+            return now - amount * unit
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            f"{option} must be an ISO-8601 time or a duration ago like 30s, 15m, 2h, 7d (got {text!r})"
+        ) from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,13 @@ class Worker:
         run_dir: Path | None = None,
         overrides: dict[str, Any] | None = None,
         home: str | None = None,
+        serves: Sequence[str] | None = None,
     ) -> None:
         self.store = store
+        #: The named queues this worker claims from (None: every queue).  Recovery
+        #: (covering for an absent monitor) still serves every queue: a dead worker's
+        #: job is recovered whoever's queue it is in.
+        self.serves = None if serves is None else tuple(dict.fromkeys(serves))
         #: The home this worker was started from, recorded with its row.
         self.home = home
         self.queue = queue
@@ -221,7 +226,7 @@ class Worker:
         if job is None:
             # One stat per claim: no job is taken from a file the path no longer names.
             self.store.check_database()
-            job = self.store.claim(self.id, now)
+            job = self.store.claim(self.id, now, self.serves)
             if job is None:
                 return None
         failpoints.hit("after_claim_commit")
@@ -357,7 +362,9 @@ class Worker:
         result = finished(move, outcome)
         # PROCESSING -> COMPLETED / FAILED / DEAD
         if claim_next:
-            held, self._next = self.store.finish_and_claim(job.id, job.lease, result, self.id, now)
+            held, self._next = self.store.finish_and_claim(
+                job.id, job.lease, result, self.id, now, self.serves
+            )
         else:
             held = self.store.finish(job.id, job.lease, result, now)
         return move, held
@@ -504,9 +511,11 @@ class Worker:
 
     def _idle_timeout(self) -> float:
         """Until the next due job or duty, at most poll_interval (new work wakes the
-        wait sooner)."""
+        wait sooner).  Only the served queues' jobs count, and only while their queue
+        can be claimed from (next_due): a paused or full queue's due jobs would make
+        the wait zero and the worker spin."""
         timeout = self.config.poll_interval
-        due = self.store.next_due()
+        due = self.store.next_due(self.serves)
         if due is not None:
             timeout = min(timeout, max(0.0, due - self.store.now()))
         mono = time.monotonic()

@@ -28,16 +28,22 @@ STATUS_KEYS = (
 
 
 @click.command()
+@click.option("--by-queue", is_flag=True, help="Also each queue's counts (one pass over every job).")
 @json_option
 @pass_ctx
-def status(c: Ctx, as_json: bool) -> None:
+def status(c: Ctx, by_queue: bool, as_json: bool) -> None:
     """Jobs per state, the total, and the live workers."""
-    counts = c.queue.status()
+    counts = c.queue.status(by_queue=by_queue)
     if as_json:
         emit_json(counts)
         return
     out, warning = _status_text(counts)
     click.echo(out, nl=False)
+    if by_queue:
+        from queuectl.cli.queues import queue_table
+
+        click.echo()
+        queue_table(counts["queues"])
     if warning is not None:
         click.echo(warning, err=True)
 
@@ -58,14 +64,47 @@ def _status_text(counts: Mapping[str, Any]) -> tuple[str, str | None]:
     return "".join(line + "\n" for line in lines), warning
 
 
+#: How many jobs `list` shows without --limit or --all.
+LIST_DEFAULT = 100
+
+
 @click.command("list")
-@click.option("--state", help="Only jobs in this state.")
-@click.option("--limit", type=LIMIT, help="At most N jobs (oldest first).")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
+@click.option("--queue", "queues", multiple=True, help="Only jobs of this queue (repeatable).")
+@click.option("--command-contains", metavar="TEXT", help="Only commands holding TEXT (literally).")
+@click.option("--since", metavar="WHEN", help="Created at or after WHEN: ISO-8601, or ago: 30s, 15m, 2h, 7d.")
+@click.option("--until", metavar="WHEN", help="Created before WHEN (same forms as --since).")
+@click.option("--limit", type=LIMIT, help=f"At most N jobs (default {LIST_DEFAULT}).")
+@click.option("--all", "all_", is_flag=True, help="Every matching job (no limit).")
+@click.option("--newest-first", is_flag=True, help="Newest first (the limit keeps the newest).")
 @json_option
 @pass_ctx
-def list_(c: Ctx, state: str | None, limit: int | None, as_json: bool) -> None:
-    """List jobs, oldest first."""
-    print_jobs(c.queue.list(state, limit), as_json)
+def list_(
+    c: Ctx,
+    states: tuple[str, ...],
+    queues: tuple[str, ...],
+    command_contains: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    all_: bool,
+    newest_first: bool,
+    as_json: bool,
+) -> None:
+    """List jobs, oldest first (filters combine: every one must hold)."""
+    if all_ and limit is not None:
+        raise InvalidInput("give --limit or --all, not both")
+    jobs = c.queue.list(
+        None,
+        None if all_ else (LIST_DEFAULT if limit is None else limit),
+        states=states,
+        queues=queues,
+        command_contains=command_contains,
+        since=since,
+        until=until,
+        newest_first=newest_first,
+    )
+    print_jobs(jobs, as_json)
 
 
 @click.command()

@@ -81,10 +81,18 @@ def print_jobs(jobs: Sequence[Any], as_json: bool) -> None:
         emit_json([j.to_dict(output=False) for j in jobs])
         return
     rows = [
-        (j.id, j.state.value, f"{j.attempts}/{j.max_retries + 1}", j.priority, _short_time(j), j.command)
+        (
+            j.id,
+            j.state.value,
+            f"{j.attempts}/{j.max_retries + 1}",
+            j.priority,
+            j.queue,
+            _short_time(j),
+            j.command,
+        )
         for j in jobs
     ]
-    table(rows, ("id", "state", "attempts", "priority", "updated", "command"))
+    table(rows, ("id", "state", "attempts", "priority", "queue", "updated", "command"))
 
 
 def _short_time(job: Any) -> str:

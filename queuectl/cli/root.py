@@ -22,6 +22,7 @@ COMMANDS = {
     "inspect": "jobs:inspect",
     "logs": "jobs:logs",
     "purge": "jobs:purge",
+    "queue": "queues:queue",
     "dlq": "dlq:dlq",
     "config": "config:config",
     "worker": "workers:worker",

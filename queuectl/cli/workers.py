@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -22,22 +23,38 @@ def worker() -> None:
     """Run workers: one in this terminal, or a pool under supervisord."""
 
 
+def _queue_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--queue", "queues", multiple=True, metavar="NAME", help=what)
+
+
+def _checked(queues: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The named queues, each once, checked (None when none was named)."""
+    from queuectl.rules import check_queue_name
+
+    return tuple(dict.fromkeys(check_queue_name(q) for q in queues)) or None
+
+
 @worker.command("run")
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none is processing.")
 @click.option(
     "--poll-interval", type=click.FloatRange(*key_range("poll_interval")), help="Longest idle wait, seconds."
 )
+@_queue_option("Serve only this queue (repeatable; default: every queue).")
 @pass_ctx
-def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
+def worker_run(c: Ctx, burst: bool, poll_interval: float | None, queues: tuple[str, ...]) -> None:
     """One worker in the foreground (what supervisord runs).
 
     The first SIGTERM/SIGINT finishes the current job and exits 0; a second one
-    kills the job, records the attempt, and exits.
+    kills the job, records the attempt, and exits.  Under supervisord, without
+    --queue, it serves the queues `worker start --queue` gave the pool.
     """
-    from queuectl import contain, home, logs, procs
+    from queuectl import contain, home, logs, procs, served
     from queuectl.signals import StopSignals
     from queuectl.worker import Worker
 
+    serves = _checked(queues)
+    if serves is None and os.environ.get("SUPERVISOR_ENABLED"):
+        serves = _checked(served.load(c.paths.run) or ())
     queue, paths = c.queue, c.paths
     home.secure(str(paths.home), writers=True)  # it writes run/ (and supervisord its log)
     logs.install(paths.logs / "workers.direct.log")
@@ -52,6 +69,7 @@ def worker_run(c: Ctx, burst: bool, poll_interval: float | None) -> None:
         run_dir=paths.run,
         overrides={"poll_interval": poll_interval} if poll_interval is not None else None,
         home=home.identity(str(paths.home)),
+        serves=serves,
     )
     # This process runs nothing but its jobs: it may contain them (contain.py).
     contain.install(contain.Containment.start(w.id, cgroup=w.config.job_cgroup == "auto"))
@@ -74,29 +92,41 @@ def _supervisor(c: Ctx) -> Any:
 @worker.command("start")
 @click.option("--count", type=int, help="Number of workers (default: the last count, or 1).")
 @click.option("--detach", is_flag=True, help="Start supervisord in the background and return.")
+@_queue_option("The workers serve only this queue (repeatable; default: every queue, or the running pool's).")
 @pass_ctx
-def worker_start(c: Ctx, count: int | None, detach: bool) -> None:
+def worker_start(c: Ctx, count: int | None, detach: bool, queues: tuple[str, ...]) -> None:
     """Run N workers and the monitor under supervisord.
 
     In the foreground it blocks until Ctrl+C, SIGTERM or `queuectl worker stop`,
     then stops every worker gracefully (running jobs finish) and exits 0.  If
     supervisord dies, the workers finish their jobs and exit by themselves; it
     waits for them, then exits 6.  If supervisord already runs for this home, it
-    only brings the pool to N and returns.
+    only brings the pool to N and returns (its workers keep their queues: another
+    --queue needs `queuectl worker stop` first).
     """
+    from queuectl import served
     from queuectl.supervisor import pool_size, prepare_home, run_foreground
 
     if count is not None and count < 1:
         raise InvalidInput("--count must be at least 1 (use `queuectl worker stop` to stop all)")
+    serves = _checked(queues)
     sv = _supervisor(c)
     n = count if count is not None else (sv.saved_count() or 1)
     if sv.is_running():
+        if serves is not None and serves != served.load(c.paths.run):
+            if any(p.up for p in sv.workers()):
+                raise InvalidInput(
+                    "the running workers serve other queues: `queuectl worker stop` first, then start"
+                    " them with the new --queue"
+                )
+            served.save(c.paths.run, serves)
         started, stopping = sv.scale(n)
         click.echo(f"{n} worker(s) running (started {len(started)}, stopping {len(stopping)})")
         return
     size = pool_size(prepare_home(c.paths))
     if n > size:  # before supervisord starts: a refused count must leave nothing running
         raise InvalidInput(f"--count must be between 1 and {size} (the pool size in conf/)")
+    served.save(c.paths.run, serves)  # read by each supervised `worker run`
     c.queue  # noqa: B018 - open (and migrate) the database before any worker does
     db = c.paths.db_url if (c.paths.db_url != str(c.paths.db_dir / "queue.db")) else None
     if detach:

@@ -34,7 +34,18 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Protocol
 
-    from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
+    from queuectl.models import (
+        Beat,
+        Event,
+        Job,
+        JobFilter,
+        JobState,
+        LeaseGrant,
+        LeaseInfo,
+        NewJob,
+        QueueInfo,
+        WorkerInfo,
+    )
     from queuectl.store.outcome import Finished, Recovered
 else:
     # At runtime the protocol is a plain class: nothing checks it with isinstance().
@@ -82,9 +93,16 @@ class Store(Protocol):
     def history(self, job_id: str) -> list[Event]:
         """The job's events, oldest first."""
 
-    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        """Jobs (of one state, or all) in creation order, oldest first, at most `limit`
-        of them (None: all)."""
+    def list_jobs(
+        self, state: JobState | None = None, limit: int | None = None, *, where: JobFilter | None = None
+    ) -> list[Job]:
+        """Jobs in creation order (created_at, then id), oldest first, at most `limit`
+        of them (None: all).  `where` keeps the jobs that meet every condition it
+        gives: a state among `states`, a queue among `queues`, a command holding
+        `command_contains` as a literal, case-sensitive substring (% and _ are plain
+        characters), created_at >= `since` and < `until`; `newest_first` reverses
+        the order (the limit then keeps the newest).  `state` is the one-state
+        shorthand (it replaces where.states)."""
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state; every state is present (0 if none)."""
@@ -94,15 +112,24 @@ class Store(Protocol):
         plus the changes since (SQLite): fold the changes into the snapshot.  Recovery
         passes call it.  It never changes what counts() returns."""
 
-    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
+    def claim(
+        self, worker_id: str, now: float | None = None, queues: Sequence[str] | None = None
+    ) -> Job | None:
         """Atomically take the best due job and return it as PROCESSING, in one
         statement.
 
         Best: highest priority, then earliest next_run_at, then id.  Due: PENDING or
-        FAILED with next_run_at <= now.  The claim increments attempts (so a job that
-        kills its worker every time still runs out of attempts) and lease (the fence
-        every later write of this attempt checks), sets worker_id and started_at, and
-        clears the previous attempt's result.  None means nothing is due.  No two
+        FAILED with next_run_at <= now, in one of `queues` (None: any queue) that is
+        not paused and has fewer PROCESSING jobs than its concurrency (if it has
+        one).  The concurrency holds across every process and host: no interleaving
+        of claims ever makes a queue's PROCESSING jobs more than its concurrency
+        (lowering it below the running count only stops new claims).  The cost is
+        flat in the number of jobs (it grows with the number of queues).
+
+        The claim increments attempts (so a job that kills its worker every time
+        still runs out of attempts) and lease (the fence every later write of this
+        attempt checks), sets worker_id and started_at, and clears the previous
+        attempt's result.  None means nothing is due.  No two
         callers, in any processes, ever get the same (job, lease).
         """
 
@@ -117,18 +144,46 @@ class Store(Protocol):
         """
 
     def finish_and_claim(
-        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
+        self,
+        job_id: str,
+        lease: int,
+        outcome: Finished,
+        worker_id: str,
+        now: float | None = None,
+        queues: Sequence[str] | None = None,
     ) -> tuple[bool, Job | None]:
-        """finish() and then claim() for `worker_id`, in one transaction (one commit
-        per job in a busy worker), both at the same `now`.  Returns (finish held, the
+        """finish() and then claim() for `worker_id` from `queues`, in one transaction
+        (one commit per job in a busy worker), both at the same `now`.  Returns (finish held, the
         next job or None); the claim is made whether or not the finish held."""
 
-    def next_due(self) -> float | None:
-        """The earliest next_run_at of the runnable jobs an idle worker must wake for,
-        or None: every job set to run later (delayed at enqueue, waiting for a retry,
-        recovered, retried from the DLQ).  A job due from its arrival on may be left
-        out (SQLite leaves it out): it is due already, a claim finds it, and new ones
-        wake an idle worker through wait_for_change()."""
+    def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        """The earliest next_run_at of the runnable jobs an idle worker serving
+        `queues` (None: every queue) must wake for, or None: every job set to run
+        later (delayed at enqueue, waiting for a retry, recovered, retried from the
+        DLQ).  A job due from its arrival on may be left out (SQLite leaves it out):
+        it is due already, a claim finds it, and new ones wake an idle worker through
+        wait_for_change().  The jobs of paused queues and of queues at their
+        concurrency are left out (a claim would pass them over; a time in the past
+        would make an idle worker spin): a resume or a finished job wakes the
+        worker through wait_for_change(), or its poll does."""
+
+    # --- named queues --------------------------------------------------------------
+
+    def queue_stats(self) -> list[QueueInfo]:
+        """Every named queue (a row exists from its first job, or its first setting),
+        by name: paused, concurrency, and its jobs per state (every state present).
+        Counted from the jobs table (one pass over every job)."""
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        """Pause (no claim takes the queue's jobs; running ones finish) or resume the
+        queue, creating it if it has no row: one guarded statement.  True if anything
+        changed.  A resume wakes idle workers (wait_for_change())."""
+
+    def set_concurrency(self, name: str, limit: int | None) -> bool:
+        """At most `limit` (>= 1, checked by the caller) of the queue's jobs
+        PROCESSING at once, or no limit (None), creating the queue if it has no row:
+        one guarded statement.  True if anything changed; a change wakes idle
+        workers."""
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
         """Move DEAD jobs back to PENDING, due now, with attempts reset and the last

@@ -6,10 +6,11 @@ one backend's placeholder style by `mark` (name -> placeholder: ":name" for SQLi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from queuectl.models import MONITOR_LEASE, WorkerInfo
+from queuectl.models import MONITOR_LEASE, JobFilter, JobState, QueueInfo, WorkerInfo
 from queuectl.store.outcome import Finished, Recovered
 
 #: A job's history events, in models.Event's field order.
@@ -107,3 +108,62 @@ def recover_statement(
         seen = float("-inf") if g.heartbeat_seen is None else g.heartbeat_seen
         params.update(wid=g.worker_id, seen=seen)
     return sql, params
+
+
+def job_filter(where: JobFilter, dialect: str) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (with its leading " WHERE", or "") and named parameters of a
+    listing filtered by `where`, for `dialect` ("sqlite" or "postgres").
+
+    The command test is a literal substring (instr/strpos: no LIKE pattern, so % and _
+    match themselves, and both stores compare case-sensitively)."""
+    pg = dialect == "postgres"
+
+    def mark(name: str) -> str:
+        return f"%({name})s" if pg else f":{name}"
+
+    def one_of(column: str, name: str) -> str:
+        if pg:
+            return f"{column} = ANY(%({name})s::text[])"
+        return f"{column} IN (SELECT value FROM json_each(:{name}))"
+
+    def texts(values: Iterable[str]) -> Any:
+        return list(values) if pg else json.dumps(list(values))
+
+    terms: list[str] = []
+    params: dict[str, Any] = {}
+    if where.states:
+        terms.append(one_of("state", "states"))
+        params["states"] = texts(s.value for s in where.states)
+    if where.queues:
+        terms.append(one_of("queue", "queues"))
+        params["queues"] = texts(where.queues)
+    if where.command_contains is not None:
+        find = "strpos" if pg else "instr"
+        terms.append(f"{find}(command, {mark('text')}) > 0")
+        params["text"] = where.command_contains
+    if where.since is not None:
+        terms.append(f"created_at >= {mark('since')}")
+        params["since"] = where.since
+    if where.until is not None:
+        terms.append(f"created_at < {mark('until')}")
+        params["until"] = where.until
+    return (" WHERE " + " AND ".join(terms) if terms else ""), params
+
+
+def list_order(where: JobFilter) -> str:
+    """A listing's order: creation order, oldest first (or newest first)."""
+    return " ORDER BY created_at DESC, id DESC" if where.newest_first else " ORDER BY created_at, id"
+
+
+def queue_infos(rows: Iterable[Sequence[Any]]) -> list[QueueInfo]:
+    """Queue stats rows (name, paused, concurrency, state or None, n) -> one
+    QueueInfo per queue, in the rows' order, every state present."""
+    out: dict[str, tuple[bool, int | None, dict[str, int]]] = {}
+    for name, paused, concurrency, state, n in rows:
+        entry = out.setdefault(
+            str(name),
+            (bool(paused), None if concurrency is None else int(concurrency), {s.value: 0 for s in JobState}),
+        )
+        if state is not None:
+            entry[2][str(state)] = int(n)
+    return [QueueInfo(name, p, c, counts) for name, (p, c, counts) in out.items()]

@@ -118,7 +118,7 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
     store = PostgresStore(pg_url)
     try:
         job = store.claim("w1", now=T0 + 1)
-        assert job is not None and job.id == "old" and job.attempts == 1
+        assert job is not None and job.id == "old" and job.attempts == 1 and job.queue == "default"
         store.register_worker(WorkerInfo("w1", "h", 1, 2, T0, T0, home="/srv/q"))
         assert [w.home for w in store.workers()] == ["/srv/q"]
     finally:
@@ -130,7 +130,7 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
             " WHERE table_schema = %s ORDER BY 1, 2",
             (schema,),
         ).fetchall()
-    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 11))
+    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 12))
     added = {
         ("jobs", "cwd", "text"),
         ("jobs", "env", "text"),
@@ -352,3 +352,49 @@ def _waiter_fd(store: PostgresStore, fd: int) -> tuple[threading.Thread, list[fl
     thread = threading.Thread(target=wait)
     thread.start()
     return thread, took
+
+
+def test_a_queues_running_count_reads_only_its_processing_jobs(pg_store: PostgresStore, pg_url: str) -> None:
+    # queuectl_room counts a queue's PROCESSING jobs at every claim from a limited
+    # queue.  Through jobs_state it would walk every dead 'processing' entry that the
+    # claims and finishes since the last vacuum left (all queues'): a partial index
+    # of the processing jobs by queue keeps it to that queue's.
+    import psycopg
+
+    pg_store.enqueue([NewJob(f"w{i:03d}", "true", 3, 0, 60.0, T0, queue="work") for i in range(50)], T0)
+    for _ in range(50):
+        job = pg_store.claim("w1", now=T0)
+        assert job is not None
+        pg_store.finish(job.id, job.lease, Completed("", ""), now=T0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(r[0])
+            for r in conn.execute(
+                "EXPLAIN SELECT count(*) FROM jobs WHERE state = 'processing' AND queue = 'capped'"
+            )
+        )
+    assert "jobs_running" in plan, plan
+
+
+def test_a_claimer_that_loses_a_queues_lock_is_told_to_claim_again(
+    pg_store: PostgresStore, pg_url: str
+) -> None:
+    # Another claimer holds the queue's room lock (its claim is in flight): this one
+    # passes the queue over rather than wait, and next_due() says the queue has a job
+    # due and room, so its worker claims again at once instead of idling.
+    import psycopg
+
+    from queuectl.store.postgres.schema import ROOM_LOCK
+
+    pg_store.enqueue([NewJob("l1", "true", 3, 0, 60.0, T0, queue="lim")], T0)
+    pg_store.set_concurrency("lim", 2)
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema() || '/' || 'lim'))", (ROOM_LOCK,))
+        assert pg_store.claim("w1", queues=["lim"]) is None
+        due = pg_store.next_due(["lim"])
+        assert due is not None and due <= pg_store.now()
+        other.execute("SELECT pg_advisory_unlock_all()")
+    job = pg_store.claim("w1", queues=["lim"])
+    assert job is not None and job.id == "l1"
+    assert pg_store.next_due(["lim"]) is None

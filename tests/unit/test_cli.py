@@ -366,6 +366,11 @@ def test_heartbeat_interval_must_stay_well_below_the_timeout(qhome: QHome) -> No
         ["config"],
         ["config", "get"],
         ["config", "set"],
+        ["queue"],
+        ["queue", "list"],
+        ["queue", "pause"],
+        ["queue", "resume"],
+        ["queue", "set"],
     ],
 )
 def test_every_command_has_help(qhome: QHome, command: list[str]) -> None:

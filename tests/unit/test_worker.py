@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl.api import Queue
-from queuectl.models import JobState, Outcome, iso
+from queuectl.models import JobState, NewJob, Outcome, iso
 from queuectl.store import Store
 from queuectl.store.outcome import RecoveredRetry
 from tests.conftest import StoreFactory
@@ -240,3 +240,50 @@ def test_a_worker_that_loses_its_lease_kills_its_job(
     job = q.get(job_id)
     assert (job.state, job.error, job.next_run_at) == (JobState.FAILED, "taken back", T0 + 60)
     assert [e.to_state for e in store.history(job_id)] == ["pending", "processing", "failed"]
+
+
+def test_a_worker_runs_only_the_queues_it_serves(store: Store, make_worker: MakeWorker) -> None:
+    q = Queue(store)
+    store.enqueue(
+        [
+            NewJob("a1", "true", 0, 9, 30.0, T0, queue="a"),
+            NewJob("b1", "true", 0, 0, 30.0, T0, queue="b"),
+            NewJob("b2", "true", 0, 0, 30.0, T0, queue="b"),
+        ],
+        now=T0,
+    )
+    w = make_worker(serves=["b"])
+    first = w.run_once(now=T0, chain=True)  # and b2 claimed with b1's finish
+    assert first is not None and first.id == "b1"
+    second = w.run_once(now=T0, chain=True)
+    assert second is not None and second.id == "b2"
+    assert w.run_once(now=T0) is None
+    assert q.get("a1").state is JobState.PENDING
+
+
+def test_an_idle_worker_does_not_spin_on_a_paused_queues_due_jobs(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    # A failed job due already, in a paused queue: a zero wait would spin the loop.
+    store.enqueue([NewJob("p1", "exit 1", 3, 0, 30.0, T0, queue="p")], now=T0)
+    w = make_worker(overrides={"poll_interval": 5.0})
+    assert w.run_once(now=T0) is not None  # failed, due again at once... in 2 s
+    store.set_paused("p", True)
+    assert store.get("p1").state is JobState.FAILED  # type: ignore[union-attr]
+    assert w.run_once() is None
+    assert w._idle_timeout() > 0.5
+    store.set_paused("p", False)
+    assert w._idle_timeout() < 0.5  # its retry is due: no long sleep
+
+
+def test_a_worker_serving_one_queue_still_recovers_every_queues_jobs(
+    store: Store, make_worker: MakeWorker, tmp_path: Path
+) -> None:
+    # Covering for an absent monitor is not a claim: a dead worker's job is recovered
+    # whichever queue it is in.
+    store.enqueue([NewJob("b1", "true", 3, 0, 30.0, T0, queue="b")], now=T0)
+    assert store.claim("ghost", now=T0, queues=["b"]) is not None  # a worker that never registered
+    w = make_worker(serves=["a"], logs_dir=tmp_path)
+    w._cover_for_monitor(startup=True)
+    job = store.get("b1")
+    assert job is not None and job.state is JobState.PENDING  # given back: it never started

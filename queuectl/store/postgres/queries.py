@@ -27,11 +27,21 @@ CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 def claim(conn: Conn, worker_id: str, now: float | None, served: Sequence[str] | None = None) -> Job | None:
     """`served`: the queues to claim from (None: every queue)."""
     # PENDING/FAILED -> PROCESSING: one statement.  Each served queue that is not
-    # paused and has room (queuectl_room: race-free across hosts) gives its first due
-    # job from jobs_due; the best of those is claimed: the cost grows with the number
-    # of queues, not of jobs.  SKIP LOCKED makes concurrent claimers pass over a row
-    # another claimer holds instead of waiting for it; a row changed under us is
-    # re-checked against the WHERE (EvalPlanQual).
+    # paused and has room gives its first due job from jobs_due (the queues' filter
+    # runs at their scan, before the lateral: a paused or full queue's jobs are never
+    # read); the best of those is claimed: the cost grows with the number of queues,
+    # not of jobs.  SKIP LOCKED makes concurrent claimers pass over a row another
+    # claimer holds instead of waiting for it; a row changed under us is re-checked
+    # against the WHERE (EvalPlanQual).
+    #
+    # Room (queuectl_room): a per-queue advisory lock held to the end of this
+    # transaction, then a count from a snapshot taken after the lock.  A claim commits
+    # before it releases the lock, so the next holder's count sees it: no two claims
+    # can both take a queue's last slot, on any host.  The lock is try-only (no
+    # waiting, so no deadlock between claimers of several queues): a claimer that
+    # loses passes the queue over, as SKIP LOCKED passes a row.  If it found nothing
+    # else, its next_due() still sees that queue's due head and room, so its worker
+    # claims again at once instead of sleeping a poll interval.
     row = conn.execute(
         f"UPDATE jobs SET state = 'processing', attempts = attempts + 1,"
         f" lease = lease + 1, worker_id = %(w)s, started_at = {T}, updated_at = {T},"

@@ -228,6 +228,14 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN (SELECT count(*) FROM jobs WHERE state = 'processing' AND queue = q) < most;
     END $$;
     """,
+    # v11: a queue's PROCESSING jobs by queue, for queuectl_room's count at every claim
+    # from a limited queue (and for idle workers' wake-up).  Through jobs_state that
+    # count walked every dead 'processing' entry the claims and finishes of all queues
+    # left since the last vacuum (held back by any long transaction on the server):
+    # a cost growing with throughput; here it walks that queue's only.
+    """
+    CREATE INDEX jobs_running ON jobs (queue) WHERE state = 'processing';
+    """,
 )
 
 #: The version of a schema with every migration applied.

@@ -16,16 +16,38 @@ Same semantics as the SQLite store (see store/__init__.py), with these choices:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from queuectl.errors import DuplicateJob, StoreError, UniqueConflict
-from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
+from queuectl.models import (
+    Beat,
+    Event,
+    Job,
+    JobFilter,
+    JobState,
+    LeaseGrant,
+    LeaseInfo,
+    NewJob,
+    QueueInfo,
+    WorkerInfo,
+)
 from queuectl.store.outcome import Finished, Recovered
 from queuectl.store.postgres import queries
 from queuectl.store.postgres.connection import CONNECT_TRIES, Conn, Connection
 from queuectl.store.postgres.notify import Listener, channel
+from queuectl.store.postgres.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS
 from queuectl.store.postgres.schema import migrate
-from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
+from queuectl.store.sql import (
+    EVENT_COLUMNS,
+    WORKER_COLUMNS,
+    job_filter,
+    list_order,
+    queue_infos,
+    recover_statement,
+    worker_row,
+    workers_query,
+)
 
 #: From this many jobs on, an enqueue uses COPY instead of one INSERT.
 COPY_THRESHOLD = 64
@@ -134,16 +156,16 @@ class PostgresStore:
         )
         return [Event.from_tuple(r) for r in rows]
 
-    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        lim = None if limit is None else int(limit)
-        if state is None:
-            rows = self._db.read(f"SELECT {queries.COLS} FROM jobs ORDER BY created_at, id LIMIT %s", (lim,))
-        else:
-            rows = self._db.read(
-                f"SELECT {queries.COLS} FROM jobs WHERE state = %s ORDER BY created_at, id LIMIT %s",
-                (state.value, lim),
-            )
-        return [Job.from_tuple(r) for r in rows]
+    def list_jobs(
+        self, state: JobState | None = None, limit: int | None = None, *, where: JobFilter | None = None
+    ) -> list[Job]:
+        where = where or JobFilter()
+        if state is not None:
+            where = replace(where, states=(state,))
+        clause, params = job_filter(where, "postgres")
+        params["lim"] = None if limit is None else int(limit)
+        query = f"SELECT {queries.COLS} FROM jobs{clause}{list_order(where)} LIMIT %(lim)s"
+        return [Job.from_tuple(r) for r in self._db.read(query, params)]
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in JobState}
@@ -155,25 +177,58 @@ class PostgresStore:
         """Nothing to fold: counts() counts the jobs table itself here, with no
         snapshot to keep."""
 
-    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        return self._db.run(lambda conn: queries.claim(conn, worker_id, now))
+    def claim(
+        self, worker_id: str, now: float | None = None, queues: Sequence[str] | None = None
+    ) -> Job | None:
+        return self._db.run(lambda conn: queries.claim(conn, worker_id, now, queues))
 
     def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
         return self._db.run(lambda conn: queries.finish(conn, job_id, lease, outcome, now))
 
     def finish_and_claim(
-        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
+        self,
+        job_id: str,
+        lease: int,
+        outcome: Finished,
+        worker_id: str,
+        now: float | None = None,
+        queues: Sequence[str] | None = None,
     ) -> tuple[bool, Job | None]:
         def both(conn: Conn) -> tuple[bool, Job | None]:
             # One transaction, one commit per job; the finish stays fenced by the lease.
             with conn.transaction():
-                return queries.finish(conn, job_id, lease, outcome, now), queries.claim(conn, worker_id, now)
+                held = queries.finish(conn, job_id, lease, outcome, now)
+                return held, queries.claim(conn, worker_id, now, queues)
 
         return self._db.run(both)
 
-    def next_due(self) -> float | None:
-        rows = self._db.read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")
+    def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        rows = self._db.read(NEXT_DUE, {"now": None, "served": None if queues is None else list(queues)})
         return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    # --- named queues ----------------------------------------------------------------
+
+    def queue_stats(self) -> list[QueueInfo]:
+        return queue_infos(self._db.read(STATS))
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        return self._set(SET_PAUSED, name, paused)
+
+    def set_concurrency(self, name: str, limit: int | None) -> bool:
+        return self._set(SET_CONCURRENCY, name, limit)
+
+    def _set(self, query: str, name: str, value: Any) -> bool:
+        """One queue setting; a change wakes idle workers (a resumed queue, or one
+        given more room, may have jobs due)."""
+
+        def run(conn: Conn) -> bool:
+            with conn.transaction():
+                changed = conn.execute(query, {"name": name, "value": value}).rowcount > 0
+                if changed:
+                    conn.execute("SELECT pg_notify(%s, 'queue')", (self._channel,))
+            return changed
+
+        return self._db.run(run)
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
         # DEAD -> PENDING, attempts reset: the job gets a fresh set of retries.

@@ -273,6 +273,10 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'waiting' AND id IN (SELECT child FROM job_deps WHERE parent = NEW.id);
     END;
     """,
+    # v11: nothing to change.  PostgreSQL's v11 indexes the processing jobs by queue,
+    # for its concurrency count, which would otherwise walk dead row versions; SQLite
+    # keeps none, and counts through jobs_state as many rows as jobs are running.
+    "-- v11: no change",
 )
 
 #: PRAGMA user_version of a database with every migration applied.

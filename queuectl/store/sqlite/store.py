@@ -11,20 +11,42 @@ import contextlib
 import select
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import apsw
 
 from queuectl.errors import StoreError, StoreGone
-from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
+from queuectl.models import (
+    Beat,
+    Event,
+    Job,
+    JobFilter,
+    JobState,
+    LeaseGrant,
+    LeaseInfo,
+    NewJob,
+    QueueInfo,
+    WorkerInfo,
+)
 from queuectl.store.outcome import Finished, Recovered
-from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
+from queuectl.store.sql import (
+    EVENT_COLUMNS,
+    WORKER_COLUMNS,
+    job_filter,
+    list_order,
+    queue_infos,
+    recover_statement,
+    worker_row,
+    workers_query,
+)
 from queuectl.store.sqlite import queries
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
 from queuectl.store.sqlite.file import DatabaseFile
 from queuectl.store.sqlite.insert import insert_jobs
-from queuectl.store.sqlite.schema import WAKE_FOR, migrate
+from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served
+from queuectl.store.sqlite.schema import migrate
 
 T = TypeVar("T")
 _WORKERS = workers_query()
@@ -125,15 +147,18 @@ class SQLiteStore:
         rows = self._read(f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,))
         return [Event.from_tuple(r) for r in rows]
 
-    def list_jobs(self, state: JobState | None = None, limit: int | None = None) -> list[Job]:
-        lim = -1 if limit is None else int(limit)
-        if state is None:
-            sql = f"SELECT {_COLS} FROM jobs ORDER BY created_at, id LIMIT ?"
-            rows = self._read(sql, (lim,))
-        else:
-            sql = f"SELECT {_COLS} FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT ?"
-            rows = self._read(sql, (state.value, lim))
-        return [Job.from_tuple(r) for r in rows]
+    def list_jobs(
+        self, state: JobState | None = None, limit: int | None = None, *, where: JobFilter | None = None
+    ) -> list[Job]:
+        where = where or JobFilter()
+        if state is not None:
+            where = replace(where, states=(state,))
+        clause, params = job_filter(where, "sqlite")
+        params["lim"] = -1 if limit is None else int(limit)
+        return [
+            Job.from_tuple(r)
+            for r in self._read(f"SELECT {_COLS} FROM jobs{clause}{list_order(where)} LIMIT :lim", params)
+        ]
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in JobState}
@@ -144,26 +169,48 @@ class SQLiteStore:
     def fold_counts(self) -> None:
         self._write(fold_counts)
 
-    def claim(self, worker_id: str, now: float | None = None) -> Job | None:
-        return self._write(lambda conn: queries.claim(conn, worker_id, self._now(now)))
+    def claim(
+        self, worker_id: str, now: float | None = None, queues: Sequence[str] | None = None
+    ) -> Job | None:
+        q = served(queues)
+        return self._write(lambda conn: queries.claim(conn, worker_id, self._now(now), q))
 
     def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
         return self._write(lambda conn: queries.finish(conn, job_id, lease, outcome, self._now(now)))
 
     def finish_and_claim(
-        self, job_id: str, lease: int, outcome: Finished, worker_id: str, now: float | None = None
+        self,
+        job_id: str,
+        lease: int,
+        outcome: Finished,
+        worker_id: str,
+        now: float | None = None,
+        queues: Sequence[str] | None = None,
     ) -> tuple[bool, Job | None]:
+        q = served(queues)
+
         def both(conn: apsw.Connection) -> tuple[bool, Job | None]:
             t = self._now(now)
-            return queries.finish(conn, job_id, lease, outcome, t), queries.claim(conn, worker_id, t)
+            return queries.finish(conn, job_id, lease, outcome, t), queries.claim(conn, worker_id, t, q)
 
         return self._write(both)
 
-    def next_due(self) -> float | None:
+    def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         # INDEXED BY, as in claim(): otherwise a scan of every runnable job per idle poll.
         # Jobs due on arrival are not in jobs_next: they are due already.
-        rows = self._read(f"SELECT min(next_run_at) FROM jobs INDEXED BY jobs_next WHERE {WAKE_FOR}")
+        rows = self._read(NEXT_DUE, {"served": served(queues)})
         return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    # --- named queues ----------------------------------------------------------------
+
+    def queue_stats(self) -> list[QueueInfo]:
+        return queue_infos(self._read(STATS))
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        return self._changes(SET_PAUSED, {"name": name, "value": int(paused)}) > 0
+
+    def set_concurrency(self, name: str, limit: int | None) -> bool:
+        return self._changes(SET_CONCURRENCY, {"name": name, "value": limit}) > 0
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
         t = self._now(now)
