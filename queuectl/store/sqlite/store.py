@@ -18,7 +18,14 @@ import apsw
 from queuectl.errors import StoreError, StoreGone
 from queuectl.models import Beat, Event, Job, JobState, LeaseGrant, LeaseInfo, NewJob, WorkerInfo
 from queuectl.store.outcome import Finished, Recovered
-from queuectl.store.sql import EVENT_COLUMNS, WORKER_COLUMNS, recover_statement, worker_row, workers_query
+from queuectl.store.sql import (
+    EVENT_COLUMNS,
+    WORKER_COLUMNS,
+    cancel_reason,
+    recover_statement,
+    worker_row,
+    workers_query,
+)
 from queuectl.store.sqlite import queries
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
@@ -185,6 +192,23 @@ class SQLiteStore:
             return moved
 
         return self._write(retry)
+
+    def cancel(self, job_ids: Sequence[str], actor: str, now: float | None = None) -> list[str]:
+        def cancel_each(conn: apsw.Connection) -> list[str]:
+            t = self._now(now)
+            reason = cancel_reason(actor)
+            moved: list[str] = []
+            for job_id in dict.fromkeys(job_ids):
+                if queries.cancel(conn, job_id, reason, t):
+                    moved.append(job_id)
+            return moved
+
+        return self._write(cancel_each)
+
+    def save_output(self, job_id: str, lease: int, stdout: str, stderr: str) -> bool:
+        return bool(
+            self._changes(queries.SAVE_OUTPUT, {"id": job_id, "lease": lease, "out": stdout, "err": stderr})
+        )
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
         marks = ",".join("?" * len(states))
