@@ -22,6 +22,8 @@ COMMANDS = {
     "inspect": "jobs:inspect",
     "logs": "jobs:logs",
     "purge": "jobs:purge",
+    "cancel": "control:cancel",
+    "wait": "control:wait",
     "dlq": "dlq:dlq",
     "config": "config:config",
     "worker": "workers:worker",
