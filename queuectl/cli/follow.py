@@ -48,7 +48,7 @@ def follow(queue: Any, job_id: str, stream: str, raw: bool, as_json: bool) -> in
     attempt: int | None = None
     last: Job | None = None
     for (job,) in queue.watch([job_id]):
-        if attempt is not None and job.attempts != attempt:
+        if attempt and job.attempts != attempt:
             # A new attempt: its output starts afresh.
             printed = dict.fromkeys(names, "")
             _note(as_json, job, {"attempt": job.attempts}, f"--- attempt {job.attempts} ---")
