@@ -13,6 +13,10 @@ from queuectl.cli.enqueue_options import OPTIONS, submit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Options of the click command alone, not in OPTIONS: the pre-parser does not know
+#: them, so a command line with one goes to click (they are not worth its speed).
+CLICK_ONLY = ("--wait",)
+
 
 def _declared_options(f: F) -> F:
     """enqueue's options, as OPTIONS declares them (in its order)."""
