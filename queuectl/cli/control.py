@@ -57,7 +57,7 @@ def cancel(
 
 def _cancel_many(c: Ctx, state: str | None, queue_name: str | None, yes: bool, as_json: bool) -> int:
     jobs = c.queue.cancellable(state, queue_name)
-    if not yes:
+    if jobs and not yes:  # nothing to cancel: nothing to ask
         from queuectl.cli.jobs import confirm
 
         n = len(jobs)
