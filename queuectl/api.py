@@ -7,10 +7,23 @@ nothing.  Sees only the Store protocol.
 from __future__ import annotations
 
 import builtins
+import time
 
 from queuectl.config import Config, Paths, check_combination
-from queuectl.errors import Conflict, InvalidInput, JobNotFound
-from queuectl.models import MONITOR_LEASE, Event, Job, JobFilter, JobState, NewJob, QueueInfo, WorkerInfo, iso
+from queuectl.errors import Conflict, InvalidInput, JobEnded, JobNotFound
+from queuectl.models import (
+    CANCELLABLE,
+    MONITOR_LEASE,
+    TERMINAL,
+    Event,
+    Job,
+    JobFilter,
+    JobState,
+    NewJob,
+    QueueInfo,
+    WorkerInfo,
+    iso,
+)
 from queuectl.rules import check_jobs, check_purge, check_queue_name, open_home, parse_moment
 from queuectl.settings import LIMIT, SETTINGS, normalize_key, num_text
 from queuectl.store import Store, open_store
@@ -18,7 +31,7 @@ from queuectl.store import Store, open_store
 # Not typing.TYPE_CHECKING, which would import typing at every start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
     from typing import Any
 
 
@@ -197,6 +210,92 @@ class Queue:
         before = None if older_than is None else self.store.now() - older_than
         return self.store.purgeable(parsed, before)
 
+    # --- job control ---------------------------------------------------------------
+
+    def cancel(
+        self, job_ids: Iterable[str], actor: str | None = None, now: float | None = None
+    ) -> tuple[builtins.list[str], builtins.list[JobNotFound | JobEnded]]:
+        """Cancel these jobs (each one that may still run: models.CANCELLABLE), in one
+        transaction, the history naming `actor` (default: this user@host).  A running
+        attempt is killed by its own worker at its next heartbeat.  Returns the ids
+        cancelled and, for each other id, why not: JobNotFound, or Conflict for a job
+        that had ended already (by the time of the cancel)."""
+        ids = builtins.list(dict.fromkeys(job_ids))
+        moved = self.store.cancel(ids, actor or who(), now)
+        done = set(moved)
+        errors: builtins.list[JobNotFound | JobEnded] = []
+        for job_id in ids:
+            if job_id in done:
+                continue
+            job = self.store.get(job_id)
+            if job is None:
+                errors.append(JobNotFound(job_id))
+            else:
+                errors.append(JobEnded(job_id, job.state.value))
+        return moved, errors
+
+    def cancellable(self, state: str | None = None, queue: str | None = None) -> builtins.list[Job]:
+        """The jobs `cancel --state/--queue` would cancel now: those in `state` (one
+        of models.CANCELLABLE; None: any of them) and in `queue` (None: any)."""
+        wanted = CANCELLABLE if state is None else (parse_state(state),)
+        if wanted[0] not in CANCELLABLE:
+            known = ", ".join(s.value for s in CANCELLABLE)
+            raise InvalidInput(f"jobs that are {wanted[0].value} cannot be cancelled (cancellable: {known})")
+        jobs = [j for s in wanted for j in self.store.list_jobs(s)]
+        return sorted(
+            (j for j in jobs if queue is None or j.queue == queue), key=lambda j: (j.created_at, j.id)
+        )
+
+    def watch(
+        self,
+        job_ids: Iterable[str],
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Iterator[builtins.list[Job]]:
+        """Snapshots of these jobs, in the order given: one at once, then one after
+        each wake-up, until every job is terminal (that snapshot is the last) or
+        `timeout` seconds (by `clock`) have passed.  JobNotFound for an id that is
+        unknown (or purged meanwhile).
+
+        A wake-up is the store's change signal (SQLite: data_version, microseconds a
+        check; PostgreSQL: the NOTIFY of an enqueue, cancel or saved output) or, at
+        the latest, heartbeat_interval: no store sends a signal for a finish (its
+        cost would be paid by every job), so on PostgreSQL a finish is seen within
+        one heartbeat interval, a read of the unfinished jobs each."""
+        ids = builtins.list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidInput("no job ids given")
+        jobs = {job_id: self.get(job_id) for job_id in ids}
+        deadline = None if timeout is None else clock() + timeout
+        recheck = self.config().heartbeat_interval
+        while True:
+            yield [jobs[i] for i in ids]
+            running = [i for i in ids if jobs[i].state not in TERMINAL]
+            if not running:
+                return
+            wait = recheck
+            if deadline is not None:
+                left = deadline - clock()
+                if left <= 0:
+                    return
+                wait = min(wait, left)
+            self.store.wait_for_change(wait)
+            for job_id in running:
+                jobs[job_id] = self.get(job_id)
+
+    def wait(
+        self,
+        job_ids: Iterable[str],
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> builtins.list[Job]:
+        """Block until every one of these jobs is terminal, or `timeout` passes; the
+        jobs as last read (see watch())."""
+        last: builtins.list[Job] = []
+        for last in self.watch(job_ids, timeout, clock):  # noqa: B007
+            pass
+        return last
+
     # --- config --------------------------------------------------------------------
 
     def config_get(self, key: str | None = None) -> dict[str, Any]:
@@ -218,6 +317,32 @@ class Queue:
 
 #: The largest concurrency a queue takes (a 64-bit count either store holds).
 CONCURRENCY_MAX = 1_000_000
+
+
+def who() -> str:
+    """The actor a cancel records: this process's user@host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        import os
+
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def wait_exit_code(jobs: builtins.list[Job]) -> int:
+    """`wait`'s exit code for the jobs it waited for: 0 when every one completed,
+    1 when any ended dead or cancelled, 124 (as timeout(1)) when any had not ended."""
+    if any(j.state not in TERMINAL for j in jobs):
+        return WAIT_TIMEOUT
+    return 0 if all(j.state is JobState.COMPLETED for j in jobs) else 1
+
+
+#: `wait`'s exit code when its timeout passed first (as timeout(1)'s).
+WAIT_TIMEOUT = 124
 
 
 def parse_state(text: str) -> JobState:

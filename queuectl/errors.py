@@ -29,6 +29,14 @@ class Conflict(QueuectlError):
     exit_code = 4
 
 
+class JobEnded(Conflict):
+    """The job is terminal already (completed, dead, cancelled): it cannot be cancelled."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id!r} is {state} already: nothing to cancel")
+        self.job_id = job_id
+
+
 class DuplicateJob(Conflict):
     def __init__(self, job_id: str | None = None) -> None:
         what = f"a job with id {job_id!r} already exists" if job_id else "a job id already exists"
@@ -82,10 +90,11 @@ class SupervisorError(QueuectlError):
 
 EXIT_CODES = {
     0: "success",
-    1: "unexpected internal error",
+    1: "unexpected internal error; for wait and logs --follow: a job ended dead or cancelled",
     2: "usage error or invalid input (nothing was changed)",
     3: "job not found",
     4: "conflict with stored data (duplicate id, job not in the required state)",
     5: "database unavailable: busy, corrupt, deleted, not a queuectl database, read-only, full",
     6: "supervisord could not be started or reached, or died under a foreground `worker start`",
+    124: "wait: its --timeout passed before every job ended (as timeout(1))",
 }

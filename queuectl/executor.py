@@ -110,6 +110,15 @@ class OutputFiles:
             if drop >= TRIM_SLACK:
                 _punch_hole(fd, drop)
 
+    def sizes(self) -> tuple[int, int]:
+        """How many bytes the attempt has written to stdout and to stderr so far (a
+        trimmed file keeps its size): two fstat calls, no read."""
+        return os.fstat(self.out).st_size, os.fstat(self.err).st_size
+
+    def peek(self, limit: int) -> tuple[str, str]:
+        """The last `limit` bytes of each output, read while the attempt runs."""
+        return _tail(self.out, limit)[0], _tail(self.err, limit)[0]
+
     def tails(self, limit: int) -> tuple[str, str]:
         out, out_size = _tail(self.out, limit)
         err, err_size = _tail(self.err, limit)

@@ -94,6 +94,10 @@ class Worker:
         self._next: Job | None = None
         #: The job being run now.
         self._running: Job | None = None
+        #: (id, lease) of an attempt found cancelled: its result is not recorded.
+        self._cancelled: tuple[str, int] | None = None
+        #: The output sizes of the running attempt when its output was last saved.
+        self._saved = (0, 0)
         #: The CPUs jobs may use when this worker is pinned to one (see pin()), and
         #: the lock on its CPU; `run_dir` holds the locks (None: never pinned).
         self._job_cpus: frozenset[int] | None = None
@@ -231,6 +235,7 @@ class Worker:
                 return None
         failpoints.hit("after_claim_commit")
         if not self._still_mine(job):
+            self._cancelled = None  # never started: nothing to drop either way
             return job
         try:
             outcome = self.execute(job)
@@ -239,7 +244,13 @@ class Worker:
         except Exception as exc:  # the attempt started: record it as failed, never drop it
             self.log.exception("worker_error", job_id=job.id)
             outcome = Outcome(exit_code=None, error=f"worker error while running the job: {exc}")
-        self.record(job, outcome, now, claim_next=chain and not self.signals.warm)
+        if self._cancelled == (job.id, job.lease):
+            # CANCELLED is terminal and the lease never goes back: nothing to write
+            # (the fenced finish could only fail), not a failure, never a retry.
+            self._cancelled = None
+            self.log.info("job_cancelled", job_id=job.id, attempt=job.attempts, exit_code=outcome.exit_code)
+        else:
+            self.record(job, outcome, now, claim_next=chain and not self.signals.warm)
         self.jobs_done += 1
         return job
 
@@ -281,6 +292,7 @@ class Worker:
         )
         fence = self._fence
         self._running = job
+        self._saved = (0, 0)
         try:
             outcome = executor.run(
                 command,
@@ -392,13 +404,42 @@ class Worker:
             return None
         self._last_beat_ok = sent
         if self._still_held(beat, job, started):
-            if started and self._fence is not None:  # the store has our heartbeat naming the job
-                self._fence.renew(self._deadline())
+            if started and job is not None:
+                if self._fence is not None:  # the store has our heartbeat naming the job
+                    self._fence.renew(self._deadline())
+                self._save_output(job)
             return None
-        if started:
+        if started and job is not None:
+            if self._cancelled == (job.id, job.lease):
+                return "cancelled"
             return "lease lost: the job was recovered by the monitor"
-        self._next = None  # recovered before it even started: not ours any more
+        # Recovered or cancelled before it even started: not ours any more.
+        self._next = self._cancelled = None
         return None
+
+    def _save_output(self, job: Job) -> None:
+        """At a heartbeat of a running attempt that wrote something since the last
+        save: store its kept tail (output_limit), so `logs` shows it while it runs.
+        Two fstat calls when nothing new was written; a failed save is retried at the
+        next heartbeat (the finish writes the output in any case)."""
+        files = self._files
+        if files is None:
+            return
+        try:
+            sizes = files.sizes()
+            if sizes == self._saved:
+                return
+            out, err = files.peek(self.config.output_limit * 1024)
+        except OSError:
+            return  # the attempt's files are being closed: it is ending
+        try:
+            self.store.save_output(job.id, job.lease, out, err)
+        except StoreFatal:
+            raise
+        except QueuectlError as exc:
+            self.log.warning("output_save_failed", job_id=job.id, error=str(exc))
+            return
+        self._saved = sizes
 
     def _still_held(self, beat: Beat, job: Job | None, started: bool) -> bool:
         """Act on a heartbeat's answer: re-register if the monitor took this worker
@@ -409,9 +450,27 @@ class Worker:
             self.log.warning("worker_reregistered", **ids)
             self.register(job.id if job is not None and beat.held else None)
         if job is not None and not beat.held:
-            self.log.warning("lease_lost", **ids, lease=job.lease, **({} if started else {"started": False}))
+            more = {} if started else {"started": False}
+            if self._was_cancelled(job):
+                self._cancelled = (job.id, job.lease)
+                self.log.info("cancel_seen", **ids, lease=job.lease, **more)
+            else:
+                self.log.warning("lease_lost", **ids, lease=job.lease, **more)
             return False
         return True
+
+    def _was_cancelled(self, job: Job) -> bool:
+        """Whether this attempt's lease was lost to a cancel rather than a recovery:
+        CANCELLED is terminal and only a claim changes the lease, so the job
+        cancelled at this lease means this attempt was cancelled.  One read, only
+        once a lease is lost."""
+        try:
+            now = self.store.get(job.id)
+        except StoreFatal:
+            raise
+        except QueuectlError:
+            return False
+        return now is not None and now.state is JobState.CANCELLED and now.lease == job.lease
 
     def _stop_checks(self) -> str | None:
         """While a job runs: why to kill it for a stop, if so (no I/O)."""

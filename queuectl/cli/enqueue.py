@@ -13,6 +13,10 @@ from queuectl.cli.enqueue_options import OPTIONS, submit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Options of the click command alone, not in OPTIONS: the pre-parser does not know
+#: them, so a command line with one goes to click (they are not worth its speed).
+CLICK_ONLY = ("--wait",)
+
 
 def _declared_options(f: F) -> F:
     """enqueue's options, as OPTIONS declares them (in its order)."""
@@ -24,8 +28,14 @@ def _declared_options(f: F) -> F:
 @click.command()
 @click.argument("job", nargs=-1, required=True)
 @_declared_options
+@click.option(
+    "--wait",
+    "wait_",
+    is_flag=True,
+    help="Wait for the job to end, print its stdout and stderr, exit with its exit code.",
+)
 @pass_ctx
-def enqueue(c: Ctx, /, job: tuple[str, ...], **options: Any) -> None:
+def enqueue(c: Ctx, /, job: tuple[str, ...], wait_: bool, **options: Any) -> int:
     """Add a job: a shell command, a JSON object, or - for JSON lines on stdin.
 
     \b
@@ -33,6 +43,16 @@ def enqueue(c: Ctx, /, job: tuple[str, ...], **options: Any) -> None:
       queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
       printf '{"command":"true"}\\n{"command":"false"}\\n' | queuectl enqueue -
 
-    Prints the new id (one per line for bulk).
+    Prints the new id (one per line for bulk).  With --wait, prints no id: the job's
+    stdout and stderr once it ended, and exits 0 if it completed, else with its own
+    exit code (1 if it has none: cancelled, or dead without one).
     """
-    click.echo("\n".join(submit(c.home, c.db, job, options)))
+    ids = submit(c.home, c.db, job, options)
+    if wait_:
+        # Not an enqueue_options.Option: the pre-parser does not know the flag and
+        # hands the command line to click, so the common enqueue stays as fast.
+        from queuectl.cli.control import relay
+
+        return relay(c, ids)
+    click.echo("\n".join(ids))
+    return 0

@@ -147,16 +147,32 @@ def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--stream", type=click.Choice(["both", "stdout", "stderr"]), default="both")
 @click.option("--raw", is_flag=True, help="Print the output as the job wrote it (control characters too).")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Print new output as it is saved, until the job ends (exit as wait)."
+)
+@json_option
 @pass_ctx
-def logs(c: Ctx, job_id: str, stream: str, raw: bool) -> None:
-    """The stdout and stderr of a job's last attempt (terminal control characters
-    shown escaped, unless --raw)."""
+def logs(c: Ctx, job_id: str, stream: str, raw: bool, follow: bool, as_json: bool) -> int:
+    """The stdout and stderr of a job's last attempt, or of its running attempt so
+    far (saved at its worker's heartbeats); terminal control characters shown
+    escaped, unless --raw.  With --follow, JSON lines under --json."""
+    if follow:
+        from queuectl.cli.follow import follow as follow_job
+
+        return follow_job(c.queue, job_id, stream, raw, as_json)
     job = c.queue.get(job_id)
+    if as_json:
+        data = {"id": job.id, "state": job.state.value, "attempts": job.attempts}
+        emit_json(
+            {**data, **{s: getattr(job, s) or "" for s in ("stdout", "stderr") if stream in ("both", s)}}
+        )
+        return 0
     shown = (lambda text: text) if raw else render.block
     if stream in ("both", "stdout") and job.stdout:
         click.echo(shown(job.stdout), nl=False)
     if stream in ("both", "stderr") and job.stderr:
         click.echo(shown(job.stderr), nl=False, err=stream == "both")
+    return 0
 
 
 @click.command()
@@ -176,18 +192,20 @@ def purge(c: Ctx, states: tuple[str, ...], older_than: float | None, yes: bool) 
     if not yes:
         n = c.queue.purgeable(list(states), older_than)
         what = f"{n} {'/'.join(states)} job{'' if n == 1 else 's'}"
-        if not _confirm(f"Delete {what} and their history?"):
+        if not confirm(f"Delete {what} and their history?"):
             raise InvalidInput("not confirmed: nothing deleted")
     n = c.queue.purge(list(states), older_than)
     click.echo(f"purged {n} jobs")
 
 
-def _confirm(question: str) -> bool:
+def confirm(
+    question: str, nothing: str = "nothing deleted", hint: str = "give --yes to purge without asking"
+) -> bool:
     """Ask on stderr, read one answer from stdin: yes, or no (the default).  No answer
     at all (stdin closed or at its end) is a usage error; ^C stays an interrupt."""
     click.echo(f"{question} [y/N]: ", nl=False, err=True)
     answer = sys.stdin.readline() if sys.stdin is not None else ""
     if not answer:
         click.echo(err=True)
-        raise InvalidInput("no answer on stdin: nothing deleted (give --yes to purge without asking)")
+        raise InvalidInput(f"no answer on stdin: {nothing} ({hint})")
     return answer.strip().lower() in ("y", "yes")

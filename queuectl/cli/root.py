@@ -23,6 +23,8 @@ COMMANDS = {
     "logs": "jobs:logs",
     "purge": "jobs:purge",
     "queue": "queues:queue",
+    "cancel": "control:cancel",
+    "wait": "control:wait",
     "dlq": "dlq:dlq",
     "config": "config:config",
     "worker": "workers:worker",

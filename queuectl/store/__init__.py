@@ -194,6 +194,30 @@ class Store(Protocol):
         caller tells "unknown" from "not dead" with get().
         """
 
+    def cancel(self, job_ids: Sequence[str], actor: str, now: float | None = None) -> list[str]:
+        """Move each of these jobs that may still run (WAITING, PENDING, FAILED,
+        PROCESSING: models.CANCELLABLE) to CANCELLED, in one transaction, each with one
+        guarded statement: reason `cancelled by <actor>`, finished_at and updated_at =
+        now, next_run_at cleared.  The lease, worker and output are left as they are:
+        a PROCESSING job's worker learns of it from its next heartbeat (held=False),
+        kills the attempt, and its finish is fenced off.  The history records each move
+        (with the reason), and the WAITING children of a cancelled job are cancelled
+        with it (reason `parent <id> cancelled`).  A waiter in wait_for_change() is
+        woken.
+
+        Returns the ids moved, in the order given.  Ids that are unknown or terminal
+        already are left alone: the caller tells them apart with get().
+        """
+
+    def save_output(self, job_id: str, lease: int, stdout: str, stderr: str) -> bool:
+        """Store the output a running attempt has written so far (its kept tail, which
+        the caller bounds to output_limit), so get() shows it while the job runs.  The
+        job's state, times and history do not change.
+
+        Fenced like finish(): only if (job_id, PROCESSING, lease) still holds; False
+        means it did not, and nothing changed.  A waiter in wait_for_change() may be
+        woken (PostgreSQL: NOTIFY; SQLite: every commit is seen)."""
+
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
         """Delete the jobs in `states` (and their history) last updated before `before`
         (None: any time), in one transaction; returns how many jobs were deleted.  The

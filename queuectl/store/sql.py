@@ -51,6 +51,11 @@ def worker_row(info: WorkerInfo) -> tuple[Any, ...]:
     )
 
 
+def cancel_reason(actor: str) -> str:
+    """The reason a cancel records (its history event shows who did it)."""
+    return f"cancelled by {actor}"
+
+
 def finish_params(
     job_id: str, lease: int, outcome: Finished, now: float | None, clean: Clean = _same
 ) -> dict[str, Any]:

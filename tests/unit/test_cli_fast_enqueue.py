@@ -29,6 +29,7 @@ import pytest
 
 from queuectl import rules
 from queuectl.cli import fast_enqueue
+from queuectl.cli.enqueue import CLICK_ONLY
 from queuectl.cli.enqueue import enqueue as click_enqueue
 from queuectl.cli.enqueue_options import OPTIONS
 from queuectl.cli.root import cli as click_group
@@ -521,9 +522,12 @@ def test_the_click_command_is_built_from_the_declarations() -> None:
     declared = [
         (p.opts, p.name, types[p.type], p.help)
         for p in click_enqueue.params
-        if isinstance(p, click.Option) and p.opts[0] != "--help"
+        if isinstance(p, click.Option) and p.opts[0] != "--help" and p.opts[0] not in CLICK_ONLY
     ]
     assert declared == [([o.flag], o.param, o.kind, o.help) for o in OPTIONS]
+    # An option of the click command alone sends the command line to click.
+    for flag in CLICK_ONLY:
+        assert fast_enqueue.parse(["enqueue", flag, "true"]) is None
     group = {p.opts[0]: p.name for p in click_group.params if isinstance(p, click.Option)}
     for flag, param in fast_enqueue.GROUP_OPTIONS.items():
         assert group[flag] == param

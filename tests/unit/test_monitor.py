@@ -253,3 +253,38 @@ def test_a_fold_that_fails_leaves_the_pass_standing(sqlite_store: Store, tmp_pat
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     failed = [r for r in records if r["event"] == "counts_fold_failed"]
     assert len(failed) == 1 and "job_counts_upto" in failed[0]["error"]
+
+
+def test_a_cancelled_job_whose_worker_died_is_left_cancelled_and_its_processes_killed(
+    store: Store, tmp_path: Path
+) -> None:
+    """The worker died after the cancel and before its heartbeat saw it: the pass
+    removes the worker, recovers nothing (the job is terminal), and kills what the
+    attempt left running."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    register(store, "w1", at=T0, pid=dead.pid)
+    store.enqueue([job("a")], now=T0)
+    claimed = store.claim("w1", now=T0)
+    assert claimed is not None
+    assert store.cancel(["a"], "op@h", now=T0 + 1) == ["a"]
+    env = {
+        **os.environ,
+        "QUEUECTL_JOB_ID": "a",
+        "QUEUECTL_LEASE": str(claimed.lease),
+        "QUEUECTL_QUEUE": QUEUE,
+    }
+    leftover = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+    try:
+        wait_until(lambda: any(p.pid == leftover.pid for p in procs.job_processes(QUEUE)), 5)
+        done = monitor(store, tmp_path).run_once(now=T0 + 2)
+        assert sorted((r.event, r.job_id) for r in done) == [("orphan_killed", "a"), ("worker_removed", None)]
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
+    after = store.get("a")
+    assert after is not None and (after.state, after.attempts) == (JobState.CANCELLED, 1)
+    assert [e.to_state for e in store.history("a")] == ["pending", "processing", "cancelled"]
+    assert store.workers() == []

@@ -9,8 +9,9 @@ Same semantics as the SQLite store (see store/__init__.py), with these choices:
 * History is written by triggers in the same transaction as every state change.
 * The claim is one autocommit statement with `FOR UPDATE SKIP LOCKED`: claimers on
   any number of hosts never get the same row and never wait for each other.
-* Enqueue and `dlq retry` send `pg_notify` in their transaction; an idle worker
-  LISTENs for it (notify.py).
+* Enqueue, `dlq retry`, cancel and a running attempt's saved output send
+  `pg_notify` in their transaction; an idle worker (and a waiter) LISTENs for it
+  (notify.py).  A finish sends none: see Queue.wait for how a waiter learns of it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from queuectl.store.postgres.schema import migrate
 from queuectl.store.sql import (
     EVENT_COLUMNS,
     WORKER_COLUMNS,
+    cancel_reason,
     job_filter,
     list_order,
     queue_infos,
@@ -260,6 +262,53 @@ class PostgresStore:
             return moved
         done = set(moved)
         return [i for i in ids if i in done]
+
+    def cancel(self, job_ids: Sequence[str], actor: str, now: float | None = None) -> list[str]:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return []
+        # WAITING/PENDING/FAILED/PROCESSING -> CANCELLED: one guarded statement for the
+        # rows; a row a finish holds is waited for and re-checked against the WHERE.
+        # The lease is left as it is: the running attempt's worker finds (id,
+        # processing, lease) gone at its next heartbeat.
+        query = (
+            f"UPDATE jobs SET state = 'cancelled', next_run_at = NULL, finished_at = {queries.T},"
+            f" updated_at = {queries.T}, reason = %(reason)s"
+            " WHERE id = ANY(%(ids)s::text[]) AND state IN ('waiting', 'pending', 'failed', 'processing')"
+            " RETURNING id"
+        )
+        params = {"now": now, "ids": ids, "reason": queries.clean(cancel_reason(actor))}
+
+        def cancel(conn: Conn) -> set[str]:
+            with conn.transaction():
+                moved = {str(r[0]) for r in conn.execute(query, params).fetchall()}
+                if moved:
+                    conn.execute("SELECT pg_notify(%s, 'cancel')", (self._channel,))
+            return moved
+
+        moved = self._db.run(cancel)
+        return [i for i in ids if i in moved]
+
+    def save_output(self, job_id: str, lease: int, stdout: str, stderr: str) -> bool:
+        params = {"id": job_id, "lease": lease, "out": queries.clean(stdout), "err": queries.clean(stderr)}
+
+        def save(conn: Conn) -> bool:
+            # Fenced by the lease; no state change, so no history event.  The NOTIFY
+            # wakes `logs --follow` (at most one per running job per heartbeat).
+            with conn.transaction():
+                changed = (
+                    conn.execute(
+                        "UPDATE jobs SET stdout = %(out)s, stderr = %(err)s"
+                        " WHERE id = %(id)s AND state = 'processing' AND lease = %(lease)s",
+                        params,
+                    ).rowcount
+                    > 0
+                )
+                if changed:
+                    conn.execute("SELECT pg_notify(%s, 'output')", (self._channel,))
+            return changed
+
+        return self._db.run(save)
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
         # One statement: the jobs and their history go together, or not at all.

@@ -47,6 +47,20 @@ _FINISH = (
 )
 
 
+# WAITING/PENDING/FAILED/PROCESSING -> CANCELLED.  The lease is left as it is: a
+# running attempt's worker finds (id, processing, lease) gone at its next heartbeat.
+_CANCEL = (
+    "UPDATE jobs SET state = 'cancelled', next_run_at = NULL, finished_at = :now,"
+    " updated_at = :now, reason = :reason"
+    " WHERE id = :id AND state IN ('waiting', 'pending', 'failed', 'processing')"
+)
+
+#: A running attempt's output so far, fenced by the lease (no state change: no event).
+SAVE_OUTPUT = (
+    "UPDATE jobs SET stdout = :out, stderr = :err WHERE id = :id AND state = 'processing' AND lease = :lease"
+)
+
+
 def claim(conn: apsw.Connection, worker_id: str, now: float, served: str | None = None) -> Job | None:
     """`served`: the queues to claim from, as a JSON array (None: every queue)."""
     # The RETURNING cursor is read to its end (fetchall) so the statement completes
@@ -57,4 +71,9 @@ def claim(conn: apsw.Connection, worker_id: str, now: float, served: str | None 
 
 def finish(conn: apsw.Connection, job_id: str, lease: int, outcome: Finished, now: float) -> bool:
     conn.execute(_FINISH, finish_params(job_id, lease, outcome, now))
+    return bool(conn.changes())
+
+
+def cancel(conn: apsw.Connection, job_id: str, reason: str, now: float) -> bool:
+    conn.execute(_CANCEL, {"id": job_id, "reason": reason, "now": now})
     return bool(conn.changes())

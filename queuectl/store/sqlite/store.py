@@ -33,6 +33,7 @@ from queuectl.store.outcome import Finished, Recovered
 from queuectl.store.sql import (
     EVENT_COLUMNS,
     WORKER_COLUMNS,
+    cancel_reason,
     job_filter,
     list_order,
     queue_infos,
@@ -232,6 +233,23 @@ class SQLiteStore:
             return moved
 
         return self._write(retry)
+
+    def cancel(self, job_ids: Sequence[str], actor: str, now: float | None = None) -> list[str]:
+        def cancel_each(conn: apsw.Connection) -> list[str]:
+            t = self._now(now)
+            reason = cancel_reason(actor)
+            moved: list[str] = []
+            for job_id in dict.fromkeys(job_ids):
+                if queries.cancel(conn, job_id, reason, t):
+                    moved.append(job_id)
+            return moved
+
+        return self._write(cancel_each)
+
+    def save_output(self, job_id: str, lease: int, stdout: str, stderr: str) -> bool:
+        return bool(
+            self._changes(queries.SAVE_OUTPUT, {"id": job_id, "lease": lease, "out": stdout, "err": stderr})
+        )
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
         marks = ",".join("?" * len(states))
