@@ -130,7 +130,7 @@ def _with_library(home: str | None, db: str | None, specs: list[dict[str, Any]],
 
     queue = Queue.open(resolve_paths(home, db))
     try:
-        return queue.enqueue_many(specs) if bulk else [queue.enqueue(specs[0])]
+        return queue.enqueue_many(specs, numbered=bulk)
     finally:
         queue.close()
 
