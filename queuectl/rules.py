@@ -282,7 +282,7 @@ def check_job(
             float(timeout),
             now,
             DEFAULT_QUEUE,
-            _caller_dir() if here is None else here,
+            here if here is not None else _check_cwd(None, None),
             None,
             None,
             (),
