@@ -58,8 +58,8 @@ def test_on_conflict_ignore_prints_the_holder(qhome: QHome) -> None:
     held = qhome.run("enqueue", "true", "--unique-key", "k")
     assert held.returncode == 4 and held.stdout == ""
     assert (
-        held.stderr
-        == f"queuectl: error: unique key 'k' is held by job {first} (pending, failed, waiting or processing)\n"
+        held.stderr == f"queuectl: error: unique key 'k' is held by job {first}"
+        " (pending, failed, waiting or processing)\n"
     )
     ignored = qhome.run("enqueue", "true", "--unique-key", "k", "--on-conflict", "ignore")
     assert (ignored.returncode, ignored.stdout) == (0, f"{first}\n")
