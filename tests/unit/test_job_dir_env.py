@@ -83,3 +83,24 @@ def test_a_job_without_cwd_runs_in_the_workers_directory(
     monkeypatch.chdir(tmp_path)
     make_worker().run_once(now=T0)
     assert q.get(job_id).stdout == f"{tmp_path}\n"
+
+
+def test_the_workers_log_never_holds_a_jobs_env(
+    store: Store, make_worker: MakeWorker, tmp_path: Path
+) -> None:
+    import io
+
+    from queuectl.logs import json_logger
+
+    out = io.StringIO()
+    q = Queue(store)
+    q.enqueue(
+        {"command": 'echo "$TOKEN"; exit 3', "env": {"TOKEN": "s3cr3t-value"}, "max_retries": 0}, now=T0
+    )
+    q.enqueue({"command": "true", "env": {"TOKEN": "s3cr3t-value"}, "cwd": str(tmp_path / "no")}, now=T0)
+    w = make_worker()
+    w.log = json_logger(out)
+    w.run_once(now=T0)
+    w.run_once(now=T0)
+    assert "job_finished" in out.getvalue()
+    assert "s3cr3t-value" not in out.getvalue()
