@@ -24,7 +24,7 @@ from queuectl.models import (
     WorkerInfo,
     iso,
 )
-from queuectl.rules import check_jobs, check_purge, check_queue_name, open_home, parse_moment
+from queuectl.rules import check_jobs, check_purge, check_queue_name, open_home, parse_moment, skip_held
 from queuectl.settings import LIMIT, SETTINGS, normalize_key, num_text
 from queuectl.store import Store, open_store
 
@@ -55,14 +55,31 @@ class Queue:
 
     # --- enqueue -------------------------------------------------------------------
 
-    def enqueue(self, spec: Mapping[str, Any], now: float | None = None) -> str:
-        """Validate one job and insert it as pending; returns its id."""
-        return self._enqueue([spec], now, numbered=False)[0]
+    def enqueue(
+        self, spec: Mapping[str, Any], now: float | None = None, *, on_conflict: str = "error"
+    ) -> str:
+        """Validate one job and insert it as pending (waiting, with parents not all
+        completed); returns its id.  A unique key held by another job: UniqueConflict,
+        or with on_conflict="ignore" the holder's id (nothing inserted)."""
+        return self.enqueue_many([spec], now, on_conflict=on_conflict, numbered=False)[0]
 
-    def enqueue_many(self, specs: Iterable[Mapping[str, Any]], now: float | None = None) -> list[str]:
+    def enqueue_many(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        now: float | None = None,
+        *,
+        on_conflict: str = "error",
+        numbered: bool = True,
+    ) -> list[str]:
         """Validate every job, then insert them all in one transaction (or none); an
-        error names the job by its number, from 1."""
-        return self._enqueue(specs, now, numbered=True)
+        error names the job by its number, from 1.  With on_conflict="ignore", the
+        jobs whose unique key is held are left out (the rest are inserted, all or
+        none) and the holder's id stands in their place in the result."""
+        if on_conflict not in ("error", "ignore"):
+            raise InvalidInput("on_conflict must be 'error' or 'ignore'")
+        if on_conflict == "error":
+            return self._enqueue(specs, now, numbered=numbered)
+        return skip_held([dict(s) for s in specs], lambda batch: self._enqueue(batch, now, numbered=numbered))
 
     def _enqueue(
         self, specs: Iterable[Mapping[str, Any]], now: float | None, *, numbered: bool
@@ -84,6 +101,10 @@ class Queue:
     def inspect(self, job_id: str) -> tuple[Job, list[Event]]:
         job = self.get(job_id)
         return job, self.store.history(job_id)
+
+    def parents(self, job_id: str) -> builtins.list[str]:
+        """The ids the job was enqueued `after`."""
+        return self.store.parents(job_id)
 
     def list(
         self,

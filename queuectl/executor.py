@@ -11,11 +11,12 @@ and a tick every `tick_interval` seconds for heartbeats.  Knows nothing of the s
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +195,8 @@ class Command:
     output_limit: int = SETTINGS["output_limit"].default * 1024
     #: The CPUs the job may use, when the worker keeps itself to one (cpu_affinity).
     cpus: frozenset[int] | None = None
+    #: The directory the shell starts in (None: the worker's own).
+    cwd: str | None = None
 
 
 #: Signals the child gets back at their defaults: Python ignores SIGPIPE and SIGXFSZ,
@@ -277,7 +280,10 @@ def run(
     """
     box = contain.active()
     try:
-        proc = _start(cmd, files, box)
+        with _in_directory(cmd.cwd):
+            proc = _start(cmd, files, box)
+    except _NoDirectory as exc:
+        return Outcome(exit_code=None, error=str(exc))
     except OSError as exc:
         files.close()
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
@@ -311,6 +317,39 @@ def run(
         if error is None and code != 0:
             error = f"exited with code {code}{_HINTS.get(code, '')}"
     return Outcome(exit_code=exit_code, error=error, stdout=stdout, stderr=stderr, timed_out=timed_out)
+
+
+class _NoDirectory(Exception):
+    """The attempt's directory cannot be entered: the attempt fails before it starts."""
+
+
+_REASONS = {errno.ENOENT: "no such directory", errno.ENOTDIR: "not a directory"}
+#: The worker's own directory, held open so that it is found again after a job's
+#: spawn even if its path was removed or renamed meanwhile.
+_home_fd = -1
+
+
+@contextlib.contextmanager
+def _in_directory(path: str | None) -> Iterator[None]:
+    """Run the block (the spawn: posix_spawn has no directory attribute, and the
+    child inherits the caller's) in `path`, and come back.  The worker runs one
+    attempt at a time and nothing else of it uses relative paths, so the change is
+    seen by no one else."""
+    global _home_fd
+    if path is None:
+        yield
+        return
+    if _home_fd < 0:
+        _home_fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+        raise _NoDirectory(f"cannot run in {path}: {reason}") from None
+    try:
+        yield
+    finally:
+        os.fchdir(_home_fd)
 
 
 def _start(cmd: Command, files: OutputFiles, box: contain.Containment | None) -> _Child:

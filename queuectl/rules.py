@@ -23,7 +23,7 @@ from queuectl.settings import JOB_OPTIONS, SETTINGS
 # constant of this name the same meaning.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
 # --- where a queue lives ------------------------------------------------------------
@@ -137,7 +137,22 @@ def job_defaults(stored: Mapping[str, str]) -> tuple[int, float]:
 MAX_COMMAND_BYTES = 131_072 - 1
 MAX_ID_LENGTH = 200
 
-JOB_FIELDS = frozenset({"id", "command", "max_retries", "priority", "run_at", "delay", "timeout"})
+JOB_FIELDS = frozenset(
+    {
+        "id",
+        "command",
+        "max_retries",
+        "priority",
+        "run_at",
+        "delay",
+        "timeout",
+        "queue",
+        "cwd",
+        "env",
+        "unique_key",
+        "after",
+    }
+)
 #: Fields of a job's JSON form that may be sent back at enqueue with their initial
 #: values (so a job printed by `inspect --json` can be enqueued again elsewhere).
 INITIAL_FIELDS = frozenset({"state", "attempts", "created_at", "updated_at"})
@@ -222,24 +237,39 @@ def check_jobs(
     """The one validation of new jobs: every job object of one enqueue, with the
     queue's defaults read from its config table's values `stored`, as rows ready to
     insert.  InvalidInput names the first problem (in a batch, `numbered`, prefixed
-    with its job's number from 1), or says that no job was given."""
+    with its job's number from 1), or says that no job was given.  A job given no
+    `cwd` runs in the caller's current directory."""
     max_retries, timeout = job_defaults(stored)
+    here = _caller_dir()
     rows = []
+    keys: dict[str, int] = {}
+    linked = False
     for n, spec in enumerate(specs, 1):
         try:
-            rows.append(check_job(spec, max_retries, timeout, now))
+            row = check_job(spec, max_retries, timeout, now, here=here)
+            if row[9] is not None:
+                if row[9] in keys:
+                    raise InvalidInput(f"unique key {row[9]!r} is also job {keys[row[9]]}'s")
+                keys[row[9]] = n
         except InvalidInput as exc:
             if not numbered:
                 raise
             raise InvalidInput(f"job {n}: {exc}") from None
+        linked = linked or bool(row[10])
+        rows.append(row)
     if not rows:
         raise InvalidInput("no jobs given")
+    if linked:
+        _refuse_cycles(rows)
     return rows
 
 
-def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: float) -> JobRow:
-    """Validate one job object, with the queue's default max_retries and timeout;
-    raise InvalidInput naming the first problem."""
+def check_job(
+    spec: Mapping[str, Any], max_retries: int, timeout: float, now: float, *, here: str | None = None
+) -> JobRow:
+    """Validate one job object, with the queue's default max_retries and timeout and
+    the caller's directory `here` (None: os.getcwd()); raise InvalidInput naming the
+    first problem."""
     if spec.keys() <= _PLAIN_FIELDS:  # what the checks below come to with no other field
         command = _check_command(spec.get("command"))
         job_id = spec.get("id")
@@ -252,7 +282,7 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
             float(timeout),
             now,
             DEFAULT_QUEUE,
-            None,
+            here if here is not None else _check_cwd(None, None),
             None,
             None,
             (),
@@ -271,12 +301,179 @@ def check_job(spec: Mapping[str, Any], max_retries: int, timeout: float, now: fl
         _int(spec, "priority", _PRIORITY),
         _number(spec, "timeout", timeout),
         _start_time(spec, now),
-        DEFAULT_QUEUE,
-        None,
-        None,
-        None,
-        (),
+        _check_queue(spec.get("queue")),
+        _check_cwd(spec.get("cwd"), here),
+        _check_env(spec.get("env")),
+        _check_key(spec.get("unique_key")),
+        _check_after(spec.get("after"), job_id),
     )
+
+
+def _caller_dir() -> str | None:
+    """The enqueueing process's current directory; None if it was deleted (an error
+    only for a job that would run there: _check_cwd)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+#: Longest queue name, unique key, and directory (PATH_MAX); most bytes of a job's
+#: added environment (as JSON text).
+MAX_QUEUE_LENGTH = 64
+MAX_KEY_LENGTH = 200
+MAX_CWD_BYTES = 4096
+MAX_ENV_BYTES = 65_536
+#: Variables the worker sets for every attempt (executor.MARKED): a job cannot set them.
+RESERVED_ENV = frozenset({"QUEUECTL_JOB_ID", "QUEUECTL_LEASE", "QUEUECTL_ATTEMPT", "QUEUECTL_QUEUE"})
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_QUEUE_CHARS = _NAME_CHARS | {".", "-"}
+
+
+def _check_queue(value: Any) -> str:
+    if value is None:
+        return DEFAULT_QUEUE
+    return check_queue_name(value)
+
+
+def _check_cwd(value: Any, here: str | None) -> str:
+    """The directory the job runs in: `value` (relative to the caller's directory),
+    else the caller's.  Not checked for existence: it may be made before the job
+    runs, and a missing one fails the attempt then."""
+    if value is None:
+        if here is None:
+            here = _caller_dir()
+        if here is None:
+            raise InvalidInput("the current directory no longer exists: give --cwd DIR")
+        return here
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("cwd must be a non-empty string")
+    if "\x00" in value:
+        raise InvalidInput("cwd must not contain NUL characters")
+    if _has_surrogate(value) or len(value.encode()) > MAX_CWD_BYTES:
+        raise InvalidInput(f"cwd must be valid UTF-8 of at most {MAX_CWD_BYTES} bytes")
+    if value.startswith("/"):
+        return value
+    if here is None:
+        raise InvalidInput("the current directory no longer exists: give cwd as an absolute path")
+    return _join(here, value)
+
+
+def _check_env(value: Any) -> str | None:
+    """The variables a job adds to the worker's environment, as JSON object text
+    (None: none)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput("env must be an object of variable names to string values")
+    for key, text in value.items():
+        if not isinstance(key, str) or not key or key[0].isdigit() or not set(key) <= _NAME_CHARS:
+            raise InvalidInput(
+                f"env: {str(key)[:40]!r} is not a variable name (A-Z a-z 0-9 _, not first a digit)"
+            )
+        if key in RESERVED_ENV:
+            raise InvalidInput(f"env: {key} is set by the worker for every attempt")
+        if not isinstance(text, str):
+            raise InvalidInput(f"env: the value of {key} must be a string")
+        if "\x00" in text or _has_surrogate(text):
+            raise InvalidInput(f"env: the value of {key} must be UTF-8 text without NUL characters")
+    if not value:
+        return None
+    encoded = "{" + ", ".join(f"{_json_str(k)}: {_json_str(value[k])}" for k in sorted(value)) + "}"
+    if len(encoded.encode()) > MAX_ENV_BYTES:
+        raise InvalidInput(f"env is larger than {MAX_ENV_BYTES} bytes")
+    return encoded
+
+
+def _json_str(text: str) -> str:
+    """`text` as a JSON string, as json.dumps(text, ensure_ascii=False) writes it,
+    without importing json (and the `re` it imports): `enqueue --env` stays fast."""
+    out = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not out.isprintable():
+        out = "".join(_ESCAPES.get(ch, f"\\u{ord(ch):04x}") if ch < " " else ch for ch in out)
+    return f'"{out}"'
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _check_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("unique_key must be a string")
+    if not value or len(value) > MAX_KEY_LENGTH or any(_is_control(ch) for ch in value):
+        raise InvalidInput(f"unique_key must be 1 to {MAX_KEY_LENGTH} characters, no control characters")
+    return value
+
+
+def _check_after(value: Any, job_id: str) -> tuple[str, ...]:
+    """The job's parents, each once, in the order given."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise InvalidInput("after must be a list of job ids")
+    parents: dict[str, None] = {}
+    for parent in value:
+        try:
+            parents[_check_id(parent)] = None
+        except InvalidInput as exc:
+            raise InvalidInput(f"after: {exc}") from None
+    if job_id in parents:
+        raise InvalidInput(f"job {job_id} cannot run after itself")
+    return tuple(parents)
+
+
+def _refuse_cycles(rows: list[JobRow]) -> None:
+    """A new job depends on stored jobs or on jobs of its own batch, so a cycle can only
+    be made within one batch: refuse it, naming its jobs."""
+    edges = {row[0]: [p for p in row[10]] for row in rows}
+    done: set[str] = set()
+    for start in edges:
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                path.append(node)
+                on_path.add(node)
+            parents = [p for p in edges.get(node, ()) if p in edges and p not in done]
+            if i < len(parents):
+                stack.append((node, i + 1))
+                nxt = parents[i]
+                if nxt in on_path:
+                    cycle = [*path[path.index(nxt) :], nxt]
+                    raise InvalidInput(f"dependencies form a cycle: {' -> '.join(cycle)}")
+                stack.append((nxt, 0))
+            else:
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+
+
+def skip_held(specs: list[dict[str, Any]], insert: Callable[[list[dict[str, Any]]], list[str]]) -> list[str]:
+    """`enqueue --on-conflict ignore`: insert the jobs with `insert` (one transaction,
+    all or none); when a unique key is held by a stored job, leave out the jobs with
+    that key and insert the rest again.  The ids in the order of `specs`, the holder's
+    id in place of each job left out.  The database still decides each clash (its
+    unique index), so a holder that ends meanwhile only means the next try succeeds."""
+    from queuectl.errors import UniqueConflict
+
+    held: dict[str, str] = {}
+    while True:
+        rest = [s for s in specs if s.get("unique_key") not in held]
+        try:
+            ids = iter(insert(rest)) if rest else iter(())
+        except UniqueConflict as exc:
+            if exc.job_id is None or exc.key in held:
+                raise
+            held[exc.key] = exc.job_id
+            continue
+        key = "unique_key"
+        return [held[s[key]] if s.get(key) in held else next(ids) for s in specs]
 
 
 #: The states `purge` may delete: jobs that will never change again.
@@ -513,17 +710,16 @@ def _b32(n: int, width: int) -> str:
 
 #: What a queue's name is made of: ASCII letters and digits, '.', '_', '-', starting
 #: with a letter or digit, 64 at most: safe in a shell line, a log field, a file.
-_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_NAME_CHARS = _NAME_FIRST | frozenset("._-")
+_QUEUE_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
 
 def check_queue_name(name: str) -> str:
     """The name as given, or InvalidInput saying what a queue name may hold."""
     if (
         not isinstance(name, str)
-        or not 1 <= len(name) <= 64
-        or name[0] not in _NAME_FIRST
-        or not set(name) <= _NAME_CHARS
+        or not 1 <= len(name) <= MAX_QUEUE_LENGTH
+        or name[0] not in _QUEUE_FIRST
+        or not set(name) <= _QUEUE_CHARS
     ):
         raise InvalidInput(
             f"bad queue name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', a letter or digit first"

@@ -277,7 +277,10 @@ class Worker:
 
     def execute(self, job: Job) -> Outcome:
         cfg = self.config
-        env = dict(self._base_env)
+        # The worker's environment is the base, the job's variables are added, and the
+        # attempt's markers come last: no job can hide from procs.job_processes.  The
+        # job's variables are never logged.
+        env = {**self._base_env, **job.environment()} if job.env else dict(self._base_env)
         env["QUEUECTL_JOB_ID"] = job.id
         env["QUEUECTL_LEASE"] = str(job.lease)
         env["QUEUECTL_ATTEMPT"] = str(job.attempts)
@@ -289,6 +292,7 @@ class Worker:
             kill_grace=cfg.kill_grace,
             output_limit=cfg.output_limit * 1024,
             cpus=self._job_cpus,
+            cwd=job.cwd,  # None (jobs enqueued before they had one): the worker's own
         )
         fence = self._fence
         self._running = job

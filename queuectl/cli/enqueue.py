@@ -21,7 +21,8 @@ CLICK_ONLY = ("--wait",)
 def _declared_options(f: F) -> F:
     """enqueue's options, as OPTIONS declares them (in its order)."""
     for o in reversed(OPTIONS):
-        f = click.option(o.flag, o.param, type=o.kind, help=o.help)(f)
+        kind: Any = click.Choice(o.choices) if o.choices is not None else o.kind
+        f = click.option(o.flag, o.param, type=kind, multiple=o.multiple, help=o.help)(f)
     return f
 
 
@@ -42,6 +43,9 @@ def enqueue(c: Ctx, /, job: tuple[str, ...], wait_: bool, **options: Any) -> int
       queuectl enqueue "echo hi" --max-retries 3 --priority 5
       queuectl enqueue '{"id":"job1","command":"sleep 2","max_retries":3}'
       printf '{"command":"true"}\\n{"command":"false"}\\n' | queuectl enqueue -
+      queuectl enqueue --queue reports --cwd /srv/app --env MODE=full 'make report'
+      queuectl enqueue --unique-key nightly --on-conflict ignore 'backup.sh'
+      queuectl enqueue --after JOB1 --after JOB2 'merge.sh'
 
     Prints the new id (one per line for bulk).  With --wait, prints no id: the job's
     stdout and stderr once it ended, and exits 0 if it completed, else with its own

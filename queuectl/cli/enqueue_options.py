@@ -9,6 +9,7 @@ the library: the pre-parser loads this module.
 
 from __future__ import annotations
 
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -19,17 +20,34 @@ if TYPE_CHECKING:
 
 class Option:
     """One option of `queuectl enqueue`: its flag, click's parameter name, the job
-    field it sets, the type its value converts to, and its help."""
+    field it sets (None: it sets none), the type its value converts to, and its help;
+    `multiple`: it may be given more than once (its value is then a tuple, in the
+    order given); `choices`: the only values it takes."""
 
-    __slots__ = ("field", "flag", "help", "kind", "param")
+    __slots__ = ("choices", "field", "flag", "help", "kind", "multiple", "param")
 
-    def __init__(self, flag: str, param: str, field: str, kind: type, help: str) -> None:
+    def __init__(
+        self,
+        flag: str,
+        param: str,
+        field: str | None,
+        kind: type,
+        help: str,
+        *,
+        multiple: bool = False,
+        choices: tuple[str, ...] | None = None,
+    ) -> None:
         self.flag = flag
         self.param = param
         self.field = field
         self.kind = kind
         self.help = help
+        self.multiple = multiple
+        self.choices = choices
 
+
+#: What `--on-conflict` takes.
+CONFLICT_CHOICES = ("error", "ignore")
 
 OPTIONS = (
     Option("--id", "job_id", "id", str, "Job id (default: a new sortable id)."),
@@ -44,6 +62,30 @@ OPTIONS = (
     Option("--delay", "delay", "delay", float, "Seconds to wait before the first run."),
     Option("--run-at", "run_at", "run_at", str, "Earliest start, ISO-8601 (UTC if no zone)."),
     Option("--timeout", "timeout", "timeout", float, "Time limit in seconds (default: config job_timeout)."),
+    Option("--queue", "queue", "queue", str, "Named queue (default: default)."),
+    Option("--cwd", "cwd", "cwd", str, "Directory to run in (default: the current directory)."),
+    Option(
+        "--env",
+        "env",
+        "env",
+        str,
+        "KEY=VALUE added to the worker's environment (KEY alone: its value here). Repeatable.",
+        multiple=True,
+    ),
+    Option(
+        "--unique-key", "unique_key", "unique_key", str, "Refuse the job while a job with this key may run."
+    ),
+    Option(
+        "--on-conflict",
+        "on_conflict",
+        None,
+        str,
+        "On a held unique key: error (exit 4) or ignore (print the holder's id, exit 0).",
+        choices=CONFLICT_CHOICES,
+    ),
+    Option(
+        "--after", "after", "after", str, "Run only after job ID has completed. Repeatable.", multiple=True
+    ),
 )
 #: The job argument: the words of one job (joined), or `-` for JSON lines on stdin.
 STDIN = "-"
@@ -62,8 +104,14 @@ def submit(home: str | None, db: str | None, job: Sequence[str], options: Mappin
     home_dir, db_url = rules.resolve_locations(home, db)
     bulk = list(job) == [STDIN]
     specs = stdin_specs(sys.stdin, options) if bulk else [job_spec(job, options)]
-    ids = None if rules.is_postgres_url(db_url) else _lean(home_dir, db_url, specs, bulk)
-    return _with_library(home, db, specs, bulk) if ids is None else ids
+
+    def insert(batch: list[dict[str, Any]]) -> list[str]:
+        ids = None if rules.is_postgres_url(db_url) else _lean(home_dir, db_url, batch, bulk)
+        return _with_library(home, db, batch, bulk) if ids is None else ids
+
+    if options.get("on_conflict") == "ignore":
+        return rules.skip_held(specs, insert)
+    return insert(specs)
 
 
 def _lean(home_dir: str, db_url: str, specs: list[dict[str, Any]], bulk: bool) -> list[str] | None:
@@ -82,7 +130,7 @@ def _with_library(home: str | None, db: str | None, specs: list[dict[str, Any]],
 
     queue = Queue.open(resolve_paths(home, db))
     try:
-        return queue.enqueue_many(specs) if bulk else [queue.enqueue(specs[0])]
+        return queue.enqueue_many(specs, numbered=bulk)
     finally:
         queue.close()
 
@@ -109,5 +157,32 @@ def stdin_specs(stream: Any, options: Mapping[str, Any]) -> list[dict[str, Any]]
 
 
 def _overrides(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options given (not None), under their job field names."""
-    return {o.field: options[o.param] for o in OPTIONS if options.get(o.param) is not None}
+    """The options given (not None, a repeatable one at least once), under their job
+    field names."""
+    out = {
+        o.field: options[o.param]
+        for o in OPTIONS
+        if o.field is not None and options.get(o.param) not in (None, ())
+    }
+    if "env" in out:
+        out["env"] = env_pairs(out["env"])
+    if "after" in out:
+        out["after"] = list(out["after"])
+    return out
+
+
+def env_pairs(given: Sequence[str]) -> dict[str, str]:
+    """`--env` values as the job's env object: KEY=VALUE, or KEY alone for this
+    process's value of KEY, copied explicitly (nothing else of the caller's
+    environment is captured)."""
+    from queuectl.errors import InvalidInput
+
+    env: dict[str, str] = {}
+    for item in given:
+        key, eq, value = item.partition("=")
+        if not eq:
+            if key not in os.environ:
+                raise InvalidInput(f"--env {key}: {key} is not set here (give --env {key}=VALUE)")
+            value = os.environ[key]
+        env[key] = value
+    return env

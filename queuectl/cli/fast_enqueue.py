@@ -4,7 +4,7 @@ Importing click and building its command tree costs more than everything else on
 enqueue does, so main() first offers the command line to parse(): the group options
 `--home` and `--db`, then `enqueue`, a command (or JSON object) or `-` (JSON lines on
 stdin), and enqueue's own options (enqueue_options.OPTIONS, from which the click
-command is built too), each at most once.  Anything else goes to click unchanged:
+command is built too), each at most once but the repeatable ones.  Anything else goes to click unchanged:
 `--help`, `--`, unknown or repeated options, a missing value, a number click would
 reject, a --home click would reject, shell completion, a stdout that click.echo would
 re-encode.  What parse() takes, run() does with the same call as the click command
@@ -39,16 +39,22 @@ def parse(args: Sequence[str]) -> tuple[dict[str, str], list[str], dict[str, Any
     i = _read_options(args, 0, GROUP_OPTIONS, group, None)
     if i is None or i >= len(args) or args[i] != "enqueue":
         return None
-    raw: dict[str, str] = {}
-    if _read_options(args, i + 1, {o.flag: o.param for o in OPTIONS}, raw, job) is None or not job:
+    raw: dict[str, Any] = {}
+    many = frozenset(o.param for o in OPTIONS if o.multiple)
+    if _read_options(args, i + 1, {o.flag: o.param for o in OPTIONS}, raw, job, many) is None or not job:
         return None
     if not _home_as_click_takes_it(group.get("home")):
         return None
     options: dict[str, Any] = {}
     for o in OPTIONS:
         if o.param in raw:
+            if o.choices is not None and raw[o.param] not in o.choices:
+                return None  # click words the error
             try:
-                options[o.param] = o.kind(raw[o.param])  # click.INT and click.FLOAT do just this
+                # click.INT and click.FLOAT do just this; a repeatable option's values
+                # come as a tuple, as click gives them
+                value = raw[o.param]
+                options[o.param] = tuple(map(o.kind, value)) if o.multiple else o.kind(value)
             except ValueError:
                 return None  # click words the error
     if sys.stdout is None or _ascii_stream(sys.stdout):
@@ -63,11 +69,17 @@ def run(group: Mapping[str, str], job: list[str], options: Mapping[str, Any]) ->
 
 
 def _read_options(
-    args: Sequence[str], i: int, known: Mapping[str, str], into: dict[str, str], words: list[str] | None
+    args: Sequence[str],
+    i: int,
+    known: Mapping[str, str],
+    into: dict[str, Any],
+    words: list[str] | None,
+    many: frozenset[str] = frozenset(),
 ) -> int | None:
-    """Read options (each once) from args[i:] into `into`, and other words into
-    `words` (None: stop at the first other word); the index where it stopped, or None
-    for anything left to click."""
+    """Read options from args[i:] into `into` (each once, but those in `many`, whose
+    values are collected in a list), and other words into `words` (None: stop at the
+    first other word); the index where it stopped, or None for anything left to
+    click."""
     while i < len(args):
         if args[i] == "-" or not args[i].startswith("-"):  # "--" is click's business
             if words is None:
@@ -76,9 +88,15 @@ def _read_options(
             i += 1
             continue
         got = _option(args, i, known)
-        if got is None or got[0] in into:
+        if got is None:
             return None
-        into[got[0]], i = got[1], got[2]
+        if got[0] in many:
+            into.setdefault(got[0], []).append(got[1])
+        elif got[0] in into:
+            return None
+        else:
+            into[got[0]] = got[1]
+        i = got[2]
     return i
 
 

@@ -115,6 +115,7 @@ def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
     """Every field of a job, its captured output and its full history."""
     job, events = c.queue.inspect(job_id)
     data = job.to_dict()
+    data["after"] = c.queue.parents(job_id)
     data["history"] = [e.to_dict() for e in events]
     if as_json:
         emit_json(data)
@@ -122,6 +123,10 @@ def inspect(c: Ctx, job_id: str, as_json: bool) -> None:
     for key, value in data.items():
         if key in ("history", "stdout", "stderr"):
             continue
+        if key == "env":
+            value = " ".join(f"{k}={v}" for k, v in value.items())
+        elif key == "after":
+            value = " ".join(value)
         click.echo(f"{key:<12} {'' if value is None else render.line(str(value))}")
     for stream in ("stdout", "stderr"):
         click.echo(f"--- {stream} ---")

@@ -83,12 +83,24 @@ class Store(Protocol):
         now, no attempt yet), each with its first history event, in one transaction:
         all of them or none.  An idle worker waiting in wait_for_change() is woken.
 
+        A job with parents (`after`) that have not all completed is WAITING instead
+        (next_run_at NULL) until the last of them completes; job_deps links it to
+        each.  A queue named by a job is added to the queues table.
+
         Returns the ids in order.  Raises DuplicateJob (naming the first id that
-        repeats or exists already) and inserts nothing if any id is taken.
+        repeats or exists already) and inserts nothing if any id is taken;
+        UniqueConflict (naming the key and the job holding it) if a job's unique key
+        is held by a waiting, pending, failed or processing job; JobNotFound for a
+        parent neither stored nor in `jobs`; Conflict for a parent that ended dead or
+        cancelled.
         """
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
+
+    def parents(self, job_id: str) -> list[str]:
+        """The ids of the job's parents (what it was enqueued `after`), sorted; empty
+        for none or an unknown job."""
 
     def history(self, job_id: str) -> list[Event]:
         """The job's events, oldest first."""
@@ -191,7 +203,10 @@ class Store(Protocol):
         job.  An idle worker waiting in wait_for_change() is woken.
 
         Returns the ids moved.  Ids that are not DEAD (or unknown) are left alone: the
-        caller tells "unknown" from "not dead" with get().
+        caller tells "unknown" from "not dead" with get().  Raises UniqueConflict
+        (naming the key and, where one holds it, the live job holding it) and moves
+        nothing if a job would take a unique key that a waiting, pending, failed or
+        processing job holds, or that another job of this retry takes.
         """
 
     def cancel(self, job_ids: Sequence[str], actor: str, now: float | None = None) -> list[str]:

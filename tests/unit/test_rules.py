@@ -172,3 +172,17 @@ def test_a_command_at_the_length_limit_is_checked_as_the_reference_checks_it(fil
 @given(st.one_of(st.text(), st.text(alphabet=st.characters(codec="ascii")), st.integers(), st.none()))
 def test_any_command_is_checked_as_the_reference_checks_it(command: object) -> None:
     assert _check_command_now(command) == _check_command_reference(command)
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True),
+        st.text().filter(lambda t: "\x00" not in t and not any("\ud800" <= ch <= "\udfff" for ch in t)),
+        max_size=4,
+    )
+)
+def test_env_is_stored_as_json_dumps_writes_it(env: dict[str, str]) -> None:
+    import json
+
+    expected = json.dumps(env, sort_keys=True, ensure_ascii=False) if env else None
+    assert rules._check_env(env) == expected

@@ -152,6 +152,10 @@ class PostgresStore:
         rows = self._db.read(f"SELECT {queries.COLS} FROM jobs WHERE id = %s", (job_id,))
         return Job.from_tuple(rows[0]) if rows else None
 
+    def parents(self, job_id: str) -> list[str]:
+        rows = self._db.read("SELECT parent FROM job_deps WHERE child = %s ORDER BY parent", (job_id,))
+        return [str(r[0]) for r in rows]
+
     def history(self, job_id: str) -> list[Event]:
         rows = self._db.read(
             f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = %s ORDER BY seq", (job_id,)
@@ -257,7 +261,10 @@ class PostgresStore:
                     conn.execute("SELECT pg_notify(%s, 'dlq_retry')", (self._channel,))
             return moved
 
-        moved = self._db.run(retry)
+        try:
+            moved = self._db.run(retry)
+        except DuplicateJob:  # the unique index: a key the retry would take is held
+            raise self._held_key(ids) from None
         if ids is None:
             return moved
         done = set(moved)
@@ -309,6 +316,26 @@ class PostgresStore:
             return changed
 
         return self._db.run(save)
+
+    def _held_key(self, ids: list[str] | None) -> UniqueConflict:
+        """Why a dlq_retry clashed: the first dead job (of `ids`, None: any) whose
+        unique key a job that may still run holds, or another of the retried jobs."""
+        rows = self._db.read(
+            "SELECT d.unique_key, l.id FROM jobs d JOIN jobs l ON l.unique_key = d.unique_key"
+            " AND l.id <> d.id AND l.state IN ('waiting', 'pending', 'failed', 'processing')"
+            " WHERE d.state = 'dead' AND (%(ids)s::text[] IS NULL OR d.id = ANY(%(ids)s::text[]))"
+            " ORDER BY d.created_at, d.id LIMIT 1",
+            {"ids": ids},
+        )
+        if rows:
+            return UniqueConflict(str(rows[0][0]), str(rows[0][1]))
+        rows = self._db.read(
+            "SELECT unique_key FROM jobs WHERE state = 'dead' AND unique_key IS NOT NULL"
+            " AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))"
+            " GROUP BY unique_key HAVING count(*) > 1 LIMIT 1",
+            {"ids": ids},
+        )
+        return UniqueConflict(str(rows[0][0]) if rows else "?", None)
 
     def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
         # One statement: the jobs and their history go together, or not at all.

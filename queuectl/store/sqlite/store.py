@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import StoreError, StoreGone
+from queuectl.errors import DuplicateJob, StoreError, StoreGone, UniqueConflict
 from queuectl.models import (
     Beat,
     Event,
@@ -144,6 +144,10 @@ class SQLiteStore:
         rows = self._read(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))
         return Job.from_tuple(rows[0]) if rows else None
 
+    def parents(self, job_id: str) -> list[str]:
+        rows = self._read("SELECT parent FROM job_deps WHERE child = ? ORDER BY parent", (job_id,))
+        return [str(r[0]) for r in rows]
+
     def history(self, job_id: str) -> list[Event]:
         rows = self._read(f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY seq", (job_id,))
         return [Event.from_tuple(r) for r in rows]
@@ -232,7 +236,29 @@ class SQLiteStore:
                 moved.extend(str(r[0]) for r in rows.fetchall())
             return moved
 
-        return self._write(retry)
+        try:
+            return self._write(retry)
+        except DuplicateJob:  # the unique index: a key the retry would take is held
+            raise self._held_key(ids) from None
+
+    def _held_key(self, ids: list[str] | None) -> UniqueConflict:
+        """Why a dlq_retry clashed: the first dead job (of `ids`, None: any) whose
+        unique key a job that may still run holds, or another of the retried jobs."""
+        marks = "" if ids is None else f" AND d.id IN ({','.join('?' * len(ids))})"
+        rows = self._read(
+            "SELECT d.unique_key, l.id FROM jobs d JOIN jobs l ON l.unique_key = d.unique_key"
+            " AND l.id <> d.id AND l.state IN ('waiting', 'pending', 'failed', 'processing')"
+            f" WHERE d.state = 'dead'{marks} ORDER BY d.created_at, d.id LIMIT 1",
+            ids or (),
+        )
+        if rows:
+            return UniqueConflict(str(rows[0][0]), str(rows[0][1]))
+        rows = self._read(
+            f"SELECT d.unique_key FROM jobs d WHERE d.state = 'dead' AND d.unique_key IS NOT NULL{marks}"
+            " GROUP BY d.unique_key HAVING count(*) > 1 LIMIT 1",
+            ids or (),
+        )
+        return UniqueConflict(str(rows[0][0]) if rows else "?", None)
 
     def cancel(self, job_ids: Sequence[str], actor: str, now: float | None = None) -> list[str]:
         def cancel_each(conn: apsw.Connection) -> list[str]:
