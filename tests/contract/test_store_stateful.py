@@ -217,7 +217,9 @@ class StoreMachine(RuleBasedStateMachine):
         failed, given_back = set(), set()
         for jid, (w, started) in self.owner.items():
             row = self.rows.get(w)
-            if row is None or (w not in stale and row["hb"] > started and row["holding"] != jid):
+            # A heartbeat since the claim that named another job shows the claim never
+            # reached its worker, whether or not the worker went silent afterwards.
+            if row is None or (row["hb"] > started and row["holding"] != jid):
                 given_back.add(jid)
             elif w in stale or self.now - started > 60.0 + CFG.kill_grace + CFG.timeout_grace:
                 failed.add(jid)
