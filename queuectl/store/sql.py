@@ -22,6 +22,28 @@ WORKER_COLUMNS = "id, host, pid, proc_start, started_at, heartbeat_at, home, hol
 Clean = Callable[[str | None], str | None]
 
 
+def held_key(keyed: list[tuple[str, str]], holder: Callable[[str], str | None]) -> tuple[str, str] | None:
+    """The first unique key of an insert's jobs ((key, job id), in order) that another
+    of them repeats or a stored job that may still run holds (`holder(key)`: its id,
+    or None), as (key, holding id); None: no key clashes."""
+    seen: dict[str, str] = {}
+    for key, job_id in keyed:
+        if key in seen:
+            return key, seen[key]
+        seen[key] = job_id
+        held = holder(key)
+        if held is not None:
+            return key, held
+    return None
+
+
+#: The holder of a unique key: the job that may still run with it.
+KEY_HOLDER = (
+    "SELECT id FROM jobs WHERE unique_key = {mark}"
+    " AND state IN ('waiting', 'pending', 'failed', 'processing')"
+)
+
+
 def _same(text: str | None) -> str | None:
     return text
 

@@ -41,8 +41,10 @@ from queuectl.store.postgres.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED
 from queuectl.store.postgres.schema import migrate
 from queuectl.store.sql import (
     EVENT_COLUMNS,
+    KEY_HOLDER,
     WORKER_COLUMNS,
     cancel_reason,
+    held_key,
     job_filter,
     list_order,
     queue_infos,
@@ -121,19 +123,13 @@ class PostgresStore:
         keyed = [(j.unique_key, j.id) for j in jobs if j.unique_key is not None]
         if taken is not None or not keyed:
             return DuplicateJob(taken)
-        seen: dict[str, str] = {}
-        for key, job_id in keyed:
-            if key in seen:
-                return UniqueConflict(key, seen[key])
-            seen[key] = job_id
-            rows = self._db.read(
-                "SELECT id FROM jobs WHERE unique_key = %s"
-                " AND state IN ('waiting', 'pending', 'failed', 'processing')",
-                (key,),
-            )
-            if rows:
-                return UniqueConflict(key, str(rows[0][0]))
-        return DuplicateJob(None)
+
+        def holder(key: str) -> str | None:
+            rows = self._db.read(KEY_HOLDER.format(mark="%s"), (key,))
+            return str(rows[0][0]) if rows else None
+
+        clash = held_key(keyed, holder)
+        return DuplicateJob(None) if clash is None else UniqueConflict(*clash)
 
     def _first_existing(self, ids: list[str]) -> str | None:
         seen: set[str] = set()

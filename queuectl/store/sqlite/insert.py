@@ -9,7 +9,7 @@ import time
 
 import apsw
 
-from queuectl.errors import DuplicateJob, StoreError, UniqueConflict
+from queuectl.errors import Conflict, DuplicateJob, JobNotFound, StoreError, UniqueConflict
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS_UPTO, fold_counts
 from queuectl.store.sqlite.schema import is_current
@@ -116,8 +116,6 @@ def _waiting(c: apsw.Connection, linked: Sequence[JobRow], new: set[str]) -> fro
     """The ids among `linked` (jobs with parents) that must wait: a parent in this
     batch or stored and not completed.  Raises for an unknown parent, or one that
     ended dead or cancelled."""
-    from queuectl.errors import Conflict, JobNotFound
-
     waiting = set()
     for job in linked:
         for parent in job[10]:
@@ -142,21 +140,14 @@ def _conflict(
     taken = _first_existing(conn, path, ids)
     if taken is not None or not keyed:
         return DuplicateJob(taken)
-    seen: dict[str, str] = {}
-    for key, job_id in keyed:
-        if key in seen:
-            return UniqueConflict(key, seen[key])
-        seen[key] = job_id
-        rows = read(
-            conn,
-            path,
-            "SELECT id FROM jobs WHERE unique_key = ?"
-            " AND state IN ('waiting', 'pending', 'failed', 'processing')",
-            (key,),
-        )
-        if rows:
-            return UniqueConflict(key, str(rows[0][0]))
-    return DuplicateJob(None)
+    from queuectl.store.sql import KEY_HOLDER, held_key  # the error path only
+
+    def holder(key: str) -> str | None:
+        rows = read(conn, path, KEY_HOLDER.format(mark="?"), (key,))
+        return str(rows[0][0]) if rows else None
+
+    clash = held_key(keyed, holder)
+    return DuplicateJob(None) if clash is None else UniqueConflict(*clash)
 
 
 def _first_existing(conn: apsw.Connection, path: str, ids: list[str]) -> str | None:
