@@ -9,7 +9,9 @@ Each round drains the same workload once with each checkout, in alternating orde
 own `queuectl/` (PYTHONPATH), and its own CLI fills its queue, so two schema versions
 never meet.  The ratio NEW / BASE is computed inside each round (the two runs were
 seconds apart) and summarised as median (min-max): on a shared machine read the
-ratio, not the rates.  Make BASE a clean checkout of the commit before the change:
+ratio, not the rates.  The CPU the workers and their jobs used per job is reported
+beside it (as base/new, so that above 1 is better in both): other load on the
+machine moves it far less than the wall rate.  Make BASE a clean checkout of the commit before the change:
 `git worktree add /tmp/base <commit>`.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,8 +60,16 @@ def _env(checkout: Path) -> dict[str, str]:
     return env
 
 
-def drain(checkout: Path, jobs: int, workers: int, command: str, db: str | None) -> float:
-    """Jobs per second from the first worker's start to the last one's exit."""
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def drain(checkout: Path, jobs: int, workers: int, command: str, db: str | None) -> tuple[float, float]:
+    """Jobs per second from the first worker's start to the last one's exit, and the
+    CPU seconds (user + system) the workers and their jobs used per job: the time a
+    drain costs the machine, which other load on a shared machine disturbs far less
+    than the wall rate."""
     with tempfile.TemporaryDirectory(prefix="qpair-", dir="/tmp") as tmp:
         home = Path(tmp)
         cli = [PYTHON, "-m", "queuectl", "--home", str(home)] + (["--db", db] if db else [])
@@ -73,6 +84,7 @@ def drain(checkout: Path, jobs: int, workers: int, command: str, db: str | None)
             check=True,
             capture_output=True,
         )
+        cpu0 = _children_cpu()
         t0 = time.perf_counter()
         procs = [
             subprocess.Popen(
@@ -87,6 +99,7 @@ def drain(checkout: Path, jobs: int, workers: int, command: str, db: str | None)
         ]
         codes = [p.wait(timeout=max(120.0, jobs * 0.1)) for p in procs]
         wall = time.perf_counter() - t0
+        cpu = _children_cpu() - cpu0
         if any(codes):
             raise RuntimeError(f"{checkout}: workers exited with {codes}")
         done = subprocess.run(
@@ -100,7 +113,7 @@ def drain(checkout: Path, jobs: int, workers: int, command: str, db: str | None)
         n = len(json.loads(done.stdout))
         if n != jobs:
             raise RuntimeError(f"{checkout}: {n} of {jobs} jobs completed")
-    return jobs / wall
+    return jobs / wall, cpu / jobs
 
 
 def _summary(values: list[float]) -> str:
@@ -124,10 +137,13 @@ def main(argv: list[str]) -> int:
             ap.error(f"{name}: {path} is not a queuectl checkout")
     for store in stores:
         label = "sqlite" if store is None else "postgres"
-        ratios, rates = [], {"base": [], "new": []}  # type: ignore[var-annotated]
+        ratios: list[float] = []
+        cpu_ratios: list[float] = []
+        rates: dict[str, list[float]] = {"base": [], "new": []}
+        cpus: dict[str, list[float]] = {"base": [], "new": []}
         for r in range(args.rounds + 1):  # round 0: warm-up, discarded
             order = ["base", "new"] if r % 2 else ["new", "base"]
-            got = {}
+            got: dict[str, tuple[float, float]] = {}
             for name in order:
                 if store is None:
                     got[name] = drain(checkouts[name], args.jobs, args.workers, args.command, None)
@@ -136,16 +152,26 @@ def main(argv: list[str]) -> int:
                         got[name] = drain(checkouts[name], args.jobs, args.workers, args.command, url)
             if r == 0:
                 continue
-            for name in got:
-                rates[name].append(got[name])
-            ratios.append(got["new"] / got["base"])
+            for name, (rate, cpu) in got.items():
+                rates[name].append(rate)
+                cpus[name].append(cpu * 1e6)
+            ratios.append(got["new"][0] / got["base"][0])
+            # CPU per job, inverted so that above 1 is better in both columns.
+            cpu_ratios.append(got["base"][1] / got["new"][1])
             print(
-                f"{label} round {r}: base {got['base']:.0f}/s new {got['new']:.0f}/s ratio {ratios[-1]:.3f}"
+                f"{label} round {r}: base {got['base'][0]:.0f}/s new {got['new'][0]:.0f}/s"
+                f" ratio {ratios[-1]:.3f}; CPU/job base {got['base'][1] * 1e6:.0f} us"
+                f" new {got['new'][1] * 1e6:.0f} us, base/new {cpu_ratios[-1]:.3f}"
             )
         print(
             f"{label}: {args.jobs} x `{args.command}`, {args.workers} workers, {args.rounds} rounds:"
             f" base {_summary(rates['base'])} jobs/s, new {_summary(rates['new'])} jobs/s,"
             f" new/base {_summary(ratios)}"
+        )
+        print(
+            f"{label}: CPU per job (workers and jobs, not a PostgreSQL server):"
+            f" base {_summary(cpus['base'])} us, new {_summary(cpus['new'])} us,"
+            f" base/new {_summary(cpu_ratios)}"
         )
     return 0
 

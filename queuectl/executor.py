@@ -16,7 +16,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,13 +280,17 @@ def run(
     """
     box = contain.active()
     try:
-        with _in_directory(cmd.cwd):
-            proc = _start(cmd, files, box)
+        back = _enter(cmd.cwd)
     except _NoDirectory as exc:
         return Outcome(exit_code=None, error=str(exc))
+    try:
+        proc = _start(cmd, files, box)
     except OSError as exc:
         files.close()
         return Outcome(exit_code=None, error=f"cannot start /bin/sh: {exc.strerror or exc}")
+    finally:
+        if back >= 0:
+            os.fchdir(back)
     if cmd.cpus is not None:
         # Started on the worker's CPU (posix_spawn has no affinity attribute).
         widen_one(proc.pid, cmd.cpus)
@@ -329,16 +333,16 @@ _REASONS = {errno.ENOENT: "no such directory", errno.ENOTDIR: "not a directory"}
 _home_fd = -1
 
 
-@contextlib.contextmanager
-def _in_directory(path: str | None) -> Iterator[None]:
-    """Run the block (the spawn: posix_spawn has no directory attribute, and the
-    child inherits the caller's) in `path`, and come back.  The worker runs one
-    attempt at a time and nothing else of it uses relative paths, so the change is
-    seen by no one else."""
+def _enter(path: str | None) -> int:
+    """Enter `path` for the spawn (posix_spawn has no directory attribute, and the
+    child inherits the caller's) and return the descriptor of the worker's own
+    directory to go back to with fchdir, or -1 when `path` is None (nothing
+    entered).  The worker runs one attempt at a time and nothing else of it uses
+    relative paths, so the change is seen by no one else.  Plain calls, not a
+    context manager: this runs once per job on the drain's path."""
     global _home_fd
     if path is None:
-        yield
-        return
+        return -1
     if _home_fd < 0:
         _home_fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -346,10 +350,7 @@ def _in_directory(path: str | None) -> Iterator[None]:
     except OSError as exc:
         reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
         raise _NoDirectory(f"cannot run in {path}: {reason}") from None
-    try:
-        yield
-    finally:
-        os.fchdir(_home_fd)
+    return _home_fd
 
 
 def _start(cmd: Command, files: OutputFiles, box: contain.Containment | None) -> _Child:

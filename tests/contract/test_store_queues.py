@@ -55,6 +55,53 @@ def test_pausing_an_unknown_queue_creates_it_paused(store: Store) -> None:
     assert not info["default"].paused
 
 
+def test_the_default_queue_alone_is_paused_and_limited_like_any_other(store: Store) -> None:
+    # With `default` the only queue, the SQLite claim reads it alone (_CLAIM_ONE):
+    # its pause and its limit must hold there too.
+    store.enqueue([new("d1", priority=2), new("d2", priority=1), new("d3")], now=T0)
+    first = store.claim("w1", now=T0)
+    assert first is not None and first.id == "d1"
+    assert store.set_paused("default", True)
+    assert store.claim("w1", now=T0) is None
+    assert store.claim("w1", now=T0, queues=["default"]) is None
+    assert store.set_paused("default", False)
+    assert store.set_concurrency("default", 2)
+    second = store.claim("w2", now=T0)
+    assert second is not None and second.id == "d2"
+    assert store.claim("w3", now=T0) is None  # two processing: the limit
+    assert store.claim("w3", now=T0, queues=["default"]) is None
+    held, nxt = store.finish_and_claim(first.id, first.lease, Completed("", ""), "w1", now=T0)
+    assert held and nxt is not None and nxt.id == "d3"
+
+
+def test_a_queue_beside_the_default_is_weighed_against_it(store: Store) -> None:
+    store.enqueue([new("d1")], now=T0)
+    job = store.claim("w1", now=T0)
+    assert job is not None and job.id == "d1"
+    # A second queue appears: the best head of the two is claimed, whichever queue.
+    store.enqueue([new("d2", priority=1), new("b1", "b", priority=5)], now=T0)
+    held, nxt = store.finish_and_claim(job.id, job.lease, Completed("", ""), "w1", now=T0)
+    assert held and nxt is not None and nxt.id == "b1"
+    job = store.claim("w1", now=T0)
+    assert job is not None and job.id == "d2"
+
+
+def test_a_worker_serving_one_queue_heeds_only_that_queues_settings(store: Store) -> None:
+    store.enqueue([new("b1", "b"), new("b2", "b"), new("d1", priority=9)], now=T0)
+    assert store.set_paused("default", True)  # not this worker's queue
+    job = store.claim("w1", now=T0, queues=["b"])
+    assert job is not None and job.id == "b1"
+    assert store.set_concurrency("b", 1)
+    assert store.claim("w2", now=T0, queues=["b"]) is None
+    assert store.set_concurrency("b", None)
+    assert store.set_paused("b", True)
+    assert store.claim("w2", now=T0, queues=["b"]) is None
+    assert store.set_paused("b", False)
+    job = store.claim("w2", now=T0, queues=["b", "b"])  # named twice: still one queue
+    assert job is not None and job.id == "b2"
+    assert store.claim("w2", now=T0, queues=["b"]) is None  # default's d1 is not served
+
+
 # --- concurrency ----------------------------------------------------------------------
 
 

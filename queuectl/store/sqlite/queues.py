@@ -56,3 +56,8 @@ SET_CONCURRENCY = (
 def served(queues: Sequence[str] | None) -> str | None:
     """The :served parameter of the claim and of NEXT_DUE: a JSON array, or NULL."""
     return None if queues is None else json.dumps(list(queues))
+
+
+def single(queues: Sequence[str] | None) -> str | None:
+    """The one queue a worker serves, if it serves exactly one (the claim's `one`)."""
+    return queues[0] if queues is not None and len(set(queues)) == 1 else None

@@ -46,7 +46,7 @@ from queuectl.store.sqlite.connection import config_items, connect, read, transl
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
 from queuectl.store.sqlite.file import DatabaseFile
 from queuectl.store.sqlite.insert import insert_jobs
-from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served
+from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served, single
 from queuectl.store.sqlite.schema import migrate
 
 T = TypeVar("T")
@@ -177,8 +177,8 @@ class SQLiteStore:
     def claim(
         self, worker_id: str, now: float | None = None, queues: Sequence[str] | None = None
     ) -> Job | None:
-        q = served(queues)
-        return self._write(lambda conn: queries.claim(conn, worker_id, self._now(now), q))
+        q, one = served(queues), single(queues)
+        return self._write(lambda conn: queries.claim(conn, worker_id, self._now(now), q, one))
 
     def finish(self, job_id: str, lease: int, outcome: Finished, now: float | None = None) -> bool:
         return self._write(lambda conn: queries.finish(conn, job_id, lease, outcome, self._now(now)))
@@ -192,11 +192,11 @@ class SQLiteStore:
         now: float | None = None,
         queues: Sequence[str] | None = None,
     ) -> tuple[bool, Job | None]:
-        q = served(queues)
+        q, one = served(queues), single(queues)
 
         def both(conn: apsw.Connection) -> tuple[bool, Job | None]:
             t = self._now(now)
-            return queries.finish(conn, job_id, lease, outcome, t), queries.claim(conn, worker_id, t, q)
+            return queries.finish(conn, job_id, lease, outcome, t), queries.claim(conn, worker_id, t, q, one)
 
         return self._write(both)
 
