@@ -262,10 +262,9 @@ class Queue:
         if wanted[0] not in CANCELLABLE:
             known = ", ".join(s.value for s in CANCELLABLE)
             raise InvalidInput(f"jobs that are {wanted[0].value} cannot be cancelled (cancellable: {known})")
-        jobs = [j for s in wanted for j in self.store.list_jobs(s)]
-        return sorted(
-            (j for j in jobs if queue is None or j.queue == queue), key=lambda j: (j.created_at, j.id)
-        )
+        # One filtered listing (states and queue in the store's WHERE, oldest first).
+        where = JobFilter(states=wanted, queues=() if queue is None else (queue,))
+        return self.store.list_jobs(where=where)
 
     def watch(
         self,
