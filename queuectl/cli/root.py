@@ -30,6 +30,7 @@ COMMANDS = {
     "worker": "workers:worker",
     "stop-workers": "workers:stop_workers",
     "shutdown": "workers:shutdown",
+    "supervisorctl": "workers:supervisorctl",
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",
