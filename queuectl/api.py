@@ -187,6 +187,45 @@ class Queue:
             "overdue": age is None or age > 3 * cfg.monitor_interval,
         }
 
+    def health(self, now: float | None = None) -> builtins.list[dict[str, Any]]:
+        """What keeps the queue from being served, as far as the database tells: no
+        recovery pass for more than three monitor intervals (no monitor and no worker
+        covering), and each job still processing past its timeout plus kill_grace and
+        timeout_grace (by then its worker should have killed it and recorded the
+        attempt).  Each problem is {"check", "message"} and more; empty: healthy."""
+        cfg = self.config()
+        t = self.store.now() if now is None else now
+        problems: builtins.list[dict[str, Any]] = []
+        info = self.store.lease_info(MONITOR_LEASE)
+        last = info.last_pass_at if info else None
+        limit = 3 * cfg.monitor_interval
+        if last is None:
+            problems.append(
+                {"check": "recovery", "message": "no recovery pass has run yet: start a monitor or a worker"}
+            )
+        elif t - last > limit:
+            problems.append(
+                {
+                    "check": "recovery",
+                    "message": f"no recovery pass for {t - last:.1f}s"
+                    f" (over 3 x monitor_interval = {limit:g}s): is a monitor or worker running?",
+                    "age_s": round(t - last, 3),
+                }
+            )
+        for job in self.store.processing():
+            runtime = t - (job.started_at or t)
+            if runtime > job.timeout + cfg.kill_grace + cfg.timeout_grace:
+                problems.append(
+                    {
+                        "check": "timeout",
+                        "message": f"job {job.id} processing for {runtime:.1f}s, past its {job.timeout:g}s"
+                        f" timeout (worker {job.worker_id})",
+                        "job_id": job.id,
+                        "runtime_s": round(runtime, 3),
+                    }
+                )
+        return problems
+
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.store.workers()
 

@@ -31,6 +31,7 @@ COMMANDS = {
     "stop-workers": "workers:stop_workers",
     "shutdown": "workers:shutdown",
     "supervisorctl": "workers:supervisorctl",
+    "health": "health:health",
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",

@@ -77,11 +77,15 @@ def test_supervisorctl_lists_only_the_workers_asked_for_and_worker_status_exits_
     assert st.returncode == 3, st.stderr
     assert "asked for 3 worker(s), 2 running (workers_01 STOPPED)" in st.stderr
     assert home.run("status").returncode == 0
+    health = home.run("health", check=False)
+    assert health.returncode == 1
+    assert health.stdout == "workers: asked for 3 worker(s), 2 running (workers_01 STOPPED)\n"
 
     # Asking again starts it; scaling down removes the extra programs and leaves the
     # others running, never restarted.
     home.run("worker", "start", "--count", "3")
     assert home.run("worker", "status").returncode == 0
+    assert home.run("health").stdout == "ok\n"  # the monitor's passes, the workers, no late job
     home.run("worker", "start", "--count", "1")
     ctl = home.run("supervisorctl", "status")
     assert sorted(line.split()[0] for line in ctl.stdout.splitlines()) == ["monitor", "workers_00"]
