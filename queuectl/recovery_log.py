@@ -36,6 +36,9 @@ RECORD_FIELDS = {
     "processes_killed": (
         "reason", "job_id", "attempt", "lease", "host", "killed_pids", "command", "evidence",
     ),
+    # reason "retention"; evidence: deleted (jobs), before (the cutoff, ISO-8601),
+    # retention_s (the setting).
+    "jobs_purged": ("reason", "job_state", "evidence"),
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from queuectl.cli.context import Ctx, pass_ctx
+from queuectl.cli.context import Ctx, Duration, pass_ctx
 from queuectl.cli.render import emit_json, json_option, table
 from queuectl.cli.settings import key_range
 from queuectl.errors import InvalidInput
@@ -37,7 +37,9 @@ def _checked(queues: tuple[str, ...]) -> tuple[str, ...] | None:
 @worker.command("run")
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none is processing.")
 @click.option(
-    "--poll-interval", type=click.FloatRange(*key_range("poll_interval")), help="Longest idle wait, seconds."
+    "--poll-interval",
+    type=Duration(*key_range("poll_interval")),
+    help="Longest idle wait: seconds, or 2s.",
 )
 @_queue_option("Serve only this queue (repeatable; default: every queue).")
 @pass_ctx

@@ -233,10 +233,12 @@ class Store(Protocol):
         means it did not, and nothing changed.  A waiter in wait_for_change() may be
         woken (PostgreSQL: NOTIFY; SQLite: every commit is seen)."""
 
-    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+    def purge(self, states: Sequence[JobState], before: float | None = None, limit: int | None = None) -> int:
         """Delete the jobs in `states` (and their history) last updated before `before`
         (None: any time), in one transaction; returns how many jobs were deleted.  The
-        caller passes only finished states (COMPLETED, DEAD: rules.check_purge)."""
+        caller passes only finished states (COMPLETED, DEAD: rules.check_purge).  With
+        `limit`, at most that many, the earliest created first (the recovery pass's
+        retention batches: each one short transaction)."""
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         """How many jobs purge(states, before) would delete now (a count, no change)."""

@@ -333,15 +333,26 @@ class PostgresStore:
         )
         return UniqueConflict(str(rows[0][0]) if rows else "?", None)
 
-    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+    def purge(self, states: Sequence[JobState], before: float | None = None, limit: int | None = None) -> int:
         # One statement: the jobs and their history go together, or not at all.
+        which = (
+            "state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+        )
+        if limit is not None:
+            # The oldest first, along jobs_state (state, created_at, id); rows another
+            # purge (a second monitor) holds are left to it.
+            which = (
+                f"id IN (SELECT id FROM jobs WHERE {which}"
+                " AND (%(before)s::float8 IS NULL OR created_at < %(before)s::float8)"
+                " ORDER BY state, created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            )
         query = (
-            "WITH gone AS (DELETE FROM jobs WHERE state = ANY(%(states)s::text[])"
-            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8) RETURNING id),"
+            f"WITH gone AS (DELETE FROM jobs WHERE {which} RETURNING id),"
             " events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone))"
             " SELECT count(*) FROM gone"
         )
-        params = {"states": [s.value for s in states], "before": before}
+        params = {"states": [s.value for s in states], "before": before, "limit": limit}
         return self._db.run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:

@@ -277,11 +277,20 @@ class SQLiteStore:
             self._changes(queries.SAVE_OUTPUT, {"id": job_id, "lease": lease, "out": stdout, "err": stderr})
         )
 
-    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+    def purge(self, states: Sequence[JobState], before: float | None = None, limit: int | None = None) -> int:
         marks = ",".join("?" * len(states))
         cutoff = float("inf") if before is None else before
-        params = [s.value for s in states] + [cutoff]
+        params: list[Any] = [s.value for s in states] + [cutoff]
         where = f"state IN ({marks}) AND updated_at < ?"
+        if limit is not None:
+            # jobs_state (state, created_at, id) walks the oldest first; created_at <=
+            # updated_at, so the walk stops at the cutoff.  The three statements below
+            # run in one IMMEDIATE transaction: they see the same batch.
+            where = (
+                f"id IN (SELECT id FROM jobs WHERE {where} AND created_at < ?"
+                " ORDER BY state, created_at, id LIMIT ?)"
+            )
+            params += [cutoff, int(limit)]
 
         def delete(conn: apsw.Connection) -> int:
             # The counts: fold first, so every remaining event is in the snapshot; take
