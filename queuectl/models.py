@@ -433,3 +433,23 @@ class QueueInfo:
             "counts": dict(self.counts),
             "total": sum(self.counts.values()),
         }
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """What `queuectl metrics` reads from the jobs and their history (Store.job_metrics)."""
+
+    #: (queue, state, jobs, attempts they spent), one row per pair that has jobs.
+    jobs: list[tuple[str, str, int, int]]
+    #: The upper bounds of the run-time histogram's buckets, in seconds, increasing.
+    bounds: tuple[float, ...]
+    #: Completed jobs whose last attempt ran at most each bound (cumulative).
+    runtime_buckets: list[int]
+    runtime_count: int
+    runtime_sum: float
+    #: Recoveries in the stored history, by reason (models.Reason values).
+    recoveries: dict[str, int]
+    #: The earliest next_run_at of a pending or failed job due at `now` (None: none due).
+    oldest_due_at: float | None
+    #: The time these were read at.
+    now: float

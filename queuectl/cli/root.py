@@ -32,6 +32,7 @@ COMMANDS = {
     "shutdown": "workers:shutdown",
     "supervisorctl": "workers:supervisorctl",
     "health": "health:health",
+    "metrics": "metrics:metrics",
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         Event,
         Job,
         JobFilter,
+        JobMetrics,
         JobState,
         LeaseGrant,
         LeaseInfo,
@@ -242,6 +243,13 @@ class Store(Protocol):
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         """How many jobs purge(states, before) would delete now (a count, no change)."""
+
+    def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
+        """For `queuectl metrics`: jobs and attempts per (queue, state), the completed
+        jobs' last-attempt run times counted into the buckets `bounds` (cumulative),
+        recoveries per reason in the stored history, and the earliest next_run_at of
+        a job due at `now`.  Reads only; each part is one statement (the parts are
+        not one snapshot)."""
 
     # --- recovery ----------------------------------------------------------------
 

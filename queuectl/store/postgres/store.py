@@ -26,6 +26,7 @@ from queuectl.models import (
     Event,
     Job,
     JobFilter,
+    JobMetrics,
     JobState,
     LeaseGrant,
     LeaseInfo,
@@ -46,7 +47,9 @@ from queuectl.store.sql import (
     cancel_reason,
     held_key,
     job_filter,
+    job_metrics,
     list_order,
+    metrics_queries,
     queue_infos,
     recover_statement,
     worker_row,
@@ -361,6 +364,17 @@ class PostgresStore:
             " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
         )
         return int(self._db.read(query, {"states": [s.value for s in states], "before": before})[0][0])
+
+    def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
+        per_queue, runtime, recoveries, oldest = metrics_queries(lambda name: f"%({name})s", bounds)
+        at = self.now() if now is None else now
+        rows = (
+            self._db.read(per_queue),
+            self._db.read(runtime)[0],
+            self._db.read(recoveries),
+            self._db.read(oldest, {"now": at})[0][0],
+        )
+        return job_metrics(bounds, rows, at)
 
     # --- recovery ------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from queuectl.models import (
     Event,
     Job,
     JobFilter,
+    JobMetrics,
     JobState,
     LeaseGrant,
     LeaseInfo,
@@ -35,7 +36,9 @@ from queuectl.store.sql import (
     WORKER_COLUMNS,
     cancel_reason,
     job_filter,
+    job_metrics,
     list_order,
+    metrics_queries,
     queue_infos,
     recover_statement,
     worker_row,
@@ -316,6 +319,17 @@ class SQLiteStore:
         cutoff = float("inf") if before is None else before
         sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ?"
         return int(self._read(sql, [s.value for s in states] + [cutoff])[0][0])
+
+    def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
+        per_queue, runtime, recoveries, oldest = metrics_queries(lambda name: f":{name}", bounds)
+        at = self._now(now)
+        rows = (
+            self._read(per_queue),
+            self._read(runtime)[0],
+            self._read(recoveries),
+            self._read(oldest, {"now": at})[0][0],
+        )
+        return job_metrics(bounds, rows, at)
 
     # --- recovery ------------------------------------------------------------------
 
