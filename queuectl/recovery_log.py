@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from queuectl.logs import structlog  # imported without rich (logs._import_structlog)
 from queuectl.models import iso
 from queuectl.store import Store
 

@@ -33,6 +33,7 @@ COMMANDS = {
     "supervisorctl": "workers:supervisorctl",
     "health": "health:health",
     "metrics": "metrics:metrics",
+    "schedule": "schedule:schedule",
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",

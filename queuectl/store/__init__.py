@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         LeaseInfo,
         NewJob,
         QueueInfo,
+        Schedule,
         WorkerInfo,
     )
     from queuectl.store.outcome import Finished, Recovered
@@ -250,6 +251,37 @@ class Store(Protocol):
         recoveries per reason in the stored history, and the earliest next_run_at of
         a job due at `now`.  Reads only; each part is one statement (the parts are
         not one snapshot)."""
+
+    # --- schedules -------------------------------------------------------------------
+
+    def schedule_add(self, schedule: Schedule) -> None:
+        """Store a new schedule; Conflict when the name is taken (nothing changed)."""
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+
+    def schedule(self, name: str) -> Schedule | None:
+        """The schedule `name`, or None."""
+
+    def schedule_remove(self, name: str) -> bool:
+        """Delete the schedule (its jobs stay); False: there was none."""
+
+    def schedule_pause(self, name: str) -> bool:
+        """Stop firing it (next_run_at kept); False: none, or paused already."""
+
+    def schedule_resume(self, name: str, next_run_at: float) -> bool:
+        """Fire it again, next at `next_run_at`; False: none, or not paused."""
+
+    def due_schedules(self, now: float | None = None) -> list[Schedule]:
+        """The schedules not paused whose next_run_at <= now, the earliest first."""
+
+    def fire_schedule(self, name: str, expected: float, next_run_at: float, job: NewJob, now: float) -> bool:
+        """One run of schedule `name`: in one transaction, move its next_run_at from
+        `expected` to `next_run_at` (only if it is still `expected` and the schedule
+        is not paused) and insert `job` (PENDING, due at its run_at).  False: the
+        guard did not hold (another firer, a pause or a removal got there first) and
+        nothing changed.  However many processes fire at once, each (schedule,
+        expected) enqueues at most one job."""
 
     # --- recovery ----------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from queuectl.store.postgres import queries
 from queuectl.store.postgres.connection import CONNECT_TRIES, Conn, Connection
 from queuectl.store.postgres.notify import Listener, channel
 from queuectl.store.postgres.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS
+from queuectl.store.postgres.schedules import Schedules
 from queuectl.store.postgres.schema import migrate
 from queuectl.store.sql import (
     EVENT_COLUMNS,
@@ -61,7 +62,7 @@ COPY_THRESHOLD = 64
 _WORKERS = workers_query("ORDER BY j.id ")
 
 
-class PostgresStore:
+class PostgresStore(Schedules):
     #: Another host may reach the server while this one cannot (store protocol).
     partitionable = True
 

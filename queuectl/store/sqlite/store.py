@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import DuplicateJob, StoreError, StoreGone, UniqueConflict
+from queuectl.errors import Conflict, DuplicateJob, StoreError, StoreGone, UniqueConflict
 from queuectl.models import (
     Beat,
     Event,
@@ -28,6 +28,7 @@ from queuectl.models import (
     LeaseInfo,
     NewJob,
     QueueInfo,
+    Schedule,
     WorkerInfo,
 )
 from queuectl.store.outcome import Finished, Recovered
@@ -44,17 +45,19 @@ from queuectl.store.sql import (
     worker_row,
     workers_query,
 )
+from queuectl.store.sql_schedules import statements
 from queuectl.store.sqlite import queries
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
 from queuectl.store.sqlite.file import DatabaseFile
-from queuectl.store.sqlite.insert import insert_jobs
+from queuectl.store.sqlite.insert import insert_jobs, inserter
 from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served
 from queuectl.store.sqlite.schema import migrate
 
 T = TypeVar("T")
 _WORKERS = workers_query()
 _COLS = queries.COLS
+_SCHED = statements(lambda name: f":{name}")
 
 
 def _real(value: Any) -> float | None:
@@ -330,6 +333,52 @@ class SQLiteStore:
             self._read(oldest, {"now": at})[0][0],
         )
         return job_metrics(bounds, rows, at)
+
+    # --- schedules -------------------------------------------------------------------
+
+    def schedule_add(self, schedule: Schedule) -> None:
+        params = {**schedule.__dict__}
+        for k in ("last_run_at", "last_job_id"):
+            params.pop(k)
+        try:
+            self._changes(_SCHED["add"], params)
+        except DuplicateJob:
+            raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
+
+    def schedules(self) -> list[Schedule]:
+        return [Schedule.from_tuple(r) for r in self._read(_SCHED["list"])]
+
+    def schedule(self, name: str) -> Schedule | None:
+        rows = self._read(_SCHED["get"], {"name": name})
+        return Schedule.from_tuple(rows[0]) if rows else None
+
+    def schedule_remove(self, name: str) -> bool:
+        return self._changes(_SCHED["remove"], {"name": name}) > 0
+
+    def schedule_pause(self, name: str) -> bool:
+        return self._changes(_SCHED["pause"], {"name": name, "paused": True}) > 0
+
+    def schedule_resume(self, name: str, next_run_at: float) -> bool:
+        params = {"name": name, "paused": False, "next_run_at": next_run_at}
+        return self._changes(_SCHED["resume"], params) > 0
+
+    def due_schedules(self, now: float | None = None) -> list[Schedule]:
+        return [Schedule.from_tuple(r) for r in self._read(_SCHED["due"], {"now": self._now(now)})]
+
+    def fire_schedule(self, name: str, expected: float, next_run_at: float, job: NewJob, now: float) -> bool:
+        row = (job.id, job.command, job.max_retries, job.priority, job.timeout, job.run_at)
+        insert = inserter([(*row, job.queue, job.cwd, job.env, job.unique_key, tuple(job.after))], now)
+        params = {"name": name, "expected": expected, "next_run_at": next_run_at}
+        params.update(now=now, job_id=job.id)
+
+        def fire(c: apsw.Connection) -> bool:
+            c.execute(_SCHED["fire"], params)
+            if not c.changes():
+                return False
+            insert(c)
+            return True
+
+        return self._write(fire)
 
     # --- recovery ------------------------------------------------------------------
 
