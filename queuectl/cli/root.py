@@ -35,6 +35,7 @@ COMMANDS = {
     "metrics": "metrics:metrics",
     "schedule": "schedule:schedule",
     "completion": "complete:completion",
+    "top": "top:top",
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",

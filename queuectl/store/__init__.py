@@ -252,6 +252,11 @@ class Store(Protocol):
         a job due at `now`.  Reads only; each part is one statement (the parts are
         not one snapshot)."""
 
+    def finished_since(self, since: float) -> dict[str, int]:
+        """How many attempts ended since `since`, per state reached (completed,
+        failed, dead; a state none reached is absent), among the last
+        sql.FINISHED_TAIL history events: `queuectl top`'s throughput."""
+
     # --- schedules -------------------------------------------------------------------
 
     def schedule_add(self, schedule: Schedule) -> None:

@@ -237,3 +237,18 @@ def job_metrics(
         oldest_due_at=None if oldest is None else float(oldest),
         now=now,
     )
+
+
+#: The most recent history events finished_since() looks through.
+FINISHED_TAIL = 100_000
+
+
+def finished_query(mark: Callable[[str], str]) -> str:
+    """Attempts that ended (completed, failed, dead) since `mark("since")`, per state,
+    among the last FINISHED_TAIL history events (a walk of the primary key's end, not
+    of the whole history)."""
+    return (
+        "SELECT to_state, count(*) FROM job_events"
+        f" WHERE seq > (SELECT coalesce(max(seq), 0) FROM job_events) - {FINISHED_TAIL}"
+        f" AND at >= {mark('since')} AND to_state IN ('completed', 'failed', 'dead') GROUP BY to_state"
+    )

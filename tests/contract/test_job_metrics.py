@@ -86,3 +86,13 @@ def test_the_exposition_parses_with_prometheus_own_parser(store: Store) -> None:
     assert samples[("queuectl_oldest_due_job_age_seconds", ())] == 10.0  # b, due since T0
     assert samples[("queuectl_recovery_pass_age_seconds", ())] == 7.0
     assert samples[("queuectl_workers_alive", ())] == 0
+
+
+def test_finished_since_counts_the_attempts_that_ended_in_the_window(store: Store) -> None:
+    store.enqueue([_new("a"), _new("b"), _new("c")], T0)
+    _finish(store, T0, 1.0, Completed())  # a ends at T0 + 1
+    _finish(store, T0 + 10, 1.0, Retry(T0 + 100, 1, "exit 1"))  # b fails at T0 + 11
+    _finish(store, T0 + 20, 1.0, Completed())  # c ends at T0 + 21
+    assert store.finished_since(T0 + 5) == {"failed": 1, "completed": 1}
+    assert store.finished_since(T0) == {"failed": 1, "completed": 2}
+    assert store.finished_since(T0 + 30) == {}

@@ -46,6 +46,7 @@ from queuectl.store.sql import (
     KEY_HOLDER,
     WORKER_COLUMNS,
     cancel_reason,
+    finished_query,
     held_key,
     job_filter,
     job_metrics,
@@ -376,6 +377,10 @@ class PostgresStore(Schedules):
             self._db.read(oldest, {"now": at})[0][0],
         )
         return job_metrics(bounds, rows, at)
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        rows = self._db.read(finished_query(lambda name: f"%({name})s"), {"since": since})
+        return {str(state): int(n) for state, n in rows}
 
     # --- recovery ------------------------------------------------------------------
 

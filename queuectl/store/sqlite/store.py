@@ -36,6 +36,7 @@ from queuectl.store.sql import (
     EVENT_COLUMNS,
     WORKER_COLUMNS,
     cancel_reason,
+    finished_query,
     job_filter,
     job_metrics,
     list_order,
@@ -333,6 +334,10 @@ class SQLiteStore:
             self._read(oldest, {"now": at})[0][0],
         )
         return job_metrics(bounds, rows, at)
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        rows = self._read(finished_query(lambda name: f":{name}"), {"since": since})
+        return {str(state): int(n) for state, n in rows}
 
     # --- schedules -------------------------------------------------------------------
 
