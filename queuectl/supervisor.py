@@ -302,6 +302,14 @@ class Supervisor:
                 time.sleep(0.1)
         return [p.full_name for p in up]
 
+    def forget_workers(self) -> None:
+        """Ask for no workers while supervisord is not running: run/workers.count 0 and,
+        if the home has a conf, an empty workers.conf (so a supervisord started by
+        other means starts none)."""
+        self.save_count(0)
+        if conf_file(self.paths).is_file():
+            workers_conf.write(conf_file(self.paths), 0)
+
     def signal_workers(self, sig: str) -> None:
         """Send a signal to every running worker (a second TERM is a cold stop)."""
         with contextlib.suppress(SupervisorError):

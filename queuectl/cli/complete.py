@@ -16,8 +16,6 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
-from queuectl.cli.context import Ctx, pass_ctx
-
 SHELLS = ("bash", "zsh", "fish")
 
 #: The most job ids offered (the newest first).
@@ -26,8 +24,8 @@ JOB_IDS = 200
 
 @click.command()
 @click.argument("shell", type=click.Choice(SHELLS))
-@pass_ctx
-def completion(c: Ctx, shell: str) -> None:
+@click.pass_context
+def completion(ctx: click.Context, shell: str) -> None:
     """Print the completion script for SHELL (see README: "Shell completion").
 
     \b
@@ -37,11 +35,10 @@ def completion(c: Ctx, shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
 
-    from queuectl.cli.root import cli
-
     cls = get_completion_class(shell)
     assert cls is not None  # one of SHELLS, which click knows
-    click.echo(cls(cli, {}, "queuectl", "_QUEUECTL_COMPLETE").source())
+    root = ctx.find_root().command  # the root group (not imported: root imports this module)
+    click.echo(cls(root, {}, "queuectl", "_QUEUECTL_COMPLETE").source())
 
 
 def _queue(ctx: click.Context) -> Any:

@@ -162,7 +162,11 @@ def _stop_workers(c: Ctx) -> None:
     from queuectl import procs
 
     sv = _supervisor(c)
-    stopped = sv.stop_workers() if sv.is_running() else []
+    if sv.is_running():
+        stopped = sv.stop_workers()
+    else:
+        stopped = []
+        sv.forget_workers()  # none asked for now (supervisord died with some asked for)
     # Workers of this home started by hand (`worker run`) get the same warm stop.
     bare = procs.signal_local_workers(_own_workers(c))
     total = len(stopped) + len(bare)
