@@ -91,7 +91,9 @@ def template(conf: Path) -> list[tuple[str, str]]:
 def write(conf: Path, count: int) -> Path:
     """Make conf/workers.conf declare workers_00 .. workers_{count-1}; return its path."""
     check_count(count)
-    keys = template(conf)
+    # No worker needs no template: `worker stop` and `shutdown` still work on a home
+    # whose supervisord was started from an earlier conf (the fixed pool).
+    keys = template(conf) if count else []
     parts = [
         "; Written by queuectl (`worker start --count N`, `worker stop`): one program per\n"
         f"; worker meant to run, each a copy of [{TEMPLATE}] in supervisord.conf.  Do not edit.\n"

@@ -64,6 +64,9 @@ def test_a_home_with_the_old_fixed_pool_edited_is_refused_with_what_to_change(qh
     assert r.stderr.count("\n") == 1 and "[queuectl:worker]" in r.stderr
     assert "numprocs=4" in old.read_text()  # left as it was
     assert not (qhome.path / "run" / "sv.sock").exists()
+    # Stopping needs no template: a supervisord still running the old pool can be stopped.
+    assert qhome.run("worker", "stop").returncode == 0
+    assert _sections(qhome.path / "conf" / "workers.conf").sections() == []
 
 
 def test_the_shipped_default_is_not_a_legacy_one() -> None:
