@@ -51,7 +51,7 @@ from queuectl.store.sqlite import queries
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
 from queuectl.store.sqlite.file import DatabaseFile
-from queuectl.store.sqlite.insert import insert_jobs, inserter
+from queuectl.store.sqlite.insert import insert_jobs
 from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served
 from queuectl.store.sqlite.schema import migrate
 
@@ -371,6 +371,8 @@ class SQLiteStore:
         return [Schedule.from_tuple(r) for r in self._read(_SCHED["due"], {"now": self._now(now)})]
 
     def fire_schedule(self, name: str, expected: float, next_run_at: float, job: NewJob, now: float) -> bool:
+        from queuectl.store.sqlite.insert import inserter  # loaded with insert_jobs above
+
         row = (job.id, job.command, job.max_retries, job.priority, job.timeout, job.run_at)
         insert = inserter([(*row, job.queue, job.cwd, job.env, job.unique_key, tuple(job.after))], now)
         params = {"name": name, "expected": expected, "next_run_at": next_run_at}
