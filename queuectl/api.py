@@ -10,7 +10,7 @@ import builtins
 import time
 
 from queuectl.config import Config, Paths, check_combination
-from queuectl.errors import Conflict, InvalidInput, JobEnded, JobNotFound
+from queuectl.errors import Conflict, InvalidInput, JobEnded, JobNotFound, ScheduleNotFound
 from queuectl.models import (
     CANCELLABLE,
     MONITOR_LEASE,
@@ -21,6 +21,7 @@ from queuectl.models import (
     JobState,
     NewJob,
     QueueInfo,
+    Schedule,
     WorkerInfo,
     iso,
 )
@@ -187,8 +188,92 @@ class Queue:
             "overdue": age is None or age > 3 * cfg.monitor_interval,
         }
 
+    def health(self, now: float | None = None) -> builtins.list[dict[str, Any]]:
+        """What keeps the queue from being served, as far as the database tells: no
+        recovery pass for more than three monitor intervals (no monitor and no worker
+        covering), and each job still processing past its timeout plus kill_grace and
+        timeout_grace (by then its worker should have killed it and recorded the
+        attempt).  Each problem is {"check", "message"} and more; empty: healthy."""
+        cfg = self.config()
+        t = self.store.now() if now is None else now
+        problems: builtins.list[dict[str, Any]] = []
+        info = self.store.lease_info(MONITOR_LEASE)
+        last = info.last_pass_at if info else None
+        limit = 3 * cfg.monitor_interval
+        if last is None:
+            problems.append(
+                {"check": "recovery", "message": "no recovery pass has run yet: start a monitor or a worker"}
+            )
+        elif t - last > limit:
+            problems.append(
+                {
+                    "check": "recovery",
+                    "message": f"no recovery pass for {t - last:.1f}s"
+                    f" (over 3 x monitor_interval = {limit:g}s): is a monitor or worker running?",
+                    "age_s": round(t - last, 3),
+                }
+            )
+        for job in self.store.processing():
+            runtime = t - (job.started_at or t)
+            if runtime > job.timeout + cfg.kill_grace + cfg.timeout_grace:
+                problems.append(
+                    {
+                        "check": "timeout",
+                        "message": f"job {job.id} processing for {runtime:.1f}s, past its {job.timeout:g}s"
+                        f" timeout (worker {job.worker_id})",
+                        "job_id": job.id,
+                        "runtime_s": round(runtime, 3),
+                    }
+                )
+        return problems
+
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.store.workers()
+
+    # --- schedules -------------------------------------------------------------------
+
+    def schedule_add(
+        self, name: str, cron: str, spec: Mapping[str, Any], tz: str = "UTC", now: float | None = None
+    ) -> Schedule:
+        """Add a schedule that enqueues the job `spec` (a job object: command and
+        enqueue options, checked as an enqueue checks them, defaults taken now) at
+        each time `cron` names in zone `tz`.  InvalidInput for a bad name, zone, cron
+        or job; Conflict when the name is taken."""
+        from queuectl import schedules
+
+        schedules.check_name(name)
+        for field in ("id", "after", "unique_key", "delay", "run_at"):
+            if spec.get(field) not in (None, (), []):
+                raise InvalidInput(f"a schedule's job cannot have {field.replace('_', '-')}: each run is new")
+        t = self.store.now() if now is None else now
+        first = schedules.next_after(cron, tz, t)
+        (row,) = check_jobs([spec], self.store.config_items(), t, numbered=False)
+        sched = Schedule(name, cron, tz, schedules.template(NewJob(*row)), False, first, t)
+        self.store.schedule_add(sched)
+        return sched
+
+    def schedules(self) -> builtins.list[Schedule]:
+        return self.store.schedules()
+
+    def schedule_remove(self, name: str) -> None:
+        if not self.store.schedule_remove(name):
+            raise ScheduleNotFound(name)
+
+    def schedule_pause(self, name: str) -> bool:
+        """False: it was paused already."""
+        if self.store.schedule(name) is None:
+            raise ScheduleNotFound(name)
+        return self.store.schedule_pause(name)
+
+    def schedule_resume(self, name: str, now: float | None = None) -> bool:
+        """Its next run is the first cron time after now.  False: it was not paused."""
+        from queuectl import schedules
+
+        s = self.store.schedule(name)
+        if s is None:
+            raise ScheduleNotFound(name)
+        t = self.store.now() if now is None else now
+        return self.store.schedule_resume(name, schedules.next_after(s.cron, s.tz, t))
 
     def live_workers(self) -> builtins.list[WorkerInfo]:
         cutoff = self.store.now() - self.config().heartbeat_timeout

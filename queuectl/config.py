@@ -90,6 +90,9 @@ class Config:
     synchronous: str = _default("synchronous")
     cpu_affinity: str = _default("cpu_affinity")
     job_cgroup: str = _default("job_cgroup")
+    retention_completed: float = _default("retention_completed")
+    retention_dead: float = _default("retention_dead")
+    retention_cancelled: float = _default("retention_cancelled")
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, str]) -> Config:

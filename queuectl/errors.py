@@ -23,6 +23,14 @@ class JobNotFound(QueuectlError):
         self.job_id = job_id
 
 
+class ScheduleNotFound(QueuectlError):
+    exit_code = 3
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r}")
+        self.name = name
+
+
 class Conflict(QueuectlError):
     """The request clashes with what is stored (duplicate id, wrong state)."""
 
@@ -90,10 +98,11 @@ class SupervisorError(QueuectlError):
 
 EXIT_CODES = {
     0: "success",
-    1: "unexpected internal error; for wait and logs --follow: a job ended dead or cancelled",
+    1: "unexpected internal error; for wait and logs --follow: a job ended dead or cancelled;"
+    " for health: the queue is not served",
     2: "usage error or invalid input (nothing was changed)",
-    3: "job not found",
-    4: "conflict with stored data (duplicate id, job not in the required state)",
+    3: "job or schedule not found; for worker status: the workers running are not the ones asked for",
+    4: "conflict with stored data (duplicate id or schedule name, job not in the required state)",
     5: "database unavailable: busy, corrupt, deleted, not a queuectl database, read-only, full",
     6: "supervisord could not be started or reached, or died under a foreground `worker start`",
     124: "wait: its --timeout passed before every job ended (as timeout(1))",

@@ -19,7 +19,30 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-import structlog
+
+def _import_structlog() -> Any:
+    """structlog, imported without rich.  structlog's package imports structlog.dev,
+    which imports rich when it is installed: tens of milliseconds and megabytes for
+    every worker, for a console renderer queuectl never uses.  A None in sys.modules
+    makes that one import fail as if rich were absent; it is taken out again at once,
+    so a command that wants rich (`queuectl top`) still imports it."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog as found
+
+        return found
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog as found
+    finally:
+        del sys.modules["rich"]
+    return found
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import structlog as structlog  # re-exported: recovery_log imports it from here
+else:
+    structlog = _import_structlog()
 
 #: QUEUECTL_LOG_LEVEL=debug also logs every completed job (not at info: a line per
 #: job slows a busy worker, and the history has every attempt).

@@ -433,3 +433,69 @@ class QueueInfo:
             "counts": dict(self.counts),
             "total": sum(self.counts.values()),
         }
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """What `queuectl metrics` reads from the jobs and their history (Store.job_metrics)."""
+
+    #: (queue, state, jobs, attempts they spent), one row per pair that has jobs.
+    jobs: list[tuple[str, str, int, int]]
+    #: The upper bounds of the run-time histogram's buckets, in seconds, increasing.
+    bounds: tuple[float, ...]
+    #: Completed jobs whose last attempt ran at most each bound (cumulative).
+    runtime_buckets: list[int]
+    runtime_count: int
+    runtime_sum: float
+    #: Recoveries in the stored history, by reason (models.Reason values).
+    recoveries: dict[str, int]
+    #: The earliest next_run_at of a pending or failed job due at `now` (None: none due).
+    oldest_due_at: float | None
+    #: The time these were read at.
+    now: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A named cron schedule: each run due enqueues one job made from `job`."""
+
+    name: str
+    #: A five-field cron expression, evaluated in the time zone `tz` (an IANA name).
+    cron: str
+    tz: str
+    #: The job each run enqueues, as a JSON object of NewJob fields (no id, run_at or
+    #: after: each run gets a new id and runs at once).
+    job: str
+    paused: bool
+    #: When the next run is due (epoch seconds).
+    next_run_at: float
+    created_at: float
+    last_run_at: float | None = None
+    last_job_id: str | None = None
+
+    @classmethod
+    def from_tuple(cls, row: Sequence[Any]) -> Schedule:
+        name, cron, tz, job, paused, nxt, created, last, last_id = row
+        return cls(
+            str(name), str(cron), str(tz), str(job), bool(paused), float(nxt), float(created),
+            None if last is None else float(last), None if last_id is None else str(last_id),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        return {
+            "name": self.name,
+            "cron": self.cron,
+            "tz": self.tz,
+            "paused": self.paused,
+            "next_run_at": iso(self.next_run_at),
+            "last_run_at": iso(self.last_run_at),
+            "last_job_id": self.last_job_id,
+            "created_at": iso(self.created_at),
+            "job": json.loads(self.job),
+        }
+
+
+#: A schedule's columns, in Schedule's field order.
+SCHEDULE_COLUMNS = "name, cron, tz, job, paused, next_run_at, created_at, last_run_at, last_job_id"

@@ -21,7 +21,10 @@ A pass, in order:
      else (its worker, another monitor) got there first;
   5. delete stale worker rows (guarded on their heartbeat, and on holding no job);
   6. kill job processes on this host whose attempt is over (orphan_killed);
-  7. write the recovery log for what the guarded statements actually changed, and
+  7. retention: delete a batch of the finished jobs past their state's retention
+     setting (retention.py; jobs_purged); fire each due schedule once
+     (schedules.py; schedule_fired in the process's log);
+  8. write the recovery log for what the guarded statements actually changed, and
      for every process killed.
 """
 
@@ -200,12 +203,38 @@ class Recoverer:
                     )
                 )
         done.extend(self._sweep_orphans(dry_run, by))
+        done.extend(self._retention(t, cfg, dry_run, by))
         if not dry_run:
+            self._fire_schedules(t)
             # Job recoveries are in the outbox already (written with their CAS);
             # the rest is not job history: logged directly.
             self.audit.flush([r for r in done if r.event != "job_recovered"])
             self._fold_counts()
         return done
+
+    def _retention(self, now: float, cfg: Config, dry_run: bool, by: str) -> list[Recovery]:
+        from queuectl import retention
+
+        return [
+            Recovery(
+                event="jobs_purged",
+                reason="retention",
+                job_state=state.value,
+                evidence={
+                    "deleted": n,
+                    "before": iso(cutoff),
+                    "retention_s": round(now - cutoff, 3),
+                },
+                recovered_by=by,
+            )
+            for state, cutoff, n in retention.apply(self.store, cfg, now, dry_run=dry_run)
+        ]
+
+    def _fire_schedules(self, now: float) -> None:
+        from queuectl import schedules
+
+        for name, job_id in schedules.fire_due(self.store, now):
+            self.log.info("schedule_fired", schedule=name, job_id=job_id)
 
     def _fold_counts(self) -> None:
         """Every pass, so `queuectl status` has few events to add to its snapshot.

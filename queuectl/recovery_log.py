@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from queuectl.logs import structlog  # imported without rich (logs._import_structlog)
 from queuectl.models import iso
 from queuectl.store import Store
 
@@ -36,6 +35,9 @@ RECORD_FIELDS = {
     "processes_killed": (
         "reason", "job_id", "attempt", "lease", "host", "killed_pids", "command", "evidence",
     ),
+    # reason "retention"; evidence: deleted (jobs), before (the cutoff, ISO-8601),
+    # retention_s (the setting).
+    "jobs_purged": ("reason", "job_state", "evidence"),
 }  # fmt: skip
 
 

@@ -477,14 +477,14 @@ def skip_held(specs: list[dict[str, Any]], insert: Callable[[list[dict[str, Any]
 
 
 #: The states `purge` may delete: jobs that will never change again.
-PURGEABLE = frozenset({"completed", "dead"})
+PURGEABLE = frozenset({"completed", "dead", "cancelled"})
 
 
 def check_purge(states: Iterable[str]) -> None:
-    """Refuse a purge of any state but completed and dead (or of none)."""
+    """Refuse a purge of any state but completed, dead and cancelled (or of none)."""
     given = list(states)
     if not given or any(s not in PURGEABLE for s in given):
-        raise InvalidInput("only completed and dead jobs can be purged")
+        raise InvalidInput("only completed, dead and cancelled jobs can be purged")
 
 
 #: A job object of no other fields (the common case of a bulk enqueue) is checked by
@@ -603,13 +603,20 @@ def _number(spec: Mapping[str, Any], key: str, default: float) -> float:
     value = spec.get(key)
     if value is None:
         return float(default)
+    option = JOB_OPTIONS[key]
+    if isinstance(value, str) and option.seconds:
+        from queuectl import durations
+
+        try:
+            value = durations.parse(value)
+        except ValueError:
+            raise InvalidInput(f"{key} must be {durations.FORMS}, not {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{key} must be a number")
     try:
         number = float(value)
     except OverflowError:
         raise InvalidInput(f"{key} is too large") from None
-    option = JOB_OPTIONS[key]
     if not math.isfinite(number) or not option.low <= number <= option.high:
         raise InvalidInput(f"{key} must be between {option.low:g} and {option.high:g}")
     return number

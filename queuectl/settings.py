@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 class Setting:
     """One row of the table.  `kind` is int, float or str; a number lies in
-    [low, high], a text is one of `choices`."""
+    [low, high], a text is one of `choices`.  `seconds`: a float of seconds, also
+    given as a duration (`90s`, `10m`, `2h`, `7d`, `1h30m`: durations.parse)."""
 
-    __slots__ = ("choices", "default", "help", "high", "kind", "low", "name")
+    __slots__ = ("choices", "default", "help", "high", "kind", "low", "name", "seconds")
 
     def __init__(
         self,
@@ -41,8 +42,10 @@ class Setting:
         help: str = "",
         *,
         choices: tuple[str, ...] = (),
+        seconds: bool = False,
     ) -> None:
         self.name = name
+        self.seconds = seconds
         self.kind = kind
         self.default = default
         self.help = help
@@ -63,9 +66,16 @@ class Setting:
             return raw.lower()
         value: float | int
         try:
-            value = int(raw) if self.kind is int else float(raw)
+            if self.seconds:
+                from queuectl import durations
+
+                value = durations.parse(raw)
+            else:
+                value = int(raw) if self.kind is int else float(raw)
         except ValueError:
             what = "a whole number" if self.kind is int else "a number"
+            if self.seconds:
+                what = "seconds or a duration such as 90s, 10m, 2h, 7d"
             raise InvalidInput(f"{self.name} must be {what}, not {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"{self.name} must be a finite number, not {text!r}")
@@ -109,32 +119,33 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
             "retry delay = backoff_base ** attempts seconds"),
     # Whatever the attempts before, no retry waits longer than this.
     Setting("backoff_max", float, 3600.0, 0.0, 31_536_000.0,
-            "cap on one retry delay, seconds"),
+            "cap on one retry delay, seconds", seconds=True),
     # Taken by each job at enqueue unless it names its own `timeout`.
     Setting("job_timeout", float, 60.0, 0.01, 604_800.0,
-            "default time limit of a job, seconds (taken by each job at enqueue)"),
+            "default time limit of a job, seconds (taken by each job at enqueue)", seconds=True),
     Setting("kill_grace", float, 5.0, 0.0, 600.0,
-            "seconds from SIGTERM to SIGKILL on a timeout"),
+            "seconds from SIGTERM to SIGKILL on a timeout", seconds=True),
     # The worker should have killed the job at `timeout`; the monitor steps in once
     # it has run timeout + this.
     Setting("timeout_grace", float, 10.0, 0.0, 3600.0,
-            "extra seconds before the monitor reaps a job its worker did not stop"),
+            "extra seconds before the monitor reaps a job its worker did not stop", seconds=True),
     # Also while a job runs.  config.check_combination bounds it by heartbeat_timeout.
     Setting("heartbeat_interval", float, 3.0, 0.05, 3600.0,
-            "seconds between worker heartbeats (at most a quarter of heartbeat_timeout)"),
+            "seconds between worker heartbeats (at most a quarter of heartbeat_timeout)", seconds=True),
     Setting("heartbeat_timeout", float, 15.0, 0.2, 86_400.0,
-            "seconds without a heartbeat before a worker is declared dead"),
+            "seconds without a heartbeat before a worker is declared dead", seconds=True),
     Setting("monitor_interval", float, 5.0, 0.05, 3600.0,
-            "seconds between recovery passes"),
+            "seconds between recovery passes", seconds=True),
     Setting("output_limit", int, 64, 0, 10_240,
             "KiB of stdout and of stderr kept per job (the tail)"),
     # A new job wakes an idle worker sooner: SQLite's data_version, PostgreSQL's NOTIFY.
     Setting("poll_interval", float, 1.0, 0.005, 60.0,
-            "longest idle wait between claim attempts, seconds (new jobs wake workers sooner)"),
+            "longest idle wait between claim attempts, seconds (new jobs wake workers sooner)", seconds=True),
     # Keep it below supervisord's stopwaitsecs (conf/supervisord.conf), which kills
     # the worker itself.
     Setting("stop_timeout", float, 80.0, 0.0, 86_400.0,
-            "on a graceful stop, how long a worker lets its job run before killing it, seconds"),
+            "on a graceful stop, how long a worker lets its job run before killing it, seconds",
+            seconds=True),
     Setting("synchronous", str, "normal", choices=("normal", "full"),
             help="SQLite durability: normal survives process crashes, full also power loss"),
     # auto: worker k keeps to CPU k mod n of those it may use.  Its job's shell starts
@@ -153,6 +164,14 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
             " delegated cgroup v2 subtree, or root with cgroup v2 mounted), each worker's"
             " jobs run in a cgroup of its own (queuectl.WORKER_ID), killed whole at the"
             " end of each attempt; off: never (read when a worker starts)"),
+    # Applied by the recovery pass (retention.py), a batch per state per pass.
+    Setting("retention_completed", float, 0.0, 0.0, 100 * 365 * 86_400.0,
+            "completed jobs are deleted (with their history) this long after they"
+            " finished, by the recovery pass; 0 keeps them", seconds=True),
+    Setting("retention_dead", float, 0.0, 0.0, 100 * 365 * 86_400.0,
+            "the same for dead jobs (the dead-letter queue); 0 keeps them", seconds=True),
+    Setting("retention_cancelled", float, 0.0, 0.0, 100 * 365 * 86_400.0,
+            "the same for cancelled jobs; 0 keeps them", seconds=True),
 )}
 # fmt: on
 
@@ -175,7 +194,7 @@ def normalize_key(name: str) -> str:
 PRIORITY = Setting("priority", int, 0, -1_000_000, 1_000_000,
                    "higher runs first")
 DELAY = Setting("delay", float, 0.0, 0.0, 10 * 365 * 86_400.0,
-                "seconds to wait before the first run")
+                "seconds to wait before the first run", seconds=True)
 # fmt: on
 
 #: The numeric fields of a job object (and `queuectl enqueue` options) -> the row of
@@ -204,5 +223,6 @@ def settings_markdown() -> str:
     lines = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS.values():
         default = s.default if s.choices else num_text(s.default)
-        lines.append(f"| `{s.name}` | {_TYPE_NAMES[s.kind]} | {default} | {s.range_text()} | {s.help} |")
+        kind = "duration" if s.seconds else _TYPE_NAMES[s.kind]
+        lines.append(f"| `{s.name}` | {kind} | {default} | {s.range_text()} | {s.help} |")
     return "\n".join(lines) + "\n"

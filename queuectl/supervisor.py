@@ -1,10 +1,13 @@
-"""Talks to this home's supervisord: start it, scale the worker pool, stop it.
+"""Talks to this home's supervisord: start it, scale the workers, stop it.
 
-supervisord runs `[program:workers]` (a fixed pool of numprocs workers, autostart
-off) and `[program:monitor]` from HOME/conf/supervisord.conf.  Scaling starts or
-stops individual `workers:workers_NN` over the unix socket (XML-RPC), so the workers
-that stay are never restarted.  The desired count is kept in run/workers.count so a
-later `worker start` without --count restores it.
+supervisord runs `[program:monitor]` from HOME/conf/supervisord.conf and one
+`[program:workers_NN]` per worker asked for, from conf/workers.conf, which queuectl
+writes (workers_conf.py).  Scaling rewrites that file, has supervisord reread it and
+adds or removes the changed programs one by one (what `supervisorctl update` does), so
+the workers that stay are never restarted and supervisorctl lists only the workers
+meant to run.  The asked-for count is kept in run/workers.count and in workers.conf
+itself, so a restarted supervisord, or a later `worker start` without --count,
+restores it.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from queuectl import home
+from queuectl import home, workers_conf
 from queuectl.config import MAX_SOCKET_PATH, Paths
 from queuectl.errors import InvalidInput, SupervisorError
 
-GROUP = "workers"
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
 DOWN_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")
 
@@ -64,13 +66,15 @@ def prepare_home(paths: Paths) -> Path:
     for d in (paths.run, paths.logs):
         d.mkdir(mode=0o700, exist_ok=True)
     conf = conf_file(paths)
+    data = (default_conf_dir() / "supervisord.conf").read_bytes()
     if not conf.is_file():
         # Owner-only whatever the umask: whoever can edit the conf runs commands as us.
         paths.conf.mkdir(mode=0o700, exist_ok=True)
-        data = (default_conf_dir() / "supervisord.conf").read_bytes()
         fd = home.open_private(str(conf), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+    else:
+        workers_conf.upgrade_legacy(conf, data)
     return conf
 
 
@@ -89,6 +93,10 @@ class Proc:
     @property
     def up(self) -> bool:
         return self.state in RUNNING_STATES
+
+    @property
+    def is_worker(self) -> bool:
+        return self.group == self.name and workers_conf.is_worker(self.name)
 
 
 class Supervisor:
@@ -142,14 +150,31 @@ class Supervisor:
         ]
 
     def workers(self) -> list[Proc]:
-        return sorted((p for p in self.processes() if p.group == GROUP), key=lambda p: p.name)
+        return sorted((p for p in self.processes() if p.is_worker), key=lambda p: p.name)
+
+    def shortfall(self) -> str | None:
+        """None when exactly the workers asked for (run/workers.count) are RUNNING under
+        this supervisord; otherwise one line saying how they differ."""
+        asked = self.saved_count() or 0
+        if not self.is_running():
+            return f"asked for {asked} worker(s), but supervisord is not running" if asked else None
+        workers = self.workers()
+        running = sum(p.state == "RUNNING" for p in workers)
+        if running == asked == len(workers):
+            return None
+        others = ", ".join(f"{p.group} {p.state}" for p in workers if p.state != "RUNNING")
+        return f"asked for {asked} worker(s), {running} running" + (f" ({others})" if others else "")
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def launch(self, *, foreground: bool, db_url: str | None) -> subprocess.Popen[bytes]:
-        """Start supervisord for this home.  In the foreground it stays our child (and
-        gets SIGTERM, a graceful shutdown, if we die); detached it daemonizes."""
+    def launch(self, *, foreground: bool, db_url: str | None, count: int) -> subprocess.Popen[bytes]:
+        """Start supervisord for this home with `count` workers.  In the foreground it
+        stays our child (and gets SIGTERM, a graceful shutdown, if we die); detached it
+        daemonizes."""
         conf = prepare_home(self.paths)
+        # Before supervisord reads it: it starts exactly these, no more.
+        self.save_count(count)
+        workers_conf.write(conf, count)
         env = dict(os.environ)
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
@@ -201,26 +226,32 @@ class Supervisor:
         raise SupervisorError(f"supervisord did not come up within {timeout:g}s (see {log})")
 
     def scale(self, count: int, *, wait: float = 15.0) -> tuple[list[str], list[str]]:
-        """Run exactly `count` workers: start the missing ones, stop (gracefully) the
-        extra ones, leave the others alone.  Returns (started, stopping).  Waits
-        until the wanted ones are RUNNING, or until another command has asked for
-        another count (a `worker stop` meanwhile: they will never be RUNNING)."""
-        pool = self.workers()
-        if not 0 <= count <= len(pool):
-            raise InvalidInput(f"--count must be between 1 and {len(pool)} (the pool size in conf/)")
+        """Run exactly `count` workers: add the missing programs, stop (gracefully) and
+        remove the extra ones, leave the others alone (a worker stopped by hand that is
+        still asked for is started again).  Returns (started, stopping).  Waits until
+        the wanted ones are RUNNING, or until another command has asked for another
+        count (a `worker stop` meanwhile: they will never be RUNNING)."""
+        workers_conf.check_count(count)
         self.save_count(count)
-        started, stopping = [], []
-        for i, p in enumerate(pool):
-            if i < count and not p.up:
+        workers_conf.write(conf_file(self.paths), count)
+        self.call("supervisor.reloadConfig")
+        want = workers_conf.wanted(count)
+        present = {p.group: p for p in self.workers()}
+        started = []
+        for group in want:
+            p = present.get(group)
+            if p is None:
+                self.call("supervisor.addProcessGroup", group)  # autostart=true starts it
+                started.append(group)
+            elif not p.up:
                 self.call("supervisor.startProcess", p.full_name, False)
-                started.append(p.full_name)
-            elif i >= count and p.up:
-                self.call("supervisor.stopProcess", p.full_name, False)
-                stopping.append(p.full_name)
-        want = {p.full_name for p in pool[:count]}
+                started.append(group)
+        extra = [p for g, p in present.items() if g not in want]
+        stopping = [p.group for p in extra]
+        self._retire(extra, wait=None)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and self.saved_count() == count:
-            states = {p.full_name: p.state for p in self.workers()}
+            states = {p.group: p.state for p in self.workers()}
             if all(states.get(n) == "RUNNING" for n in want):
                 break
             bad = [n for n in want if states.get(n) == "FATAL"]
@@ -229,34 +260,62 @@ class Supervisor:
             time.sleep(0.05)
         return started, stopping
 
+    def _retire(self, procs: list[Proc], *, wait: float | None) -> None:
+        """Stop `procs` gracefully (each finishes its job), then remove their programs
+        from supervisord, which only a stopped program allows.  Waits for them up to
+        `wait` seconds (None: as long as supervisord's own stop takes, which ends in
+        SIGKILL after the template's stopwaitsecs)."""
+        for p in procs:
+            if p.up:
+                with contextlib.suppress(SupervisorError):
+                    self.call("supervisor.stopProcess", p.full_name, False)
+        deadline = time.monotonic() + (wait if wait is not None else 3600.0)
+        left = {p.group for p in procs}
+        while left and time.monotonic() < deadline:
+            states = {p.group: p.state for p in self.workers()}
+            for group in list(left):
+                if states.get(group, "STOPPED") in DOWN_STATES:
+                    with contextlib.suppress(SupervisorError):
+                        self.call("supervisor.removeProcessGroup", group)
+                    left.discard(group)
+            if left:
+                time.sleep(0.05)
+
     def stop_workers(self, *, wait: float | None = None) -> list[str]:
-        """Stop every worker gracefully (each finishes its job); wait until they are down."""
+        """Stop every worker gracefully (each finishes its job); wait until they are
+        down and their programs removed."""
         self.save_count(0)
+        workers_conf.write(conf_file(self.paths), 0)
         pid = self.pid()
-        up = [p for p in self.workers() if p.up]
-        for p in up:
-            with contextlib.suppress(SupervisorError):
-                self.call("supervisor.stopProcess", p.full_name, False)
         limit = wait if wait is not None else 120.0
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            try:
-                if not any(p.state not in DOWN_STATES for p in self.workers()):
-                    break
-            except SupervisorError:
-                # supervisord is shutting down (SHUTDOWN_STATE) or gone: a foreground
-                # `worker start` ends it once its workers are stopped, and its shutdown
-                # stops them the same graceful way.  Done when it has exited.
-                while pid is not None and _alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                break
-            time.sleep(0.1)
+        up: list[Proc] = []
+        try:
+            self.call("supervisor.reloadConfig")
+            up = [p for p in self.workers() if p.up]
+            self._retire(self.workers(), wait=limit)
+        except SupervisorError:
+            # supervisord is shutting down (SHUTDOWN_STATE) or gone: a foreground
+            # `worker start` ends it once its workers are stopped, and its shutdown
+            # stops them the same graceful way.  Done when it has exited.
+            deadline = time.monotonic() + limit
+            while pid is not None and _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
         return [p.full_name for p in up]
+
+    def forget_workers(self) -> None:
+        """Ask for no workers while supervisord is not running: run/workers.count 0 and,
+        if the home has a conf, an empty workers.conf (so a supervisord started by
+        other means starts none)."""
+        self.save_count(0)
+        if conf_file(self.paths).is_file():
+            workers_conf.write(conf_file(self.paths), 0)
 
     def signal_workers(self, sig: str) -> None:
         """Send a signal to every running worker (a second TERM is a cold stop)."""
         with contextlib.suppress(SupervisorError):
-            self.call("supervisor.signalProcessGroup", GROUP, sig)
+            for p in self.workers():
+                if p.up:
+                    self.call("supervisor.signalProcessGroup", p.group, sig)
 
     def shutdown(self, *, wait: float = 120.0) -> None:
         pid = self.pid()
@@ -287,6 +346,13 @@ class Supervisor:
             return int(self._count_file.read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+def exec_supervisorctl(conf: Path, args: list[str]) -> None:
+    """Replace this process with supervisorctl on `conf` (its output and exit code are
+    the command's own)."""
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args])
 
 
 def _alive(pid: int) -> bool:
@@ -321,19 +387,6 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no output (see logs/supervisord.log)"
 
 
-def pool_size(conf: Path) -> int:
-    """numprocs of [program:workers] in `conf`: the most workers `scale()` can run.
-    Read before supervisord starts, so a count it cannot reach starts nothing."""
-    import configparser
-
-    parser = configparser.RawConfigParser(strict=False)
-    parser.read(conf)
-    try:
-        return int(parser.get(f"program:{GROUP}", "numprocs", fallback="1"))
-    except ValueError:
-        return 1
-
-
 def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> int:
     """`worker start` in the foreground: supervisord as our child with `count` workers.
 
@@ -350,7 +403,7 @@ def run_foreground(sv: Supervisor, count: int, db_url: str | None, say: Any) -> 
 
     signals = StopSignals()
     signals.install()
-    proc = sv.launch(foreground=True, db_url=db_url)
+    proc = sv.launch(foreground=True, db_url=db_url, count=count)
     sv.scale(count)
     say(f"supervisord running (pid {proc.pid}) with {count} worker(s) and the monitor; Ctrl+C stops")
     stopper: threading.Thread | None = None

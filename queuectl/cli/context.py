@@ -38,3 +38,40 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 #: --limit of the list commands: what every backend can take as a row count.
 LIMIT = click.IntRange(int(LIMIT_SETTING.low), int(LIMIT_SETTING.high))
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """Seconds, or a duration such as 90s, 10m, 2h, 7d, 1h30m (durations.parse),
+    between `low` and `high` seconds (ranged=False: any number, for options whose
+    range a later check owns, as enqueue's job rules do)."""
+
+    name = "duration"
+
+    def __init__(self, low: float = 0.0, high: float = float("inf"), *, ranged: bool = True) -> None:
+        self.low = low
+        self.high = high
+        self.ranged = ranged
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return float(value)
+        from queuectl import durations
+
+        try:
+            seconds = durations.parse(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not {durations.FORMS}", param, ctx)
+        if self.ranged and not self.low <= seconds <= self.high:
+            from queuectl.settings import num_text
+
+            if self.high == float("inf"):
+                self.fail(f"{value!r} is not at least {num_text(self.low)} seconds", param, ctx)
+            self.fail(
+                f"{value!r} is not between {num_text(self.low)} and {num_text(self.high)} seconds", param, ctx
+            )
+        return seconds
+
+
+DURATION = Duration()
+#: enqueue's --delay and --timeout: converted as the pre-parser does, checked by the job rules.
+SECONDS = Duration(ranged=False)

@@ -9,7 +9,7 @@ import click
 
 from queuectl.api import WAIT_TIMEOUT, wait_exit_code
 from queuectl.cli import one_line, render
-from queuectl.cli.context import Ctx, pass_ctx
+from queuectl.cli.context import DURATION, Ctx, pass_ctx
 from queuectl.cli.render import emit_json, json_option, table
 from queuectl.errors import InvalidInput
 from queuectl.models import Job, JobState
@@ -78,7 +78,7 @@ def _cancel_many(c: Ctx, state: str | None, queue_name: str | None, yes: bool, a
 
 @click.command()
 @click.argument("job_ids", nargs=-1, required=True)
-@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 124).")
+@click.option("--timeout", type=DURATION, help="Give up after this long (exit 124): seconds, or 10m, 2h.")
 @json_option
 @pass_ctx
 def wait(c: Ctx, job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> int:

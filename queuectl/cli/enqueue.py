@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from queuectl.cli.context import Ctx, pass_ctx
-from queuectl.cli.enqueue_options import OPTIONS, submit
+from queuectl.cli.context import SECONDS, Ctx, pass_ctx
+from queuectl.cli.enqueue_options import OPTIONS, seconds, submit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,6 +22,8 @@ def _declared_options(f: F) -> F:
     """enqueue's options, as OPTIONS declares them (in its order)."""
     for o in reversed(OPTIONS):
         kind: Any = click.Choice(o.choices) if o.choices is not None else o.kind
+        if kind is seconds:
+            kind = SECONDS  # the same conversion, with click's wording of an error
         f = click.option(o.flag, o.param, type=kind, multiple=o.multiple, help=o.help)(f)
     return f
 

@@ -14,7 +14,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
 
@@ -31,7 +31,7 @@ class Option:
         flag: str,
         param: str,
         field: str | None,
-        kind: type,
+        kind: Callable[[str], Any],
         help: str,
         *,
         multiple: bool = False,
@@ -44,6 +44,14 @@ class Option:
         self.help = help
         self.multiple = multiple
         self.choices = choices
+
+
+def seconds(text: str) -> float:
+    """--delay and --timeout: seconds, or a duration (`10m`, `2h`: durations.parse);
+    ValueError when neither (the range is the job rules' to check)."""
+    from queuectl import durations
+
+    return durations.parse(text)
 
 
 #: What `--on-conflict` takes.
@@ -59,9 +67,15 @@ OPTIONS = (
         "Retries after the first attempt (default: config).",
     ),
     Option("--priority", "priority", "priority", int, "Higher runs first (default 0)."),
-    Option("--delay", "delay", "delay", float, "Seconds to wait before the first run."),
+    Option("--delay", "delay", "delay", seconds, "Wait before the first run: seconds, or 90s, 10m, 2h, 7d."),
     Option("--run-at", "run_at", "run_at", str, "Earliest start, ISO-8601 (UTC if no zone)."),
-    Option("--timeout", "timeout", "timeout", float, "Time limit in seconds (default: config job_timeout)."),
+    Option(
+        "--timeout",
+        "timeout",
+        "timeout",
+        seconds,
+        "Time limit: seconds, or 10m, 2h (default: job_timeout).",
+    ),
     Option("--queue", "queue", "queue", str, "Named queue (default: default)."),
     Option("--cwd", "cwd", "cwd", str, "Directory to run in (default: the current directory)."),
     Option(

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from queuectl.cli import render
-from queuectl.cli.context import LIMIT, Ctx, pass_ctx
+from queuectl.cli.context import DURATION, LIMIT, Ctx, pass_ctx
 from queuectl.cli.render import emit_json, json_option, print_jobs, table
 from queuectl.errors import InvalidInput
 
@@ -186,10 +186,12 @@ def logs(c: Ctx, job_id: str, stream: str, raw: bool, follow: bool, as_json: boo
     "states",
     multiple=True,
     required=True,
-    type=click.Choice(["completed", "dead"]),
+    type=click.Choice(["completed", "dead", "cancelled"]),
     help="Purge jobs in this state (repeatable).",
 )
-@click.option("--older-than", type=click.FloatRange(min=0), help="Only jobs finished this many seconds ago.")
+@click.option(
+    "--older-than", type=DURATION, help="Only jobs finished this long ago: seconds, or 12h, 7d, 1h30m."
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def purge(c: Ctx, states: tuple[str, ...], older_than: float | None, yes: bool) -> None:

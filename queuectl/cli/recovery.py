@@ -89,4 +89,10 @@ def _recovery_line(r: Any, dry_run: bool) -> str:
         return f"{verb} job {r.job_id} ({r.reason}): attempt {r.attempt} -> {r.state_after}{back}{pids}"
     if r.event == "worker_removed":
         return f"{verb} worker {r.worker_id} ({r.reason}): removed"
+    if r.event == "jobs_purged":
+        n = r.evidence["deleted"]
+        return (
+            f"{'would purge' if dry_run else 'purged'} {n} {r.job_state} job{'' if n == 1 else 's'}"
+            f" finished before {r.evidence['before']} (retention)"
+        )
     return f"{kill} orphan process {r.pid} of job {r.job_id} (attempt {r.attempt})"

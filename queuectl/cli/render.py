@@ -59,15 +59,22 @@ def emit_json(value: Any) -> None:
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     """Columns as wide as their widest cell (at most 60, longer cells clipped), every
     cell escaped as one line."""
+    for text in table_lines(rows, headers):
+        click.echo(text)
+
+
+def table_lines(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> list[str]:
+    """table()'s lines."""
     cells = [[("" if c is None else line(str(c))) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, c in enumerate(r):
             widths[i] = min(max(widths[i], len(c)), 60)
     head = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    click.echo(head.rstrip())
+    out = [head.rstrip()]
     for r in cells:
-        click.echo("  ".join(_clip(c, w).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        out.append("  ".join(_clip(c, w).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return out
 
 
 def _clip(text: str, width: int) -> str:

@@ -30,6 +30,12 @@ COMMANDS = {
     "worker": "workers:worker",
     "stop-workers": "workers:stop_workers",
     "shutdown": "workers:shutdown",
+    "supervisorctl": "workers:supervisorctl",
+    "health": "health:health",
+    "metrics": "metrics:metrics",
+    "schedule": "schedule:schedule",
+    "completion": "complete:completion",
+    "top": "top:top",
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",
@@ -48,6 +54,10 @@ class LazyGroup(click.Group):
             return None
         module, attribute = target.split(":")
         command: click.Command = getattr(importlib.import_module(f"queuectl.cli.{module}"), attribute)
+        if ctx.resilient_parsing:  # a shell completion: give it job ids, queue names, ...
+            from queuectl.cli.complete import attach
+
+            attach(command, cmd_name)
         return command
 
 

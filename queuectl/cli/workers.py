@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from queuectl.cli.context import Ctx, pass_ctx
+from queuectl.cli.context import Ctx, Duration, pass_ctx
 from queuectl.cli.render import emit_json, json_option, table
 from queuectl.cli.settings import key_range
 from queuectl.errors import InvalidInput
@@ -37,7 +37,9 @@ def _checked(queues: tuple[str, ...]) -> tuple[str, ...] | None:
 @worker.command("run")
 @click.option("--burst", is_flag=True, help="Exit when no job is due and none is processing.")
 @click.option(
-    "--poll-interval", type=click.FloatRange(*key_range("poll_interval")), help="Longest idle wait, seconds."
+    "--poll-interval",
+    type=Duration(*key_range("poll_interval")),
+    help="Longest idle wait: seconds, or 2s.",
 )
 @_queue_option("Serve only this queue (repeatable; default: every queue).")
 @pass_ctx
@@ -104,11 +106,13 @@ def worker_start(c: Ctx, count: int | None, detach: bool, queues: tuple[str, ...
     only brings the pool to N and returns (its workers keep their queues: another
     --queue needs `queuectl worker stop` first).
     """
-    from queuectl import served
-    from queuectl.supervisor import pool_size, prepare_home, run_foreground
+    from queuectl import served, workers_conf
+    from queuectl.supervisor import prepare_home, run_foreground
 
     if count is not None and count < 1:
         raise InvalidInput("--count must be at least 1 (use `queuectl worker stop` to stop all)")
+    if count is not None:
+        workers_conf.check_count(count)
     serves = _checked(queues)
     sv = _supervisor(c)
     n = count if count is not None else (sv.saved_count() or 1)
@@ -123,14 +127,13 @@ def worker_start(c: Ctx, count: int | None, detach: bool, queues: tuple[str, ...
         started, stopping = sv.scale(n)
         click.echo(f"{n} worker(s) running (started {len(started)}, stopping {len(stopping)})")
         return
-    size = pool_size(prepare_home(c.paths))
-    if n > size:  # before supervisord starts: a refused count must leave nothing running
-        raise InvalidInput(f"--count must be between 1 and {size} (the pool size in conf/)")
+    # Before supervisord starts: a conf it cannot use must leave nothing running.
+    workers_conf.template(prepare_home(c.paths))
     served.save(c.paths.run, serves)  # read by each supervised `worker run`
     c.queue  # noqa: B018 - open (and migrate) the database before any worker does
     db = c.paths.db_url if (c.paths.db_url != str(c.paths.db_dir / "queue.db")) else None
     if detach:
-        sv.launch(foreground=False, db_url=db)
+        sv.launch(foreground=False, db_url=db, count=n)
         sv.scale(n)
         click.echo(f"supervisord started in the background with {n} worker(s) and the monitor")
         return
@@ -159,7 +162,11 @@ def _stop_workers(c: Ctx) -> None:
     from queuectl import procs
 
     sv = _supervisor(c)
-    stopped = sv.stop_workers() if sv.is_running() else []
+    if sv.is_running():
+        stopped = sv.stop_workers()
+    else:
+        stopped = []
+        sv.forget_workers()  # none asked for now (supervisord died with some asked for)
     # Workers of this home started by hand (`worker run`) get the same warm stop.
     bare = procs.signal_local_workers(_own_workers(c))
     total = len(stopped) + len(bare)
@@ -181,11 +188,15 @@ def _own_workers(c: Ctx) -> list[Any]:
 )
 @json_option
 @pass_ctx
-def worker_status(c: Ctx, all_: bool, as_json: bool) -> None:
+def worker_status(c: Ctx, all_: bool, as_json: bool) -> int:
     """Each worker of this home: its process state (supervisord) beside its heartbeat
-    (database)."""
+    (database).
+
+    Exits 3 (supervisorctl's convention) when the workers running under supervisord
+    are not the ones asked for (`worker start --count N`), saying how on stderr.
+    """
     sv = _supervisor(c)
-    procs_ = [p for p in sv.processes() if p.up or p.group != "workers"] if sv.is_running() else []
+    procs_ = sv.processes() if sv.is_running() else []
     from queuectl.procs import hostname
 
     rows_db = {(w.host, w.pid): w for w in (c.queue.workers() if all_ else _own_workers(c))}
@@ -198,15 +209,43 @@ def worker_status(c: Ctx, all_: bool, as_json: bool) -> None:
         out.append(_worker_row(None, None, w.pid, w, now))
     if as_json:
         emit_json(out)
-        return
-    if not out:
+    elif not out:
         click.echo("no workers")
-        return
-    rows = [
-        (r["name"] or "-", r["process_state"] or "-", r["pid"], r["host"], r["heartbeat_age_s"], r["job_id"])
-        for r in out
-    ]
-    table(rows, ("name", "process", "pid", "host", "heartbeat_age_s", "job"))
+    else:
+        rows = [
+            (
+                r["name"] or "-",
+                r["process_state"] or "-",
+                r["pid"],
+                r["host"],
+                r["heartbeat_age_s"],
+                r["job_id"],
+            )
+            for r in out
+        ]
+        table(rows, ("name", "process", "pid", "host", "heartbeat_age_s", "job"))
+    problem = sv.shortfall()
+    if problem is None:
+        return 0
+    click.echo(f"queuectl: {problem}", err=True)
+    return 3
+
+
+@click.command(
+    "supervisorctl",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def supervisorctl(c: Ctx, args: tuple[str, ...]) -> None:
+    """supervisorctl ARGS... against this home's supervisord (`queuectl supervisorctl
+    status`), for installs without supervisorctl on PATH (pipx).  Its exit code is
+    supervisorctl's."""
+    from queuectl.supervisor import exec_supervisorctl, prepare_home
+
+    _supervisor(c)  # the home checks
+    exec_supervisorctl(prepare_home(c.paths), list(args))
 
 
 def _worker_row(name: str | None, state: str | None, pid: int | None, w: Any, now: float) -> dict[str, Any]:

@@ -39,11 +39,13 @@ if TYPE_CHECKING:
         Event,
         Job,
         JobFilter,
+        JobMetrics,
         JobState,
         LeaseGrant,
         LeaseInfo,
         NewJob,
         QueueInfo,
+        Schedule,
         WorkerInfo,
     )
     from queuectl.store.outcome import Finished, Recovered
@@ -233,13 +235,58 @@ class Store(Protocol):
         means it did not, and nothing changed.  A waiter in wait_for_change() may be
         woken (PostgreSQL: NOTIFY; SQLite: every commit is seen)."""
 
-    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+    def purge(self, states: Sequence[JobState], before: float | None = None, limit: int | None = None) -> int:
         """Delete the jobs in `states` (and their history) last updated before `before`
         (None: any time), in one transaction; returns how many jobs were deleted.  The
-        caller passes only finished states (COMPLETED, DEAD: rules.check_purge)."""
+        caller passes only finished states (COMPLETED, DEAD: rules.check_purge).  With
+        `limit`, at most that many, the earliest created first (the recovery pass's
+        retention batches: each one short transaction)."""
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         """How many jobs purge(states, before) would delete now (a count, no change)."""
+
+    def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
+        """For `queuectl metrics`: jobs and attempts per (queue, state), the completed
+        jobs' last-attempt run times counted into the buckets `bounds` (cumulative),
+        recoveries per reason in the stored history, and the earliest next_run_at of
+        a job due at `now`.  Reads only; each part is one statement (the parts are
+        not one snapshot)."""
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        """How many attempts ended since `since`, per state reached (completed,
+        failed, dead; a state none reached is absent), among the last
+        sql.FINISHED_TAIL history events: `queuectl top`'s throughput."""
+
+    # --- schedules -------------------------------------------------------------------
+
+    def schedule_add(self, schedule: Schedule) -> None:
+        """Store a new schedule; Conflict when the name is taken (nothing changed)."""
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+
+    def schedule(self, name: str) -> Schedule | None:
+        """The schedule `name`, or None."""
+
+    def schedule_remove(self, name: str) -> bool:
+        """Delete the schedule (its jobs stay); False: there was none."""
+
+    def schedule_pause(self, name: str) -> bool:
+        """Stop firing it (next_run_at kept); False: none, or paused already."""
+
+    def schedule_resume(self, name: str, next_run_at: float) -> bool:
+        """Fire it again, next at `next_run_at`; False: none, or not paused."""
+
+    def due_schedules(self, now: float | None = None) -> list[Schedule]:
+        """The schedules not paused whose next_run_at <= now, the earliest first."""
+
+    def fire_schedule(self, name: str, expected: float, next_run_at: float, job: NewJob, now: float) -> bool:
+        """One run of schedule `name`: in one transaction, move its next_run_at from
+        `expected` to `next_run_at` (only if it is still `expected` and the schedule
+        is not paused) and insert `job` (PENDING, due at its run_at).  False: the
+        guard did not hold (another firer, a pause or a removal got there first) and
+        nothing changed.  However many processes fire at once, each (schedule,
+        expected) enqueues at most one job."""
 
     # --- recovery ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from queuectl.models import MONITOR_LEASE, JobFilter, JobState, QueueInfo, WorkerInfo
+from queuectl.models import MONITOR_LEASE, JobFilter, JobMetrics, JobState, QueueInfo, WorkerInfo
 from queuectl.store.outcome import Finished, Recovered
 
 #: A job's history events, in models.Event's field order.
@@ -194,3 +194,61 @@ def queue_infos(rows: Iterable[Sequence[Any]]) -> list[QueueInfo]:
         if state is not None:
             entry[2][str(state)] = int(n)
     return [QueueInfo(name, p, c, counts) for name, (p, c, counts) in out.items()]
+
+
+def metrics_queries(mark: Callable[[str], str], bounds: Sequence[float]) -> tuple[str, str, str, str]:
+    """Store.job_metrics's four reads: jobs and attempts per (queue, state); the
+    completed jobs' last-attempt run times as cumulative bucket counts, count and sum
+    (the bounds are our constants, written into the text); recoveries per reason in
+    the history; the earliest due time of a job due at `mark("now")`."""
+    from queuectl.models import Reason
+
+    per_queue = "SELECT queue, state, count(*), coalesce(sum(attempts), 0) FROM jobs GROUP BY queue, state"
+    buckets = "".join(f", coalesce(sum(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END), 0)" for b in bounds)
+    runtime = (
+        f"SELECT count(*), coalesce(sum(d), 0){buckets} FROM (SELECT finished_at - started_at AS d FROM jobs"
+        " WHERE state = 'completed' AND started_at IS NOT NULL AND finished_at IS NOT NULL) runs"
+    )
+    reasons = ", ".join(f"'{r.value}'" for r in Reason)
+    recoveries = (
+        "SELECT reason, count(*) FROM job_events"
+        f" WHERE from_state = 'processing' AND reason IN ({reasons}) GROUP BY reason"
+    )
+    oldest = (
+        "SELECT min(next_run_at) FROM jobs"
+        f" WHERE state IN ('pending', 'failed') AND next_run_at <= {mark('now')}"
+    )
+    return per_queue, runtime, recoveries, oldest
+
+
+def job_metrics(
+    bounds: Sequence[float], rows: tuple[Sequence[Any], Sequence[Any], Sequence[Any], Any], now: float
+) -> JobMetrics:
+    """JobMetrics from the rows of metrics_queries's four reads at `now`."""
+    per_queue, runtime, recoveries, oldest = rows
+    count, total, *cumulative = runtime
+    return JobMetrics(
+        jobs=[(str(q), str(s), int(n), int(a)) for q, s, n, a in per_queue],
+        bounds=tuple(bounds),
+        runtime_buckets=[int(c) for c in cumulative],
+        runtime_count=int(count),
+        runtime_sum=float(total),
+        recoveries={str(r): int(n) for r, n in recoveries},
+        oldest_due_at=None if oldest is None else float(oldest),
+        now=now,
+    )
+
+
+#: The most recent history events finished_since() looks through.
+FINISHED_TAIL = 100_000
+
+
+def finished_query(mark: Callable[[str], str]) -> str:
+    """Attempts that ended (completed, failed, dead) since `mark("since")`, per state,
+    among the last FINISHED_TAIL history events (a walk of the primary key's end, not
+    of the whole history)."""
+    return (
+        "SELECT to_state, count(*) FROM job_events"
+        f" WHERE seq > (SELECT coalesce(max(seq), 0) FROM job_events) - {FINISHED_TAIL}"
+        f" AND at >= {mark('since')} AND to_state IN ('completed', 'failed', 'dead') GROUP BY to_state"
+    )

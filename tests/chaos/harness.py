@@ -128,7 +128,7 @@ class Cluster:
         return {
             n: pid
             for n, (state, pid) in self.processes().items()
-            if n.startswith("workers:") and state == "RUNNING"
+            if n.startswith("workers_") and state == "RUNNING"
         }
 
     def monitor_pid(self) -> int | None:

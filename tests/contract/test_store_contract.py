@@ -440,11 +440,27 @@ def test_purge_deletes_finished_jobs_and_their_history(store: Store) -> None:
     assert len(store.history("keep")) == 1
 
 
+def test_purge_with_a_limit_deletes_the_earliest_created_first(store: Store) -> None:
+    # The recovery pass's retention batches: at most `limit` jobs, oldest first, and
+    # only those last updated before the cutoff.
+    store.enqueue([new(f"j{i}", run_at=T0) for i in range(5)], now=T0)
+    for i in range(5):
+        finish(store, claim(store, T0 + i), JobState.COMPLETED, T0 + 10 + i)
+    assert store.purgeable([JobState.COMPLETED], before=T0 + 13) == 3
+    assert store.purge([JobState.COMPLETED], before=T0 + 13, limit=2) == 2
+    assert sorted(states(store)) == ["j2", "j3", "j4"]
+    assert store.history("j0") == [] and store.history("j2") != []
+    assert store.purge([JobState.COMPLETED], before=T0 + 13, limit=2) == 1  # j2; j3 is too new
+    assert store.purge([JobState.COMPLETED], before=T0 + 13, limit=2) == 0
+    assert sorted(states(store)) == ["j3", "j4"]
+    assert store.counts().get("completed") == 2
+
+
 @pytest.mark.parametrize("bad", [["pending"], ["processing"], ["failed"], []])
 def test_purge_refuses_unfinished_states(store: Store, bad: list[str]) -> None:
     # Refused before the store is asked (rules.check_purge): a store trusts its input.
     store.enqueue([new("a")], now=T0)
-    with pytest.raises(InvalidInput, match="only completed and dead jobs can be purged"):
+    with pytest.raises(InvalidInput, match="only completed, dead and cancelled jobs can be purged"):
         Queue(store).purge(bad)
     assert states(store) == {"a": "pending"}
 

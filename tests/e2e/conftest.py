@@ -89,7 +89,7 @@ class Home:
         return {
             n: p["pid"]
             for n, p in self.sv_processes().items()
-            if n.startswith("workers:") and p["state"] == "RUNNING"
+            if n.startswith("workers_") and p["state"] == "RUNNING"
         }
 
     def recovery_logs(self) -> list[dict[str, Any]]:

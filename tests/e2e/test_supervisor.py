@@ -34,7 +34,7 @@ def test_detach_scale_and_stop(home: Home) -> None:
 
     home.run("worker", "start", "--count", "5")
     wait_until(lambda: home.status()["workers"] == 5, 15, "5 live workers")
-    stay = {n: p for n, p in home.running_workers().items() if n < "workers:workers_02"}
+    stay = {n: p for n, p in home.running_workers().items() if n < "workers_02"}
     home.run("worker", "start", "--count", "2")
     wait_until(lambda: len(home.running_workers()) == 2, 15, "2 running workers")
     # The two that stay were never restarted: same processes.
@@ -54,6 +54,46 @@ def test_detach_scale_and_stop(home: Home) -> None:
 
     home.run("shutdown")
     wait_until(lambda: not sock.exists() or home.run("worker", "status").stdout.strip() == "no workers", 30)
+
+
+def test_supervisorctl_lists_only_the_workers_asked_for_and_worker_status_exits_3(home: Home) -> None:
+    home.fast()
+    home.run("worker", "start", "--detach", "--count", "3")
+    wait_until(lambda: home.status()["workers"] == 3, 15, "3 live workers")
+    # supervisorctl (through `queuectl supervisorctl`, for installs without it on PATH)
+    # lists exactly the three workers and the monitor, all RUNNING, and exits 0.
+    ctl = home.run("supervisorctl", "status")
+    names = sorted(line.split()[0] for line in ctl.stdout.splitlines())
+    assert names == ["monitor", "workers_00", "workers_01", "workers_02"], ctl.stdout
+    assert all(" RUNNING " in line for line in ctl.stdout.splitlines()), ctl.stdout
+    assert home.run("worker", "status").returncode == 0
+
+    # A worker stopped behind queuectl's back: supervisorctl tells it (3), and so does
+    # `worker status`; `status` (the queue's counts) stays 0.
+    pid_00 = home.running_workers()["workers_00:workers_00"]
+    home.run("supervisorctl", "stop", "workers_01")
+    assert home.run("supervisorctl", "status", check=False).returncode == 3
+    st = home.run("worker", "status", check=False)
+    assert st.returncode == 3, st.stderr
+    assert "asked for 3 worker(s), 2 running (workers_01 STOPPED)" in st.stderr
+    assert home.run("status").returncode == 0
+    health = home.run("health", check=False)
+    assert health.returncode == 1
+    assert health.stdout == "workers: asked for 3 worker(s), 2 running (workers_01 STOPPED)\n"
+
+    # Asking again starts it; scaling down removes the extra programs and leaves the
+    # others running, never restarted.
+    home.run("worker", "start", "--count", "3")
+    assert home.run("worker", "status").returncode == 0
+    assert home.run("health").stdout == "ok\n"  # the monitor's passes, the workers, no late job
+    home.run("worker", "start", "--count", "1")
+    ctl = home.run("supervisorctl", "status")
+    assert sorted(line.split()[0] for line in ctl.stdout.splitlines()) == ["monitor", "workers_00"]
+    assert home.running_workers() == {"workers_00:workers_00": pid_00}
+    home.run("worker", "stop")
+    ctl = home.run("supervisorctl", "status")
+    assert [line.split()[0] for line in ctl.stdout.splitlines()] == ["monitor"]
+    assert home.run("worker", "status").returncode == 0
 
 
 def test_stop_lets_the_running_job_finish(home: Home, tmp_path: Path) -> None:
@@ -245,7 +285,7 @@ def test_conf_is_created_in_a_new_home(home: Home) -> None:
     home.run("worker", "start", "--detach", "--count", "1")
     assert (home.path / "conf" / "supervisord.conf").is_file()
     sv = home.path / ".." / home.path.name / "conf" / "supervisord.conf"
-    assert "program:workers" in sv.read_text()
+    assert "program:workers_00" in (sv.parent / "workers.conf").read_text()
 
 
 @pytest.mark.slow

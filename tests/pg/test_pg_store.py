@@ -130,7 +130,7 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
             " WHERE table_schema = %s ORDER BY 1, 2",
             (schema,),
         ).fetchall()
-    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 12))
+    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 14))
     added = {
         ("jobs", "cwd", "text"),
         ("jobs", "env", "text"),
@@ -141,6 +141,20 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
         ("queues", "concurrency", "bigint"),
         ("queues", "name", "text"),
         ("queues", "paused", "boolean"),
+        *(
+            ("schedules", column, kind)
+            for column, kind in (
+                ("name", "text"),
+                ("cron", "text"),
+                ("tz", "text"),
+                ("job", "text"),
+                ("paused", "boolean"),
+                ("next_run_at", "double precision"),
+                ("created_at", "double precision"),
+                ("last_run_at", "double precision"),
+                ("last_job_id", "text"),
+            )
+        ),
     }
     assert set(after) == set(tables) | added
 

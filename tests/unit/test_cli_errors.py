@@ -64,7 +64,7 @@ CASES = [
     (["enqueue", '{"command": "true", "max_retries": "3"}'], None, USAGE, "max_retries"),
     (["enqueue", '{"command": "true", "max_retries": true}'], None, USAGE, "max_retries"),
     (["enqueue", '{"command": "true", "priority": 1.5}'], None, USAGE, "priority"),
-    (["enqueue", '{"command": "true", "timeout": "10"}'], None, USAGE, "timeout"),
+    (["enqueue", '{"command": "true", "timeout": "10 minutes"}'], None, USAGE, "timeout"),
     (["enqueue", '{"command": "true", "timeout": 0}'], None, USAGE, "timeout"),
     (["enqueue", '{"command": "true", "delay": "soon"}'], None, USAGE, "delay"),
     (["enqueue", '{"command": "true", "run_at": 5}'], None, USAGE, "run_at"),

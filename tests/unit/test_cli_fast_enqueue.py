@@ -560,7 +560,10 @@ def test_importing_the_entry_point_is_light() -> None:
 
 
 def test_the_click_command_is_built_from_the_declarations() -> None:
-    types = {click.INT: int, click.FLOAT: float, click.STRING: str}
+    from queuectl.cli.context import SECONDS
+    from queuectl.cli.enqueue_options import seconds
+
+    types = {click.INT: int, click.FLOAT: float, click.STRING: str, SECONDS: seconds}
     declared = [
         (
             p.opts,
@@ -643,10 +646,11 @@ def test_the_poll_interval_range_is_the_settings_table_s() -> None:
     from queuectl.config import ALL_KEYS
 
     worker_run = click_group.get_command(click.Context(click_group), "worker").commands["run"]  # type: ignore[union-attr]
+    from queuectl.cli.context import Duration
+
     kind = next(p.type for p in worker_run.params if p.name == "poll_interval")
-    assert isinstance(kind, click.FloatRange)
-    assert (kind.min, kind.max) == (ALL_KEYS["poll_interval"].low, ALL_KEYS["poll_interval"].high)
-    assert not (kind.min_open or kind.max_open)
+    assert isinstance(kind, Duration) and kind.ranged
+    assert (kind.low, kind.high) == (ALL_KEYS["poll_interval"].low, ALL_KEYS["poll_interval"].high)
 
 
 def test_status_prints_the_counts_and_the_recovery_pass(template: Path, tmp_path: Path) -> None:

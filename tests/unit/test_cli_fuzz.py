@@ -249,7 +249,7 @@ def test_config_values_are_checked_with_a_reason(home: QHome, key: str, value: s
 
 
 @pytest.mark.parametrize(
-    ("count", "fragment"), [("0", "at least 1"), ("-1", "at least 1"), ("10000", "between 1 and 16")]
+    ("count", "fragment"), [("0", "at least 1"), ("-1", "at least 1"), ("10000", "between 1 and 100")]
 )
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "foreground"])
 def test_worker_start_count_out_of_range_starts_nothing(

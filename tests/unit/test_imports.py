@@ -124,3 +124,34 @@ def test_find_cycle_names_the_cycle() -> None:
 def test_no_import_cycle_in_queuectl() -> None:
     cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_a_worker_loads_no_library_of_the_operations_commands(tmp_path: Path) -> None:
+    """A real `worker run --burst` (which also runs a recovery pass at start-up) with a
+    schedule that is not due: the cron, metrics and terminal libraries stay unloaded,
+    rich too when it is installed (structlog would import it)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import clean_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    out = tmp_path / "modules.json"
+    probe = (
+        "import atexit, json, runpy, sys\n"
+        f"atexit.register(lambda: open({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
+        "sys.argv = ['queuectl', *sys.argv[1:]]\n"
+        "runpy.run_module('queuectl', run_name='__main__')\n"
+    )
+    env = clean_env()
+    base = [sys.executable, "-m", "queuectl", "--home", str(home)]
+    add = subprocess.run([*base, "schedule", "add", "y", "0 0 1 1 *", "true"], env=env, capture_output=True)
+    assert add.returncode == 0, add.stderr
+    args = ["--home", str(home), "worker", "run", "--burst"]
+    run = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    loaded = set(json.loads(out.read_text()))
+    assert "queuectl.worker" in loaded and "structlog" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("cronsim", "prometheus_client", "rich", "http")}

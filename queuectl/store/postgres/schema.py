@@ -236,6 +236,22 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX jobs_running ON jobs (queue) WHERE state = 'processing';
     """,
+    # step 12: the audit trail, merged from wt-aud (a placeholder the merge replaces).
+    "SELECT 1",
+    # v13: named cron schedules (schedules.py), as SQLite's v13.
+    """
+    CREATE TABLE schedules (
+        name        text PRIMARY KEY,
+        cron        text NOT NULL,
+        tz          text NOT NULL,
+        job         text NOT NULL,
+        paused      boolean NOT NULL DEFAULT false,
+        next_run_at double precision NOT NULL,
+        created_at  double precision NOT NULL,
+        last_run_at double precision,
+        last_job_id text
+    );
+    """,
 )
 
 #: The version of a schema with every migration applied.

@@ -26,6 +26,7 @@ from queuectl.models import (
     Event,
     Job,
     JobFilter,
+    JobMetrics,
     JobState,
     LeaseGrant,
     LeaseInfo,
@@ -38,15 +39,19 @@ from queuectl.store.postgres import queries
 from queuectl.store.postgres.connection import CONNECT_TRIES, Conn, Connection
 from queuectl.store.postgres.notify import Listener, channel
 from queuectl.store.postgres.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS
+from queuectl.store.postgres.schedules import Schedules
 from queuectl.store.postgres.schema import migrate
 from queuectl.store.sql import (
     EVENT_COLUMNS,
     KEY_HOLDER,
     WORKER_COLUMNS,
     cancel_reason,
+    finished_query,
     held_key,
     job_filter,
+    job_metrics,
     list_order,
+    metrics_queries,
     queue_infos,
     recover_statement,
     worker_row,
@@ -58,7 +63,7 @@ COPY_THRESHOLD = 64
 _WORKERS = workers_query("ORDER BY j.id ")
 
 
-class PostgresStore:
+class PostgresStore(Schedules):
     #: Another host may reach the server while this one cannot (store protocol).
     partitionable = True
 
@@ -333,15 +338,26 @@ class PostgresStore:
         )
         return UniqueConflict(str(rows[0][0]) if rows else "?", None)
 
-    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+    def purge(self, states: Sequence[JobState], before: float | None = None, limit: int | None = None) -> int:
         # One statement: the jobs and their history go together, or not at all.
+        which = (
+            "state = ANY(%(states)s::text[])"
+            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+        )
+        if limit is not None:
+            # The oldest first, along jobs_state (state, created_at, id); rows another
+            # purge (a second monitor) holds are left to it.
+            which = (
+                f"id IN (SELECT id FROM jobs WHERE {which}"
+                " AND (%(before)s::float8 IS NULL OR created_at < %(before)s::float8)"
+                " ORDER BY state, created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            )
         query = (
-            "WITH gone AS (DELETE FROM jobs WHERE state = ANY(%(states)s::text[])"
-            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8) RETURNING id),"
+            f"WITH gone AS (DELETE FROM jobs WHERE {which} RETURNING id),"
             " events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone))"
             " SELECT count(*) FROM gone"
         )
-        params = {"states": [s.value for s in states], "before": before}
+        params = {"states": [s.value for s in states], "before": before, "limit": limit}
         return self._db.run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
@@ -350,6 +366,21 @@ class PostgresStore:
             " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
         )
         return int(self._db.read(query, {"states": [s.value for s in states], "before": before})[0][0])
+
+    def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
+        per_queue, runtime, recoveries, oldest = metrics_queries(lambda name: f"%({name})s", bounds)
+        at = self.now() if now is None else now
+        rows = (
+            self._db.read(per_queue),
+            self._db.read(runtime)[0],
+            self._db.read(recoveries),
+            self._db.read(oldest, {"now": at})[0][0],
+        )
+        return job_metrics(bounds, rows, at)
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        rows = self._db.read(finished_query(lambda name: f"%({name})s"), {"since": since})
+        return {str(state): int(n) for state, n in rows}
 
     # --- recovery ------------------------------------------------------------------
 

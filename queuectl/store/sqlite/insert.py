@@ -57,6 +57,16 @@ def insert_jobs(conn: apsw.Connection, path: str, jobs: Sequence[JobRow], now: f
     stored nor in `jobs`; Conflict a parent that ended dead or cancelled (the job could
     never run)."""
 
+    try:
+        write(conn, path, inserter(jobs, now))
+    except DuplicateJob:
+        keyed = [(str(j[9]), str(j[0])) for j in jobs if j[9] is not None]
+        raise _conflict(conn, path, [str(j[0]) for j in jobs], keyed) from None
+
+
+def inserter(jobs: Sequence[JobRow], now: float) -> Callable[[apsw.Connection], None]:
+    """insert_jobs's statements, to run inside a write transaction of the caller's (a
+    schedule's run inserts its job in the transaction that advances the schedule)."""
     fold = len(jobs) >= FOLD_MIN_ROWS
     queues = {j[6] for j in jobs}
     linked = [j for j in jobs if j[10]]
@@ -105,11 +115,7 @@ def insert_jobs(conn: apsw.Connection, path: str, jobs: Sequence[JobRow], now: f
             )
             c.execute(COUNTS_UPTO)
 
-    try:
-        write(conn, path, insert)
-    except DuplicateJob:
-        keyed = [(str(j[9]), str(j[0])) for j in jobs if j[9] is not None]
-        raise _conflict(conn, path, [str(j[0]) for j in jobs], keyed) from None
+    return insert
 
 
 def _waiting(c: apsw.Connection, linked: Sequence[JobRow], new: set[str]) -> frozenset[str]:

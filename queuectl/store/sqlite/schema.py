@@ -277,6 +277,23 @@ MIGRATIONS: tuple[str, ...] = (
     # for its concurrency count, which would otherwise walk dead row versions; SQLite
     # keeps none, and counts through jobs_state as many rows as jobs are running.
     "-- v11: no change",
+    # step 12: the audit trail, merged from wt-aud (a placeholder the merge replaces).
+    "-- v12: no change",
+    # v13: named cron schedules (schedules.py); a run due is fired by a guarded update
+    # of next_run_at in the transaction that enqueues its job.
+    """
+    CREATE TABLE schedules (
+        name        TEXT PRIMARY KEY,
+        cron        TEXT NOT NULL,
+        tz          TEXT NOT NULL,
+        job         TEXT NOT NULL,
+        paused      INTEGER NOT NULL DEFAULT 0,
+        next_run_at REAL NOT NULL,
+        created_at  REAL NOT NULL,
+        last_run_at REAL,
+        last_job_id TEXT
+    ) STRICT;
+    """,
 )
 
 #: PRAGMA user_version of a database with every migration applied.

@@ -16,17 +16,19 @@ from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import DuplicateJob, StoreError, StoreGone, UniqueConflict
+from queuectl.errors import Conflict, DuplicateJob, StoreError, StoreGone, UniqueConflict
 from queuectl.models import (
     Beat,
     Event,
     Job,
     JobFilter,
+    JobMetrics,
     JobState,
     LeaseGrant,
     LeaseInfo,
     NewJob,
     QueueInfo,
+    Schedule,
     WorkerInfo,
 )
 from queuectl.store.outcome import Finished, Recovered
@@ -34,13 +36,17 @@ from queuectl.store.sql import (
     EVENT_COLUMNS,
     WORKER_COLUMNS,
     cancel_reason,
+    finished_query,
     job_filter,
+    job_metrics,
     list_order,
+    metrics_queries,
     queue_infos,
     recover_statement,
     worker_row,
     workers_query,
 )
+from queuectl.store.sql_schedules import statements
 from queuectl.store.sqlite import queries
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_counts
@@ -52,6 +58,7 @@ from queuectl.store.sqlite.schema import migrate
 T = TypeVar("T")
 _WORKERS = workers_query()
 _COLS = queries.COLS
+_SCHED = statements(lambda name: f":{name}")
 
 
 def _real(value: Any) -> float | None:
@@ -277,11 +284,20 @@ class SQLiteStore:
             self._changes(queries.SAVE_OUTPUT, {"id": job_id, "lease": lease, "out": stdout, "err": stderr})
         )
 
-    def purge(self, states: Sequence[JobState], before: float | None = None) -> int:
+    def purge(self, states: Sequence[JobState], before: float | None = None, limit: int | None = None) -> int:
         marks = ",".join("?" * len(states))
         cutoff = float("inf") if before is None else before
-        params = [s.value for s in states] + [cutoff]
+        params: list[Any] = [s.value for s in states] + [cutoff]
         where = f"state IN ({marks}) AND updated_at < ?"
+        if limit is not None:
+            # jobs_state (state, created_at, id) walks the oldest first; created_at <=
+            # updated_at, so the walk stops at the cutoff.  The three statements below
+            # run in one IMMEDIATE transaction: they see the same batch.
+            where = (
+                f"id IN (SELECT id FROM jobs WHERE {where} AND created_at < ?"
+                " ORDER BY state, created_at, id LIMIT ?)"
+            )
+            params += [cutoff, int(limit)]
 
         def delete(conn: apsw.Connection) -> int:
             # The counts: fold first, so every remaining event is in the snapshot; take
@@ -307,6 +323,69 @@ class SQLiteStore:
         cutoff = float("inf") if before is None else before
         sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ?"
         return int(self._read(sql, [s.value for s in states] + [cutoff])[0][0])
+
+    def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
+        per_queue, runtime, recoveries, oldest = metrics_queries(lambda name: f":{name}", bounds)
+        at = self._now(now)
+        rows = (
+            self._read(per_queue),
+            self._read(runtime)[0],
+            self._read(recoveries),
+            self._read(oldest, {"now": at})[0][0],
+        )
+        return job_metrics(bounds, rows, at)
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        rows = self._read(finished_query(lambda name: f":{name}"), {"since": since})
+        return {str(state): int(n) for state, n in rows}
+
+    # --- schedules -------------------------------------------------------------------
+
+    def schedule_add(self, schedule: Schedule) -> None:
+        params = {**schedule.__dict__}
+        for k in ("last_run_at", "last_job_id"):
+            params.pop(k)
+        try:
+            self._changes(_SCHED["add"], params)
+        except DuplicateJob:
+            raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
+
+    def schedules(self) -> list[Schedule]:
+        return [Schedule.from_tuple(r) for r in self._read(_SCHED["list"])]
+
+    def schedule(self, name: str) -> Schedule | None:
+        rows = self._read(_SCHED["get"], {"name": name})
+        return Schedule.from_tuple(rows[0]) if rows else None
+
+    def schedule_remove(self, name: str) -> bool:
+        return self._changes(_SCHED["remove"], {"name": name}) > 0
+
+    def schedule_pause(self, name: str) -> bool:
+        return self._changes(_SCHED["pause"], {"name": name, "paused": True}) > 0
+
+    def schedule_resume(self, name: str, next_run_at: float) -> bool:
+        params = {"name": name, "paused": False, "next_run_at": next_run_at}
+        return self._changes(_SCHED["resume"], params) > 0
+
+    def due_schedules(self, now: float | None = None) -> list[Schedule]:
+        return [Schedule.from_tuple(r) for r in self._read(_SCHED["due"], {"now": self._now(now)})]
+
+    def fire_schedule(self, name: str, expected: float, next_run_at: float, job: NewJob, now: float) -> bool:
+        from queuectl.store.sqlite.insert import inserter  # loaded with insert_jobs above
+
+        row = (job.id, job.command, job.max_retries, job.priority, job.timeout, job.run_at)
+        insert = inserter([(*row, job.queue, job.cwd, job.env, job.unique_key, tuple(job.after))], now)
+        params = {"name": name, "expected": expected, "next_run_at": next_run_at}
+        params.update(now=now, job_id=job.id)
+
+        def fire(c: apsw.Connection) -> bool:
+            c.execute(_SCHED["fire"], params)
+            if not c.changes():
+                return False
+            insert(c)
+            return True
+
+        return self._write(fire)
 
     # --- recovery ------------------------------------------------------------------
 
