@@ -91,6 +91,11 @@ class Proc:
         return f"{self.group}:{self.name}"
 
     @property
+    def label(self) -> str:
+        """The name supervisorctl shows: a program's own group has its name alone."""
+        return self.name if self.group == self.name else self.full_name
+
+    @property
     def up(self) -> bool:
         return self.state in RUNNING_STATES
 

@@ -204,7 +204,7 @@ def worker_status(c: Ctx, all_: bool, as_json: bool) -> int:
     out = []
     for p in procs_:
         w = rows_db.pop((hostname(), p.pid), None) if p.pid else None
-        out.append(_worker_row(p.full_name, p.state, p.pid or None, w, now))
+        out.append(_worker_row(p.label, p.state, p.pid or None, w, now))
     for w in rows_db.values():  # workers not under this supervisord (bare; with --all, any)
         out.append(_worker_row(None, None, w.pid, w, now))
     if as_json:

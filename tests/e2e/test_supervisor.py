@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -67,6 +68,14 @@ def test_supervisorctl_lists_only_the_workers_asked_for_and_worker_status_exits_
     assert names == ["monitor", "workers_00", "workers_01", "workers_02"], ctl.stdout
     assert all(" RUNNING " in line for line in ctl.stdout.splitlines()), ctl.stdout
     assert home.run("worker", "status").returncode == 0
+    # worker status names each worker as supervisorctl does.
+    listed = json.loads(home.run("worker", "status", "--json").stdout)
+    assert sorted(str(r["name"]) for r in listed if r["name"]) == [
+        "monitor",
+        "workers_00",
+        "workers_01",
+        "workers_02",
+    ]
 
     # A worker stopped behind queuectl's back: supervisorctl tells it (3), and so does
     # `worker status`; `status` (the queue's counts) stays 0.
