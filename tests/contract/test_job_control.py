@@ -115,6 +115,20 @@ def test_a_child_waits_until_every_parent_has_completed(store: Store) -> None:
     assert run(store, JobState.COMPLETED, T0 + 2).id == child
 
 
+def test_a_purged_completed_parent_does_not_hold_back_its_child(store: Store) -> None:
+    # Retention (or purge) may delete a completed parent while its child still waits
+    # for another parent: the child must still be released when that one completes.
+    q = Queue(store)
+    a = q.enqueue({"command": "a", "priority": 2}, now=T0)
+    b = q.enqueue({"command": "b", "priority": 1}, now=T0)
+    child = q.enqueue({"command": "c", "after": [a, b]}, now=T0)
+    assert run(store, JobState.COMPLETED).id == a
+    assert store.purge([JobState.COMPLETED]) == 1
+    assert store.get(a) is None and state(q, child) is JobState.WAITING
+    assert run(store, JobState.COMPLETED, T0 + 1).id == b
+    assert state(q, child) is JobState.PENDING
+
+
 def test_a_parent_already_completed_leaves_the_child_pending(store: Store) -> None:
     q = Queue(store)
     a = q.enqueue({"command": "a"}, now=T0)
