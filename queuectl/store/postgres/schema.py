@@ -236,7 +236,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX jobs_running ON jobs (queue) WHERE state = 'processing';
     """,
-    # step 12: the audit trail, merged from wt-aud (a placeholder the merge replaces).
+    # v12: no change (see SQLite's v12: the audit trail takes the next free step).
     "SELECT 1",
     # v13: named cron schedules (schedules.py), as SQLite's v13.
     """

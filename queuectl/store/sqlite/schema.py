@@ -277,7 +277,9 @@ MIGRATIONS: tuple[str, ...] = (
     # for its concurrency count, which would otherwise walk dead row versions; SQLite
     # keeps none, and counts through jobs_state as many rows as jobs are running.
     "-- v11: no change",
-    # step 12: the audit trail, merged from wt-aud (a placeholder the merge replaces).
+    # v12: no change.  The number was held for the audit trail while it and the
+    # schedules were built side by side; the trail did not land with them, and a
+    # released step never changes, so the trail takes the next free one.
     "-- v12: no change",
     # v13: named cron schedules (schedules.py); a run due is fired by a guarded update
     # of next_run_at in the transaction that enqueues its job.
