@@ -223,8 +223,9 @@ def test_bare_workers_started_together_take_different_cpus(tmp_path: Path) -> No
         home = tmp_path / f"h{attempt}"
         home.mkdir()
         q = [sys.executable, "-m", "queuectl", "--home", str(home)]
-        subprocess.run([*q, "enqueue", "sleep 1"], check=True, env=env, capture_output=True)
-        subprocess.run([*q, "enqueue", "sleep 1"], check=True, env=env, capture_output=True)
+        # Two jobs, one for each worker: both stay up together past their start.
+        two = '{"command": "sleep 0.3"}\n' * 2
+        subprocess.run([*q, "enqueue", "-"], input=two, text=True, check=True, env=env, capture_output=True)
         procs = [
             subprocess.Popen([*q, "worker", "run", "--burst"], env=env, stderr=subprocess.PIPE, text=True)
             for _ in range(2)
