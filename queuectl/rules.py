@@ -722,6 +722,12 @@ _QUEUE_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 def check_queue_name(name: str) -> str:
     """The name as given, or InvalidInput saying what a queue name may hold."""
+    return check_name("queue", name)
+
+
+def check_name(kind: str, name: str) -> str:
+    """A queue's or a schedule's name as given, or InvalidInput saying what such a
+    name may hold: one rule for every name an operator gives a thing."""
     if (
         not isinstance(name, str)
         or not 1 <= len(name) <= MAX_QUEUE_LENGTH
@@ -729,7 +735,7 @@ def check_queue_name(name: str) -> str:
         or not set(name) <= _QUEUE_CHARS
     ):
         raise InvalidInput(
-            f"bad queue name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', a letter or digit first"
+            f"bad {kind} name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', a letter or digit first"
         )
     return name
 

@@ -21,6 +21,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from queuectl import rules
 from queuectl.errors import InvalidInput
 from queuectl.models import NewJob, Schedule
 
@@ -28,15 +29,9 @@ from queuectl.models import NewJob, Schedule
 #: run_at; unique keys and parents are refused).
 TEMPLATE_FIELDS = ("command", "max_retries", "priority", "timeout", "queue", "cwd", "env")
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
 
 def check_name(name: str) -> str:
-    if not 1 <= len(name) <= 64 or not set(name) <= _NAME_CHARS or not name[0].isalnum():
-        raise InvalidInput(
-            f"bad schedule name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', a letter or digit first"
-        )
-    return name
+    return rules.check_name("schedule", name)
 
 
 def zone(tz: str) -> Any:
