@@ -13,12 +13,14 @@ restores it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,16 +232,44 @@ class Supervisor:
         log = self.paths.logs / "supervisord.log"
         raise SupervisorError(f"supervisord did not come up within {timeout:g}s (see {log})")
 
-    def scale(self, count: int, *, wait: float = 15.0) -> tuple[list[str], list[str]]:
+    def scale(self, count: int, *, wait: float = 30.0) -> tuple[list[str], list[str]]:
         """Run exactly `count` workers: add the missing programs, stop (gracefully) and
         remove the extra ones, leave the others alone (a worker stopped by hand that is
         still asked for is started again).  Returns (started, stopping).  Waits until
         the wanted ones are RUNNING, or until another command has asked for another
-        count (a `worker stop` meanwhile: they will never be RUNNING)."""
+        count (a `worker stop` meanwhile: they will never be RUNNING); SupervisorError
+        naming those that are not RUNNING after `wait` seconds, or FATAL."""
         workers_conf.check_count(count)
+        with self._scaling():
+            return self._scale(count, wait)
+
+    @contextlib.contextmanager
+    def _scaling(self) -> Iterator[None]:
+        """The home's scaling lock (run/scale.lock): two `worker start --count` take
+        turns, each acting on the pool the one before left, never both removing and
+        adding the same program.  `worker stop` does not take it: it must end a
+        foreground start at once, and a scale seeing the count changed stops waiting."""
+        self.paths.run.mkdir(mode=0o700, exist_ok=True)
+        fd = home.open_private(str(self.paths.run / "scale.lock"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            yield
+        finally:
+            os.close(fd)
+
+    def _scale(self, count: int, wait: float) -> tuple[list[str], list[str]]:
+        conf = conf_file(self.paths)
+        before = self.saved_count()
+        # The conf first (it checks the worker template), the count once supervisord
+        # has taken the conf: a refused scale leaves the asked-for count as it was.
+        workers_conf.write(conf, count)
+        try:
+            self.call("supervisor.reloadConfig")
+        except SupervisorError:
+            with contextlib.suppress(InvalidInput, OSError):
+                workers_conf.write(conf, before or 0)
+            raise
         self.save_count(count)
-        workers_conf.write(conf_file(self.paths), count)
-        self.call("supervisor.reloadConfig")
         want = workers_conf.wanted(count)
         present = {p.group: p for p in self.workers()}
         started = []
@@ -255,13 +285,20 @@ class Supervisor:
         stopping = [p.group for p in extra]
         self._retire(extra, wait=None)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and self.saved_count() == count:
+        while self.saved_count() == count:
             states = {p.group: p.state for p in self.workers()}
             if all(states.get(n) == "RUNNING" for n in want):
                 break
             bad = [n for n in want if states.get(n) == "FATAL"]
             if bad:
                 raise SupervisorError(f"{', '.join(bad)} could not start (see logs/ in {self.paths.home})")
+            if time.monotonic() >= deadline:
+                late = ", ".join(
+                    f"{n} {states.get(n, 'missing')}" for n in want if states.get(n) != "RUNNING"
+                )
+                raise SupervisorError(
+                    f"workers not running after {wait:g}s: {late} (see logs/ in {self.paths.home})"
+                )
             time.sleep(0.05)
         return started, stopping
 

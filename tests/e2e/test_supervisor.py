@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -55,6 +56,35 @@ def test_detach_scale_and_stop(home: Home) -> None:
 
     home.run("shutdown")
     wait_until(lambda: not sock.exists() or home.run("worker", "status").stdout.strip() == "no workers", 30)
+
+
+def test_scaling_commands_take_turns_and_a_refused_one_changes_nothing(home: Home) -> None:
+    home.fast()
+    home.run("worker", "start", "--detach", "--count", "3")
+    wait_until(lambda: home.status()["workers"] == 3, 15, "3 live workers")
+    for _ in range(3):
+        home.enqueue("sleep 3")
+    wait_until(lambda: home.status()["processing"] == 3, 15, "3 busy workers")
+    count = home.path / "run" / "workers.count"
+    # A scale-down waits for its busy workers; a scale-up asked meanwhile acts after
+    # it, on what it left: three workers in the end, as the last command said.
+    down = subprocess.Popen(home.cmd("worker", "start", "--count", "1"), env=home.env)
+    wait_until(lambda: count.read_text() == "1\n", 15, "the scale-down to begin")
+    up = home.run("worker", "start", "--count", "3")
+    assert down.wait(60) == 0
+    assert "3 worker(s) running" in up.stdout, up.stdout
+    wait_until(lambda: len(home.running_workers()) == 3, 15, "3 running workers")
+    assert count.read_text() == "3\n"
+    assert home.run("worker", "status").returncode == 0
+
+    # A scale that is refused (the conf lost its worker template) leaves the asked-for
+    # count as it was: exit 2 means nothing changed.
+    conf = home.path / "conf" / "supervisord.conf"
+    conf.write_text(conf.read_text().replace("[queuectl:worker]", "[queuectl:renamed]"))
+    r = home.run("worker", "start", "--count", "4", check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert count.read_text() == "3\n"
+    assert home.run("worker", "status").returncode == 0
 
 
 def test_supervisorctl_lists_only_the_workers_asked_for_and_worker_status_exits_3(home: Home) -> None:
