@@ -3,9 +3,13 @@ retention setting (retention_completed, retention_dead, retention_cancelled; 0 k
 them), through the store's purge (the path `queuectl purge` takes), so what a purge
 records, a retention records too.
 
-Each pass deletes at most BATCH jobs per state, the earliest created first, each
-batch one short transaction: a backlog (retention just set on a large queue) is
-worked off over several passes instead of holding the database for one long delete.
+A pass deletes in batches of BATCH jobs per state, the earliest created first, each
+batch one short transaction, so no delete holds the database for long.  It goes on
+while batches come back full, up to MAX_BATCHES per state: 10,000 jobs a state a
+pass, 2,000 a second at the default monitor_interval of 5 s, above what a queue
+finishes (docs/benchmarks.md: about 1,000 a second), so retention keeps up with a
+busy queue, and a larger backlog (retention just set) is worked off over a few
+passes.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from queuectl.config import Config
 from queuectl.models import JobState
 from queuectl.store import Store
 
-#: The most jobs of one state one pass deletes.
+#: The most jobs of one state one transaction deletes.
 BATCH = 500
+#: The most batches of one state one pass deletes.
+MAX_BATCHES = 20
 
 #: Each state a retention setting covers, with the setting's name.
 SETTINGS = (
@@ -38,14 +44,20 @@ def due(cfg: Config, now: float) -> list[tuple[JobState, float, float]]:
 def apply(
     store: Store, cfg: Config, now: float, *, dry_run: bool = False
 ) -> list[tuple[JobState, float, int]]:
-    """Delete one batch of each state past its retention at `now`; (state, cutoff,
-    jobs deleted) for each state that had any (a dry run: how many are past it)."""
+    """Delete the jobs of each state past its retention at `now`, in batches, up to
+    MAX_BATCHES of them; (state, cutoff, jobs deleted) for each state that had any
+    (a dry run: how many this pass would delete)."""
     done = []
     for state, _keep, cutoff in due(cfg, now):
         if dry_run:
-            n = store.purgeable([state], before=cutoff)
+            n = min(store.purgeable([state], before=cutoff), BATCH * MAX_BATCHES)
         else:
-            n = store.purge([state], before=cutoff, limit=BATCH)
+            n = 0
+            for _ in range(MAX_BATCHES):
+                deleted = store.purge([state], before=cutoff, limit=BATCH)
+                n += deleted
+                if deleted < BATCH:
+                    break
         if n:
             done.append((state, cutoff, n))
     return done

@@ -39,6 +39,7 @@ def test_the_pass_deletes_completed_jobs_past_their_retention_in_batches(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(retention, "BATCH", 2)
+    monkeypatch.setattr(retention, "MAX_BATCHES", 1)  # a pass's budget: one batch
     q = Queue(store)
     for i in range(3):
         _finish_at(store, f"old{i}", T0 + i)
@@ -102,3 +103,20 @@ def test_a_bad_stored_retention_falls_back_to_keeping(store: Store) -> None:
     assert Queue(store).config().retention_completed == 0
     with pytest.raises(InvalidInput, match="retention_completed must be seconds or a duration"):
         Queue(store).config_set("retention_completed", "soon")
+
+
+def test_a_pass_keeps_deleting_while_batches_come_back_full(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Retention must keep up with a queue that finishes more jobs a pass than a batch.
+    monkeypatch.setattr(retention, "BATCH", 2)
+    monkeypatch.setattr(retention, "MAX_BATCHES", 3)
+    for i in range(7):
+        _finish_at(store, f"old{i}", T0 + i)
+    Queue(store).config_set("retention_completed", "7d")
+    mon = Monitor(store, queue="k", logs_dir=tmp_path / "logs")
+    mon.run_once(now=T0 + 7 * DAY + 10)
+    assert [j.id for j in store.list_jobs(None, None)] == ["old6"]  # three full batches
+    assert [r["evidence"]["deleted"] for r in _logged(tmp_path)] == [6]
+    mon.run_once(now=T0 + 7 * DAY + 10)
+    assert store.list_jobs(None, None) == []
