@@ -116,19 +116,30 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: Seconds a client of `metrics --serve` may stay silent before it is dropped.
+CLIENT_TIMEOUT = 10.0
+
+
 def serve(queue: Any, host: str, port: int, ready: Any) -> None:
-    """Answer GET /metrics (and /) with render(queue) until interrupted; one request at
-    a time, each on this process's one store connection.  `ready(url)` is called once
-    listening."""
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+    """Answer GET /metrics (and /) with render(queue) until interrupted.  Each client
+    has a thread of its own (one that connects and sends nothing holds up no scrape,
+    and is dropped after CLIENT_TIMEOUT); the renders take turns on this process's one
+    store connection.  `ready(url)` is called once listening."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    turn = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = CLIENT_TIMEOUT
+
         def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return
             try:
-                body = render(queue).encode()
+                with turn:
+                    body = render(queue).encode()
             except Exception as exc:  # a scrape that fails says why; the server goes on
                 self.send_error(503, explain=f"{type(exc).__name__}: {exc}")
                 return
@@ -141,7 +152,8 @@ def serve(queue: Any, host: str, port: int, ready: Any) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             return  # no access log on stderr
 
-    server = HTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
     try:
         bound_host, bound_port = server.server_address[:2]
         ready(f"http://{bound_host!s}:{bound_port}/metrics")

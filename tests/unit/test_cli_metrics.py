@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import urllib.request
 
@@ -39,7 +40,10 @@ def test_metrics_prints_the_text_and_serves_it(qhome: QHome) -> None:
         url = line.split()[2]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
         qhome.enqueue("true", "--queue", "mail")
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        # A client that connects and sends nothing does not hold up the scrapes.
+        host, port = url.split("/")[2].split(":")
+        idle = socket.create_connection((host, int(port)), timeout=10)
+        with idle, urllib.request.urlopen(url, timeout=5) as resp:
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             body = resp.read().decode()
         assert _values(body)[("queuectl_jobs", (("queue", "mail"), ("state", "pending")))] == 2
