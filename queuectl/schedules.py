@@ -44,14 +44,34 @@ def zone(tz: str) -> Any:
         raise InvalidInput(f"unknown time zone {tz!r} (an IANA name such as UTC or Europe/Paris)") from None
 
 
+#: The named schedules of crontab(5), as the five fields they stand for.
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
 def next_after(cron: str, tz: str, t: float) -> float:
     """The first time after `t` (epoch seconds) that `cron` names in zone `tz`;
-    InvalidInput (one line) for an expression cronsim refuses."""
+    InvalidInput (one line) for an expression that is not five crontab fields (or one
+    of ALIASES) or that cronsim refuses.  cronsim would read a sixth field as seconds:
+    refused, as schedules fire at most once per recovery pass."""
     from cronsim import CronSim, CronSimError
 
+    expr = ALIASES.get(cron.strip().lower(), cron)
+    if expr.startswith("@") or len(expr.split()) != 5:
+        raise InvalidInput(
+            f"bad cron expression {cron!r}: five fields (minute hour day month weekday)"
+            f" or one of {', '.join(ALIASES)}"
+        )
     start = datetime.fromtimestamp(t, zone(tz))
     try:
-        return next(iter(CronSim(cron, start))).timestamp()
+        return next(iter(CronSim(expr, start))).timestamp()
     except CronSimError as exc:
         raise InvalidInput(f"bad cron expression {cron!r}: {str(exc).splitlines()[0]}") from None
     except StopIteration:

@@ -105,6 +105,8 @@ def test_the_schedule_commands(qhome: QHome) -> None:
     for args, code in (
         (["schedule", "add", "nightly", "0 4 * * *", "x"], 4),
         (["schedule", "add", "bad", "0 25 * * *", "x"], 2),
+        (["schedule", "add", "secs", "* * * * * *", "x"], 2),  # a sixth field (seconds)
+        (["schedule", "add", "alias", "@sometimes", "x"], 2),
         (["schedule", "add", "bad name", "* * * * *", "x"], 2),
         (["schedule", "add", "tz", "* * * * *", "x", "--tz", "Nowhere/Else"], 2),
         (["schedule", "remove", "nope"], 3),
@@ -113,6 +115,9 @@ def test_the_schedule_commands(qhome: QHome) -> None:
         r = qhome.run(*args)
         assert r.returncode == code and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r)
     assert len(qhome.json("schedule", "list")) == 1
+    r = qhome.run("schedule", "add", "daily", "@daily", "x")  # the usual aliases
+    assert r.returncode == 0 and r.stdout.startswith("daily: next run at "), r.stderr
+    assert qhome.run("schedule", "remove", "daily").returncode == 0
     assert qhome.run("schedule", "pause", "nightly").stdout == "paused schedule nightly\n"
     assert qhome.json("schedule", "list")[0]["paused"] is True
     assert qhome.run("schedule", "resume", "nightly").stdout == "resumed schedule nightly\n"
