@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from queuectl.cli.context import DURATION, Ctx, pass_ctx
+from queuectl.cli.context import Ctx, Duration, pass_ctx
 from queuectl.cli.render import line, table_lines
 from queuectl.models import JobState, iso
 
@@ -30,7 +30,13 @@ CLEAR = "\x1b[H\x1b[2J"
 
 @click.command()
 @click.option("--once", is_flag=True, help="Print one plain frame (no escape codes) and exit.")
-@click.option("--interval", type=DURATION, default=1.0, show_default=True, help="Seconds between redraws.")
+@click.option(
+    "--interval",
+    type=Duration(0.05, 86400.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between redraws (0.05 to a day).",
+)
 @pass_ctx
 def top(c: Ctx, once: bool, interval: float) -> int:
     """A live view of the queue until q or Ctrl+C: jobs per queue and state,

@@ -64,3 +64,9 @@ def test_the_live_view_redraws_until_q(qhome: QHome) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_an_interval_out_of_range_is_one_line_and_exit_2(qhome: QHome) -> None:
+    for bad in ("1e12", "0", "-1", "soon"):
+        r = qhome.run("top", "--interval", bad)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (bad, r)
