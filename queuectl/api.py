@@ -10,7 +10,7 @@ import builtins
 import time
 
 from queuectl.config import Config, Paths, check_combination
-from queuectl.errors import Conflict, InvalidInput, JobEnded, JobNotFound, ScheduleNotFound
+from queuectl.errors import Conflict, InvalidInput, JobEnded, JobNotFound, QueuectlError, ScheduleNotFound
 from queuectl.models import (
     CANCELLABLE,
     MONITOR_LEASE,
@@ -33,6 +33,7 @@ from queuectl.store import Store, open_store
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
+    from pathlib import Path
     from typing import Any
 
 
@@ -40,16 +41,38 @@ class Queue:
     # Annotations after `def list` below say `builtins.list`: inside the class body
     # the bare name means that method.
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, logs_dir: Path | None = None) -> None:
         self.store = store
+        #: The home's logs folder, where close() brings the audit trail up to date.
+        self.logs_dir = logs_dir
+        #: Whether this Queue changed something the audit trail records (enqueue
+        #: aside: its events wait for the next worker's flush, for enqueue's latency).
+        self.changed = False
 
     @classmethod
     def open(cls, paths: Paths) -> Queue:
         open_home(str(paths.home), paths.db_url)
-        return cls(open_store(paths.db_url))
+        return cls(open_store(paths.db_url), paths.logs)
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            if self.changed and self.logs_dir is not None:
+                self.flush_trail()
+        finally:
+            self.store.close()
+
+    def flush_trail(self) -> int:
+        """Seal the events waiting in the database and append them to this home's
+        audit files; a failure leaves them for the next flush (a worker's, within a
+        second), never lost: 0 lines then."""
+        from queuectl import trail_files
+
+        if self.logs_dir is None:
+            return 0
+        try:
+            return trail_files.flush(self.store, self.logs_dir)
+        except (OSError, QueuectlError):
+            return 0
 
     def config(self) -> Config:
         return Config.from_stored(self.store.config_items())
@@ -157,10 +180,12 @@ class Queue:
     def pause(self, name: str) -> bool:
         """Stop claims from the queue (its running jobs finish); the queue is created
         if it has none yet.  False: it was paused already."""
+        self.changed = True
         return self.store.set_paused(check_queue_name(name), True)
 
     def resume(self, name: str) -> bool:
         """Let workers claim from the queue again.  False: it was not paused."""
+        self.changed = True
         return self.store.set_paused(check_queue_name(name), False)
 
     def set_concurrency(self, name: str, limit: int | None) -> bool:
@@ -171,6 +196,7 @@ class Queue:
             raise InvalidInput(
                 f"--concurrency must be between 1 and {CONCURRENCY_MAX} (--no-limit removes the limit)"
             )
+        self.changed = True
         return self.store.set_concurrency(name, limit)
 
     def recovery_status(self) -> dict[str, Any]:
@@ -249,6 +275,7 @@ class Queue:
         first = schedules.next_after(cron, tz, t)
         (row,) = check_jobs([spec], self.store.config_items(), t, numbered=False)
         sched = Schedule(name, cron, tz, schedules.template(NewJob(*row)), False, first, t)
+        self.changed = True
         self.store.schedule_add(sched)
         return sched
 
@@ -256,6 +283,7 @@ class Queue:
         return self.store.schedules()
 
     def schedule_remove(self, name: str) -> None:
+        self.changed = True
         if not self.store.schedule_remove(name):
             raise ScheduleNotFound(name)
 
@@ -263,6 +291,7 @@ class Queue:
         """False: it was paused already."""
         if self.store.schedule(name) is None:
             raise ScheduleNotFound(name)
+        self.changed = True
         return self.store.schedule_pause(name)
 
     def schedule_resume(self, name: str, now: float | None = None) -> bool:
@@ -273,6 +302,7 @@ class Queue:
         if s is None:
             raise ScheduleNotFound(name)
         t = self.store.now() if now is None else now
+        self.changed = True
         return self.store.schedule_resume(name, schedules.next_after(s.cron, s.tz, t))
 
     def live_workers(self) -> builtins.list[WorkerInfo]:
@@ -299,15 +329,21 @@ class Queue:
                     f"job {job_id!r} is {job.state.value}, not dead: only dead jobs can be retried"
                 )
         # One transaction; a job another process retried in the meantime is left out.
+        self.changed = True
         return self.store.dlq_retry(ids)
 
     def dlq_retry_all(self) -> builtins.list[str]:
+        self.changed = True
         return self.store.dlq_retry(None)
 
     def purge(self, states: builtins.list[str], older_than: float | None = None) -> int:
         parsed = [parse_state(s) for s in states]
         check_purge(parsed)
         before = None if older_than is None else self.store.now() - older_than
+        from queuectl.trail_files import seal_pending
+
+        seal_pending(self.store)  # a purge deletes only the history events already sealed
+        self.changed = True
         return self.store.purge(parsed, before)
 
     def purgeable(self, states: builtins.list[str], older_than: float | None = None) -> int:
@@ -327,7 +363,8 @@ class Queue:
         cancelled and, for each other id, why not: JobNotFound, or Conflict for a job
         that had ended already (by the time of the cancel)."""
         ids = builtins.list(dict.fromkeys(job_ids))
-        moved = self.store.cancel(ids, actor or who(), now)
+        moved = self.store.cancel(ids, actor or self.store.actor, now)
+        self.changed = True
         done = set(moved)
         errors: builtins.list[JobNotFound | JobEnded] = []
         for job_id in ids:
@@ -416,26 +453,13 @@ class Queue:
         merged = self.config().as_dict()
         merged[name] = parsed
         check_combination(merged)
+        self.changed = True
         self.store.config_set({name: str(parsed)})
         return name, parsed
 
 
 #: The largest concurrency a queue takes (a 64-bit count either store holds).
 CONCURRENCY_MAX = 1_000_000
-
-
-def who() -> str:
-    """The actor a cancel records: this process's user@host."""
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        import os
-
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def wait_exit_code(jobs: builtins.list[Job]) -> int:

@@ -99,7 +99,7 @@ class SupervisorError(QueuectlError):
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error; for wait and logs --follow: a job ended dead or cancelled;"
-    " for health: the queue is not served",
+    " for health: the queue is not served; for audit verify: the trail is broken",
     2: "usage error or invalid input (nothing was changed)",
     3: "job or schedule not found; for worker status: the workers running are not the ones asked for",
     4: "conflict with stored data (duplicate id or schedule name, job not in the required state)",

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from queuectl.actors import monitor_actor
 from queuectl.config import Config
 from queuectl.errors import QueuectlError, StoreFatal
 from queuectl.recovery import Recoverer
 from queuectl.settings import SETTINGS
 from queuectl.signals import StopSignals
 from queuectl.store import Store
+from queuectl.trail_files import Flusher
 
 
 class Monitor(Recoverer):
@@ -29,8 +31,11 @@ class Monitor(Recoverer):
         log: Any = None,
         signals: StopSignals | None = None,
     ) -> None:
+        store.actor = monitor_actor()
         super().__init__(store, queue=queue, logs_dir=logs_dir, log=log)
         self.signals = signals or StopSignals()
+        #: The audit trail's flush after every pass (workers flush every second).
+        self._trail = Flusher(store, logs_dir, self.log)
 
     def run(self) -> int:
         self.log.info("monitor_started", host=self.host)
@@ -45,6 +50,7 @@ class Monitor(Recoverer):
                 if self.guarded_pass("monitor") is None:
                     # A worker's fallback pass holds the lease right now: try again soon.
                     interval = min(interval, 0.2)
+                self._trail()
             except StoreFatal as exc:
                 # Deleted, replaced or damaged: a restart opens what the path names now.
                 self.log.error("database_unusable", error=str(exc))
@@ -57,6 +63,7 @@ class Monitor(Recoverer):
         gone = self.signals.parent is not None and self.signals.parent.gone
         if gone:
             self._last_pass()
+        self._trail()
         self.log.info("monitor_stopped", supervisor_gone=gone)
         return 0
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from queuectl.config import Config
 from queuectl.models import JobState
 from queuectl.store import Store
+from queuectl.trail_files import BATCH as LINES_BATCH
+from queuectl.trail_files import LINES_KEPT_FOR, seal_pending
 
 #: The most jobs of one state one transaction deletes.
 BATCH = 500
@@ -48,7 +50,14 @@ def apply(
     MAX_BATCHES of them; (state, cutoff, jobs deleted) for each state that had any
     (a dry run: how many this pass would delete)."""
     done = []
-    for state, _keep, cutoff in due(cfg, now):
+    jobs_due = due(cfg, now)
+    if not dry_run:
+        # The audit lines every home has appended, a day after sealing: the files
+        # hold them (store/trail.py).
+        store.trail.prune(now - LINES_KEPT_FOR, LINES_BATCH)
+        if jobs_due:
+            seal_pending(store)  # a purge deletes only the history events already sealed
+    for state, _keep, cutoff in jobs_due:
         if dry_run:
             n = min(store.purgeable([state], before=cutoff), BATCH * MAX_BATCHES)
         else:

@@ -29,6 +29,7 @@ from queuectl.scheduler import Duty, Scheduler
 from queuectl.signals import StopSignals
 from queuectl.store import Store
 from queuectl.store.outcome import finished
+from queuectl.trail_files import FLUSH_INTERVAL, Flusher
 
 #: How often (seconds) a worker re-reads the config table.
 CONFIG_TTL = 2.0
@@ -74,6 +75,8 @@ class Worker:
         self.queue = queue
         self.signals = signals or StopSignals()
         self.id = worker_id or new_worker_id()
+        #: The audit trail names this worker as the actor of what it changes on purpose.
+        store.actor = self.id
         self.log = log or json_logger(worker_id=self.id)
         self.clock = clock
         # Settings given to this one worker (e.g. `worker run --poll-interval`) win
@@ -117,12 +120,21 @@ class Worker:
         refresh = Duty("config_refresh", lambda: CONFIG_TTL, self._refresh_config, last=time.monotonic())
         stop = Duty("stop_checks", lambda: 0.0, self._stop_checks)  # at every tick
         cover = [self._cover] if self._cover is not None else []
-        #: The duties between jobs, and those while a job runs (the heartbeat and the
-        #: monitor cover keep one rhythm across both).
+        #: Seals the audit trail's waiting events and appends them to this home's
+        #: files, every FLUSH_INTERVAL and as the worker stops (trail_files.py).
+        self._trail = Flusher(store, logs_dir, self.log) if logs_dir is not None else None
+        if self._trail is not None:
+            cover.append(Duty("audit_flush", lambda: FLUSH_INTERVAL, self._flush_trail))
+        #: The duties between jobs, and those while a job runs (the heartbeat, the
+        #: monitor cover and the audit flush keep one rhythm across both).
         self._between_jobs = Scheduler(refresh, *cover, self._beat)
         self._job_running = Scheduler(*cover, stop, self._beat)
 
     # --- lifecycle -----------------------------------------------------------------
+
+    def _flush_trail(self) -> None:
+        if self._trail is not None:
+            self._trail()
 
     def register(self, holding: str | None = None) -> None:
         """(Re-)register this worker, naming the job it runs (`holding`): a worker
@@ -191,6 +203,8 @@ class Worker:
                 )
         with contextlib.suppress(QueuectlError):
             self.store.unregister_worker(self.id)
+        if self._trail is not None:
+            self._trail()
         if self._cpu_slot is not None:
             self._cpu_slot.release()
             self._cpu_slot = None

@@ -39,6 +39,7 @@ COMMANDS = {
     "monitor": "recovery:monitor",
     "recover": "recovery:recover",
     "bench": "bench:bench",
+    "audit": "audit:audit",
 }
 
 

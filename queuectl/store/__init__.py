@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         WorkerInfo,
     )
     from queuectl.store.outcome import Finished, Recovered
+    from queuectl.store.trail import TrailStore
 else:
     # At runtime the protocol is a plain class: nothing checks it with isinstance().
     Protocol = object
@@ -60,6 +61,12 @@ class Store(Protocol):
     #: for SQLite, where every process shares one host and one lock: a wait for the
     #: lock stops every writer alike, and no one can record a recovery meanwhile.
     partitionable: bool
+    #: Who this process's changes are by, in the audit trail: the OS user and host
+    #: (actors.cli_actor) until the process names itself (a worker its id, the
+    #: monitor `monitor:host:pid`).
+    actor: str
+    #: The audit trail's events, head and lines (store/trail.py).
+    trail: TrailStore
 
     def now(self) -> float:
         """The store's clock."""

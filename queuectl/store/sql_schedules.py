@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from queuectl.models import SCHEDULE_COLUMNS
+from queuectl.models import SCHEDULE_COLUMNS, Schedule
 
 
 def statements(mark: Callable[[str], str]) -> dict[str, str]:
@@ -32,3 +32,8 @@ def statements(mark: Callable[[str], str]) -> dict[str, str]:
         f" last_job_id = {m('job_id')}"
         f" WHERE name = {m('name')} AND NOT paused AND next_run_at = {m('expected')}",
     }
+
+
+def schedule_detail(s: Schedule) -> dict[str, object]:
+    """What a `schedule_added` note records of the schedule."""
+    return {"schedule": s.name, "cron": s.cron, "tz": s.tz, "job": s.job, "paused": bool(s.paused)}

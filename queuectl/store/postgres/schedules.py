@@ -9,7 +9,8 @@ from queuectl.errors import Conflict, DuplicateJob
 from queuectl.models import NewJob, Schedule
 from queuectl.store.postgres import queries
 from queuectl.store.postgres.connection import Conn, Connection
-from queuectl.store.sql_schedules import statements
+from queuectl.store.postgres.trail import add_note, set_actor
+from queuectl.store.sql_schedules import schedule_detail, statements
 
 _SCHED = statements(lambda name: f"%({name})s")
 
@@ -19,6 +20,7 @@ class Schedules:
 
     _db: Connection
     _channel: str
+    actor: str
 
     def now(self) -> float:
         raise NotImplementedError
@@ -26,7 +28,7 @@ class Schedules:
     def schedule_add(self, schedule: Schedule) -> None:
         params = {k: v for k, v in schedule.__dict__.items() if k not in ("last_run_at", "last_job_id")}
         try:
-            self._db.run(lambda conn: conn.execute(_SCHED["add"], params).rowcount)
+            self._sched_change("add", params, "schedule_added", schedule_detail(schedule))
         except DuplicateJob:
             raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
 
@@ -37,17 +39,28 @@ class Schedules:
         rows = self._db.read(_SCHED["get"], {"name": name})
         return Schedule.from_tuple(rows[0]) if rows else None
 
-    def _sched_change(self, key: str, params: dict[str, Any]) -> bool:
-        return bool(self._db.run(lambda conn: conn.execute(_SCHED[key], params).rowcount > 0))
+    def _sched_change(self, key: str, params: dict[str, Any], note: str, detail: dict[str, Any]) -> bool:
+        """One guarded statement and, when it changed the schedule, its note."""
+
+        def run(conn: Conn) -> bool:
+            with conn.transaction():
+                changed = conn.execute(_SCHED[key], params).rowcount > 0
+                if changed:
+                    add_note(conn, note, self.actor, detail)
+            return changed
+
+        return bool(self._db.run(run))
 
     def schedule_remove(self, name: str) -> bool:
-        return self._sched_change("remove", {"name": name})
+        return self._sched_change("remove", {"name": name}, "schedule_removed", {"schedule": name})
 
     def schedule_pause(self, name: str) -> bool:
-        return self._sched_change("pause", {"name": name, "paused": True})
+        params = {"name": name, "paused": True}
+        return self._sched_change("pause", params, "schedule_paused", {"schedule": name})
 
     def schedule_resume(self, name: str, next_run_at: float) -> bool:
-        return self._sched_change("resume", {"name": name, "paused": False, "next_run_at": next_run_at})
+        params = {"name": name, "paused": False, "next_run_at": next_run_at}
+        return self._sched_change("resume", params, "schedule_resumed", {"schedule": name})
 
     def due_schedules(self, now: float | None = None) -> list[Schedule]:
         at = self.now() if now is None else now
@@ -61,7 +74,9 @@ class Schedules:
             with conn.transaction():
                 if conn.execute(_SCHED["fire"], params).rowcount == 0:
                     return False
+                set_actor(conn, self.actor)
                 queries.insert_few(conn, [job], now, frozenset())
+                add_note(conn, "schedule_fired", self.actor, {"schedule": name, "job_id": job.id}, now)
                 queries.link(conn, [job])
                 conn.execute("SELECT pg_notify(%s, 'enqueue')", (self._channel,))
             return True

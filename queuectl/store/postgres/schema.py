@@ -252,6 +252,63 @@ MIGRATIONS: tuple[str, ...] = (
         last_job_id text
     );
     """,
+    # v14: the audit trail, as SQLite's v14, with one difference: identity values
+    # are taken in no commit order here, so each event and note records its
+    # transaction (xid), and the head covers events by (xid, kind, id): sealing
+    # takes only transactions older than every one still running (store/trail.py).
+    # An enqueue names its actor through the setting queuectl.actor, which the
+    # insert trigger reads; other changes by a process on purpose stamp their own
+    # transaction's events; a worker's claim and finish leave it NULL.
+    f"""
+    ALTER TABLE job_events ADD COLUMN actor text,
+        ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+    CREATE INDEX job_events_xid ON job_events (xid, seq);
+    CREATE OR REPLACE FUNCTION jobs_history_insert() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor)
+        SELECT id, updated_at, NULL, state, attempts,
+               nullif(current_setting('queuectl.actor', true), '')
+        FROM new_jobs ORDER BY id;
+        RETURN NULL;
+    END $$;
+    CREATE TABLE audit_notes (
+        id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        xid    xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        at     double precision NOT NULL,
+        kind   text NOT NULL,
+        actor  text NOT NULL,
+        detail text NOT NULL
+    );
+    CREATE INDEX audit_notes_xid ON audit_notes (xid, id);
+    CREATE TABLE audit_head (
+        id       int PRIMARY KEY CHECK (id = 1),
+        seq      bigint NOT NULL,
+        hash     text NOT NULL,
+        mark_xid xid8 NOT NULL,                  -- every event before (mark_xid,
+        mark_src int NOT NULL,                   -- mark_src (0 event, 1 note),
+        mark_id  bigint NOT NULL                 -- mark_id) is sealed
+    );
+    INSERT INTO audit_head VALUES (1, 0, '{"0" * 64}', '0', 0, 0);
+    CREATE TABLE audit_lines (
+        seq       bigint PRIMARY KEY,
+        sealed_at double precision NOT NULL,
+        hash      text NOT NULL,
+        line      text NOT NULL
+    );
+    CREATE TABLE audit_homes (
+        home text PRIMARY KEY,
+        seq  bigint NOT NULL,
+        hash text NOT NULL,
+        at   double precision NOT NULL
+    );
+    CREATE TABLE audit_checkpoints (
+        seq   bigint PRIMARY KEY,
+        hash  text NOT NULL,
+        at    double precision NOT NULL,
+        actor text NOT NULL
+    );
+    """,
 )
 
 #: The version of a schema with every migration applied.

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from queuectl.actors import cli_actor
 from queuectl.errors import DuplicateJob, StoreError, UniqueConflict
 from queuectl.models import (
     Beat,
@@ -41,6 +42,7 @@ from queuectl.store.postgres.notify import Listener, channel
 from queuectl.store.postgres.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS
 from queuectl.store.postgres.schedules import Schedules
 from queuectl.store.postgres.schema import migrate
+from queuectl.store.postgres.trail import SEALED_EVENT, PostgresTrail, add_note, set_actor, stamp
 from queuectl.store.sql import (
     EVENT_COLUMNS,
     KEY_HOLDER,
@@ -57,6 +59,7 @@ from queuectl.store.sql import (
     worker_row,
     workers_query,
 )
+from queuectl.store.trail import TrailStore
 
 #: From this many jobs on, an enqueue uses COPY instead of one INSERT.
 COPY_THRESHOLD = 64
@@ -73,6 +76,9 @@ class PostgresStore(Schedules):
         self._listener = Listener(self._db)
         #: The URL without its password: the only form that may be shown.
         self.url = self._db.url
+        #: Who this process's changes are by, in the audit trail (store protocol).
+        self.actor = cli_actor()
+        self.trail: TrailStore = PostgresTrail(self._db, lambda: self.actor)
         self._db.open()
 
     def __repr__(self) -> str:
@@ -106,6 +112,7 @@ class PostgresStore(Schedules):
 
         def insert(conn: Conn) -> list[str]:
             with conn.transaction():
+                set_actor(conn, self.actor)
                 wait = queries.waiting(conn, jobs) if any(j.after for j in jobs) else frozenset()
                 if len(jobs) < COPY_THRESHOLD:
                     queries.insert_few(conn, jobs, now, wait)
@@ -219,19 +226,22 @@ class PostgresStore(Schedules):
         return queue_infos(self._db.read(STATS))
 
     def set_paused(self, name: str, paused: bool) -> bool:
-        return self._set(SET_PAUSED, name, paused)
+        note = ("queue_paused" if paused else "queue_resumed", {"queue": name})
+        return self._set(SET_PAUSED, name, paused, note)
 
     def set_concurrency(self, name: str, limit: int | None) -> bool:
-        return self._set(SET_CONCURRENCY, name, limit)
+        note = ("queue_concurrency_set", {"queue": name, "concurrency": limit})
+        return self._set(SET_CONCURRENCY, name, limit, note)
 
-    def _set(self, query: str, name: str, value: Any) -> bool:
-        """One queue setting; a change wakes idle workers (a resumed queue, or one
-        given more room, may have jobs due)."""
+    def _set(self, query: str, name: str, value: Any, note: tuple[str, dict[str, Any]]) -> bool:
+        """One queue setting, audited; a change wakes idle workers (a resumed queue,
+        or one given more room, may have jobs due)."""
 
         def run(conn: Conn) -> bool:
             with conn.transaction():
                 changed = conn.execute(query, {"name": name, "value": value}).rowcount > 0
                 if changed:
+                    add_note(conn, note[0], self.actor, note[1])
                     conn.execute("SELECT pg_notify(%s, 'queue')", (self._channel,))
             return changed
 
@@ -259,6 +269,7 @@ class PostgresStore(Schedules):
             with conn.transaction():
                 moved = [str(r[0]) for r in conn.execute(query, params).fetchall()]
                 if moved:
+                    stamp(conn, self.actor)
                     conn.execute("SELECT pg_notify(%s, 'dlq_retry')", (self._channel,))
             return moved
 
@@ -291,6 +302,7 @@ class PostgresStore(Schedules):
             with conn.transaction():
                 moved = {str(r[0]) for r in conn.execute(query, params).fetchall()}
                 if moved:
+                    stamp(conn, self.actor)
                     conn.execute("SELECT pg_notify(%s, 'cancel')", (self._channel,))
             return moved
 
@@ -352,13 +364,24 @@ class PostgresStore(Schedules):
                 " AND (%(before)s::float8 IS NULL OR created_at < %(before)s::float8)"
                 " ORDER BY state, created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
             )
+        # Only sealed events go: an event still waiting for the trail stays until a
+        # later purge finds it sealed.
         query = (
             f"WITH gone AS (DELETE FROM jobs WHERE {which} RETURNING id),"
-            " events AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone))"
+            f" events AS (DELETE FROM job_events WHERE {SEALED_EVENT} AND job_id IN (SELECT id FROM gone))"
             " SELECT count(*) FROM gone"
         )
         params = {"states": [s.value for s in states], "before": before, "limit": limit}
-        return self._db.run(lambda conn: int(conn.execute(query, params).fetchall()[0][0]))
+        detail = {"states": params["states"], "before": before, "limit": limit}
+
+        def delete(conn: Conn) -> int:
+            with conn.transaction():
+                deleted = int(conn.execute(query, params).fetchall()[0][0])
+                if deleted:
+                    add_note(conn, "jobs_purged", self.actor, {**detail, "changed": deleted})
+            return deleted
+
+        return self._db.run(delete)
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         query = (
@@ -399,6 +422,8 @@ class PostgresStore(Schedules):
                 conn.execute("SELECT 1 FROM jobs WHERE id = %(id)s FOR UPDATE", params)
                 params["now"] = queries.clock(conn) if now is None else now
                 changed = conn.execute(query, params).rowcount > 0
+                if changed:
+                    stamp(conn, self.actor)
                 if changed and outcome.audit is not None:
                     conn.execute(
                         "INSERT INTO audit_outbox (record, created_at) VALUES (%(audit)s, %(now)s)", params
@@ -546,11 +571,14 @@ class PostgresStore(Schedules):
     def config_set(self, items: dict[str, str]) -> None:
         def store(conn: Conn) -> None:
             with conn.transaction(), conn.cursor() as cur:
+                old = dict(cur.execute("SELECT key, value FROM config").fetchall())
                 cur.executemany(
                     "INSERT INTO config (key, value) VALUES (%s, %s)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     list(items.items()),
                 )
+                for key, value in items.items():
+                    add_note(conn, "config_set", self.actor, {"key": key, "old": old.get(key), "new": value})
 
         self._db.run(store)
 

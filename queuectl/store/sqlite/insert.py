@@ -9,6 +9,7 @@ import time
 
 import apsw
 
+from queuectl.actors import cli_actor
 from queuectl.errors import Conflict, DuplicateJob, JobNotFound, StoreError, UniqueConflict
 from queuectl.store.sqlite.connection import config_items, connect, read, translate, write
 from queuectl.store.sqlite.counts import COUNTS_UPTO, fold_counts
@@ -31,11 +32,12 @@ INSERT_JOB = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: The first event (what the state trigger writes for a change) of every job inserted
-#: after the row with rowid ?, in rowid order: the order insert_jobs inserted them.
+#: after the row with rowid ? (the second parameter; the first is the actor), in
+#: rowid order: the order insert_jobs inserted them.
 #: One statement for all of them, not one per job.
 INSERT_FIRST_EVENTS = (
-    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt)"
-    " SELECT id, updated_at, NULL, state, 0 FROM jobs WHERE rowid > ? ORDER BY rowid"
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor)"
+    " SELECT id, updated_at, NULL, state, 0, ? FROM jobs WHERE rowid > ? ORDER BY rowid"
 )
 #: SQLite gives a new row the largest rowid plus one, unless the largest is 2**63-1
 #: (then any unused one), so below this bound (a wide safety margin) the rows
@@ -47,7 +49,7 @@ _ROWID_SAFE = 2**62
 FOLD_MIN_ROWS = 500
 
 
-def insert_jobs(conn: apsw.Connection, path: str, jobs: Sequence[JobRow], now: float) -> None:
+def insert_jobs(conn: apsw.Connection, path: str, jobs: Sequence[JobRow], now: float, actor: str) -> None:
     """Insert jobs (rows as rules.check_job returns them), each with its first
     history event, in one transaction: all of them or none.  A job is PENDING, due at
     its run_at, or WAITING while a parent (`after`) has not completed.
@@ -55,16 +57,16 @@ def insert_jobs(conn: apsw.Connection, path: str, jobs: Sequence[JobRow], now: f
     DuplicateJob names the first id that exists (or repeats); UniqueConflict the first
     unique key a job that may still run holds; JobNotFound a parent that is neither
     stored nor in `jobs`; Conflict a parent that ended dead or cancelled (the job could
-    never run)."""
+    never run).  Their first events name `actor` (store/trail.py)."""
 
     try:
-        write(conn, path, inserter(jobs, now))
+        write(conn, path, inserter(jobs, now, actor))
     except DuplicateJob:
         keyed = [(str(j[9]), str(j[0])) for j in jobs if j[9] is not None]
         raise _conflict(conn, path, [str(j[0]) for j in jobs], keyed) from None
 
 
-def inserter(jobs: Sequence[JobRow], now: float) -> Callable[[apsw.Connection], None]:
+def inserter(jobs: Sequence[JobRow], now: float, actor: str) -> Callable[[apsw.Connection], None]:
     """insert_jobs's statements, to run inside a write transaction of the caller's (a
     schedule's run inserts its job in the transaction that advances the schedule)."""
     fold = len(jobs) >= FOLD_MIN_ROWS
@@ -100,7 +102,7 @@ def inserter(jobs: Sequence[JobRow], now: float) -> Callable[[apsw.Connection], 
                 for i, cmd, retries, prio, timeout, at, queue, cwd, env, key, _ in jobs
             ],
         )
-        c.execute(INSERT_FIRST_EVENTS, (before,))
+        c.execute(INSERT_FIRST_EVENTS, (actor, before))
         if linked:
             c.executemany(
                 "INSERT OR IGNORE INTO job_deps (child, parent) VALUES (?, ?)",
@@ -185,7 +187,7 @@ def insert_new(path: str, build: Callable[[Mapping[str, str], float], Sequence[J
             return None
         now = time.time()  # SQLiteStore's clock
         jobs = build(config_items(conn, path), now)
-        insert_jobs(conn, path, jobs, now)
+        insert_jobs(conn, path, jobs, now, cli_actor())
         return [j[0] for j in jobs]
     except apsw.Error as exc:
         raise translate(exc, path) from None

@@ -296,6 +296,49 @@ MIGRATIONS: tuple[str, ...] = (
         last_job_id TEXT
     ) STRICT;
     """,
+    # v14: the audit trail (store/trail.py).  A job event's actor (NULL: the row's
+    # worker_id, so a worker's claim and finish write nothing more); notes for
+    # changes that are not a job's (pos: the newest job event when written, which
+    # orders a note among them); the sealed lines, kept until every home has them;
+    # the head (the last line, and the newest event and note it covers); how far each
+    # home's files reach; checkpoints.
+    f"""
+    ALTER TABLE job_events ADD COLUMN actor TEXT;
+    CREATE TABLE audit_notes (
+        id     INTEGER PRIMARY KEY,
+        pos    INTEGER NOT NULL,
+        at     REAL NOT NULL,
+        kind   TEXT NOT NULL,
+        actor  TEXT NOT NULL,
+        detail TEXT NOT NULL                      -- a JSON object
+    ) STRICT;
+    CREATE TABLE audit_head (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        seq         INTEGER NOT NULL,
+        hash        TEXT NOT NULL,
+        events_upto INTEGER NOT NULL,             -- every job event up to this seq is sealed
+        notes_upto  INTEGER NOT NULL              -- every note up to this id is sealed
+    ) STRICT;
+    INSERT INTO audit_head (id, seq, hash, events_upto, notes_upto) VALUES (1, 0, '{"0" * 64}', 0, 0);
+    CREATE TABLE audit_lines (
+        seq       INTEGER PRIMARY KEY,
+        sealed_at REAL NOT NULL,
+        hash      TEXT NOT NULL,
+        line      TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE audit_homes (
+        home TEXT PRIMARY KEY,
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        at   REAL NOT NULL
+    ) STRICT;
+    CREATE TABLE audit_checkpoints (
+        seq   INTEGER PRIMARY KEY,
+        hash  TEXT NOT NULL,
+        at    REAL NOT NULL,
+        actor TEXT NOT NULL
+    ) STRICT;
+    """,
 )
 
 #: PRAGMA user_version of a database with every migration applied.

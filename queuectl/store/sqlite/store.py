@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import apsw
 
-from queuectl.errors import Conflict, DuplicateJob, StoreError, StoreGone, UniqueConflict
+from queuectl.actors import cli_actor
+from queuectl.errors import DuplicateJob, StoreError, StoreGone, UniqueConflict
 from queuectl.models import (
     Beat,
     Event,
@@ -28,7 +29,6 @@ from queuectl.models import (
     LeaseInfo,
     NewJob,
     QueueInfo,
-    Schedule,
     WorkerInfo,
 )
 from queuectl.store.outcome import Finished, Recovered
@@ -53,7 +53,10 @@ from queuectl.store.sqlite.counts import COUNTS, COUNTS_UPTO, fold_counts, net_c
 from queuectl.store.sqlite.file import DatabaseFile
 from queuectl.store.sqlite.insert import insert_jobs
 from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served, single
+from queuectl.store.sqlite.schedules import Schedules
 from queuectl.store.sqlite.schema import migrate
+from queuectl.store.sqlite.trail import LOWER_MARK, SEALED_EVENT, SQLiteTrail, add_note, newest_event, stamp
+from queuectl.store.trail import TrailStore
 
 T = TypeVar("T")
 _WORKERS = workers_query()
@@ -65,7 +68,7 @@ def _real(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class SQLiteStore:
+class SQLiteStore(Schedules):
     #: Every process shares this host's one write lock: never cut off (store protocol).
     partitionable = False
 
@@ -83,6 +86,9 @@ class SQLiteStore:
             self.conn.close()
             raise
         self._file = self._watch()
+        #: Who this process's changes are by, in the audit trail (store protocol).
+        self.actor = cli_actor()
+        self.trail: TrailStore = SQLiteTrail(self.conn, path, lambda: self.actor, clock)
 
     def _watch(self) -> DatabaseFile:
         try:
@@ -116,6 +122,32 @@ class SQLiteStore:
 
         return self._write(run)
 
+    def _acted(self, fn: Callable[[apsw.Connection], T], note: str | None = None, **detail: Any) -> T:
+        """fn in one write transaction by self.actor: the job events it writes name
+        the actor, and when it changed something (a true result) a note of kind
+        `note` with `detail` (and the result, as `changed`, when a count) records it."""
+
+        def run(c: apsw.Connection) -> T:
+            after = newest_event(c)
+            out = fn(c)
+            if out:
+                stamp(c, self.actor, after)
+                if note is not None:
+                    extra = {"changed": out} if isinstance(out, int) and not isinstance(out, bool) else {}
+                    add_note(c, note, self.actor, {**detail, **extra}, self._clock())
+            return out
+
+        return self._write(run)
+
+    def _noted(self, sql: str, params: Any, note: str, **detail: Any) -> int:
+        """_changes(), with a note of `kind` when it changed a row."""
+
+        def run(conn: apsw.Connection) -> int:
+            conn.execute(sql, params)
+            return int(conn.changes())
+
+        return self._acted(run, note, **detail)
+
     def now(self) -> float:
         return self._clock()
 
@@ -144,7 +176,7 @@ class SQLiteStore:
             )
             for j in jobs
         ]
-        insert_jobs(self.conn, self.path, rows, self._now(now))  # None -> PENDING / WAITING
+        insert_jobs(self.conn, self.path, rows, self._now(now), self.actor)  # -> PENDING / WAITING
         return [j.id for j in jobs]
 
     def get(self, job_id: str) -> Job | None:
@@ -219,10 +251,14 @@ class SQLiteStore:
         return queue_infos(self._read(STATS))
 
     def set_paused(self, name: str, paused: bool) -> bool:
-        return self._changes(SET_PAUSED, {"name": name, "value": int(paused)}) > 0
+        kind = "queue_paused" if paused else "queue_resumed"
+        return self._noted(SET_PAUSED, {"name": name, "value": int(paused)}, kind, queue=name) > 0
 
     def set_concurrency(self, name: str, limit: int | None) -> bool:
-        return self._changes(SET_CONCURRENCY, {"name": name, "value": limit}) > 0
+        params = {"name": name, "value": limit}
+        return (
+            self._noted(SET_CONCURRENCY, params, "queue_concurrency_set", queue=name, concurrency=limit) > 0
+        )
 
     def dlq_retry(self, job_ids: Iterable[str] | None, now: float | None = None) -> list[str]:
         t = self._now(now)
@@ -244,7 +280,7 @@ class SQLiteStore:
             return moved
 
         try:
-            return self._write(retry)
+            return self._acted(retry)
         except DuplicateJob:  # the unique index: a key the retry would take is held
             raise self._held_key(ids) from None
 
@@ -277,7 +313,7 @@ class SQLiteStore:
                     moved.append(job_id)
             return moved
 
-        return self._write(cancel_each)
+        return self._acted(cancel_each)
 
     def save_output(self, job_id: str, lease: int, stdout: str, stderr: str) -> bool:
         return bool(
@@ -307,16 +343,19 @@ class SQLiteStore:
             gone = conn.execute(f"SELECT state, count(*) FROM jobs WHERE {where} GROUP BY state", params)
             minus = [(n, state) for state, n in gone.fetchall()]
             conn.execute(
-                f"DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE {where})",
+                f"DELETE FROM job_events WHERE {SEALED_EVENT}"
+                f" AND job_id IN (SELECT id FROM jobs WHERE {where})",
                 params,
             )
             conn.execute(f"DELETE FROM jobs WHERE {where}", params)
             deleted = int(conn.changes())
             conn.executemany("UPDATE job_counts SET n = n - ? WHERE state = ?", minus)
             conn.execute(COUNTS_UPTO)
+            conn.execute(LOWER_MARK)
             return deleted
 
-        return self._write(delete)
+        states_ = [s.value for s in states]
+        return self._acted(delete, "jobs_purged", states=states_, before=before, limit=limit)
 
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         marks = ",".join("?" * len(states))
@@ -339,54 +378,6 @@ class SQLiteStore:
         rows = self._read(finished_query(lambda name: f":{name}"), {"since": since})
         return {str(state): int(n) for state, n in rows}
 
-    # --- schedules -------------------------------------------------------------------
-
-    def schedule_add(self, schedule: Schedule) -> None:
-        params = {**schedule.__dict__}
-        for k in ("last_run_at", "last_job_id"):
-            params.pop(k)
-        try:
-            self._changes(_SCHED["add"], params)
-        except DuplicateJob:
-            raise Conflict(f"a schedule named {schedule.name!r} exists already") from None
-
-    def schedules(self) -> list[Schedule]:
-        return [Schedule.from_tuple(r) for r in self._read(_SCHED["list"])]
-
-    def schedule(self, name: str) -> Schedule | None:
-        rows = self._read(_SCHED["get"], {"name": name})
-        return Schedule.from_tuple(rows[0]) if rows else None
-
-    def schedule_remove(self, name: str) -> bool:
-        return self._changes(_SCHED["remove"], {"name": name}) > 0
-
-    def schedule_pause(self, name: str) -> bool:
-        return self._changes(_SCHED["pause"], {"name": name, "paused": True}) > 0
-
-    def schedule_resume(self, name: str, next_run_at: float) -> bool:
-        params = {"name": name, "paused": False, "next_run_at": next_run_at}
-        return self._changes(_SCHED["resume"], params) > 0
-
-    def due_schedules(self, now: float | None = None) -> list[Schedule]:
-        return [Schedule.from_tuple(r) for r in self._read(_SCHED["due"], {"now": self._now(now)})]
-
-    def fire_schedule(self, name: str, expected: float, next_run_at: float, job: NewJob, now: float) -> bool:
-        from queuectl.store.sqlite.insert import inserter  # loaded with insert_jobs above
-
-        row = (job.id, job.command, job.max_retries, job.priority, job.timeout, job.run_at)
-        insert = inserter([(*row, job.queue, job.cwd, job.env, job.unique_key, tuple(job.after))], now)
-        params = {"name": name, "expected": expected, "next_run_at": next_run_at}
-        params.update(now=now, job_id=job.id)
-
-        def fire(c: apsw.Connection) -> bool:
-            c.execute(_SCHED["fire"], params)
-            if not c.changes():
-                return False
-            insert(c)
-            return True
-
-        return self._write(fire)
-
     # --- recovery ------------------------------------------------------------------
 
     def processing(self) -> list[Job]:
@@ -406,7 +397,7 @@ class SQLiteStore:
                 conn.execute("INSERT INTO audit_outbox (record, created_at) VALUES (?, ?)", (audit, t))
             return True
 
-        return self._write(take_back)
+        return self._acted(take_back)
 
     def audit_pending(self) -> list[tuple[int, str]]:
         rows = self._read("SELECT id, record FROM audit_outbox ORDER BY id")
@@ -530,13 +521,19 @@ class SQLiteStore:
         return config_items(self.conn, self.path)
 
     def config_set(self, items: dict[str, str]) -> None:
-        self._write(
-            lambda conn: conn.executemany(
+        def run(conn: apsw.Connection) -> bool:
+            old = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM config")}
+            conn.executemany(
                 "INSERT INTO config (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 list(items.items()),
             )
-        )
+            for key, value in items.items():
+                detail = {"key": key, "old": old.get(key), "new": value}
+                add_note(conn, "config_set", self.actor, detail, self._clock())
+            return True
+
+        self._write(run)
 
     # --- waiting -------------------------------------------------------------------
 

@@ -1,0 +1,153 @@
+"""The audit trail's events: what each line holds, its canonical text and its link.
+
+Every event (a job's history event, or a note: a config, queue or schedule change,
+a purge, a cancel request, a checkpoint) is sealed once, in the store, into one line:
+its fields plus `seq` (1, 2, ... with no gap), `prev_hash` (the line before's `hash`,
+GENESIS for the first) and `hash`, the SHA-256 of `prev_hash` followed by the
+event's canonical JSON (every field but `hash` and `prev_hash`, keys sorted, no
+spaces, UTF-8).  Changing, removing, reordering or adding a line breaks a link.
+
+This module is pure: the store reads what waits (`Source`), `seal` makes the lines,
+the store keeps them; trail_files.py writes them to logs/audit-<UTC date>.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from queuectl.rules import iso
+
+#: The `prev_hash` of the first line.
+GENESIS = "0" * 64
+#: The fields a line of each kind always has (besides its own `detail` for notes).
+COMMON_FIELDS = ("seq", "event", "at", "actor", "prev_hash", "hash")
+JOB_FIELDS = (
+    "job_id", "from_state", "to_state", "attempt", "worker_id", "exit_code", "error", "reason",
+    "history_seq",
+)  # fmt: skip
+NOTE_FIELDS = ("detail", "note_id")
+#: The actor of a change the database made as the consequence of another (a child
+#: released or cancelled by its parent's end), when no process is named for it.
+SYSTEM_ACTOR = "queuectl"
+
+_render: Any = None
+
+
+def _renderer() -> Any:
+    """structlog's JSON renderer, keys sorted: imported when a line is first made
+    (the store modules import this module, and `queuectl enqueue` needs no structlog)."""
+    global _render
+    if _render is None:
+        from queuectl.logs import structlog
+
+        _render = structlog.processors.JSONRenderer(sort_keys=True)
+    return _render
+
+
+@dataclass(frozen=True)
+class Source:
+    """One event waiting to be sealed, as the store holds it: a job's history event
+    (`note` None: the job fields are set) or a note (`note` its kind, `detail` its
+    JSON object text)."""
+
+    id: int  # job_events.seq, or audit_notes.id
+    at: float
+    actor: str | None
+    job_id: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    attempt: int | None = None
+    worker_id: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    reason: str | None = None
+    note: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One line of the trail, as the store keeps it until every home has it."""
+
+    seq: int
+    hash: str
+    line: str
+
+
+def event_name(src: Source) -> str:
+    """The line's `event`: the note's kind, or what the job's transition was."""
+    if src.note is not None:
+        return src.note
+    to, frm = src.to_state, src.from_state
+    if frm is None:
+        return "job_enqueued"
+    if to == "processing":
+        return "job_claimed"
+    if frm == "processing" and src.actor is not None and src.actor != src.worker_id:
+        return "job_recovered"  # not the attempt's own worker: the monitor or `recover`
+    if frm == "dead" and to == "pending":
+        return "job_retried"
+    if frm == "waiting" and to == "pending":
+        return "job_released"
+    return f"job_{to}"
+
+
+def fields(src: Source) -> dict[str, Any]:
+    """The event's own fields: everything its line holds but seq and the links."""
+    out: dict[str, Any] = {"event": event_name(src), "at": iso(src.at)}
+    if src.note is not None:
+        out["actor"] = src.actor or SYSTEM_ACTOR
+        out["note_id"] = src.id
+        out["detail"] = json.loads(src.detail or "{}")
+        return out
+    out["actor"] = src.actor or src.worker_id or SYSTEM_ACTOR
+    out.update(
+        job_id=src.job_id, from_state=src.from_state, to_state=src.to_state, attempt=src.attempt,
+        worker_id=src.worker_id, exit_code=src.exit_code, error=src.error, reason=src.reason,
+        history_seq=src.id,
+    )  # fmt: skip
+    return out
+
+
+def canonical(event: dict[str, Any]) -> str:
+    """The text a line's hash covers: every field but `hash` and `prev_hash`."""
+    body = {k: v for k, v in event.items() if k not in ("hash", "prev_hash")}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def link(prev_hash: str, event: dict[str, Any]) -> str:
+    """The hash of `event` following a line whose hash is `prev_hash`."""
+    return hashlib.sha256((prev_hash + canonical(event)).encode("utf-8")).hexdigest()
+
+
+def seal(sources: list[Source], seq: int, prev_hash: str) -> list[Sealed]:
+    """The lines of `sources`, in order, after the line (seq, prev_hash)."""
+    out: list[Sealed] = []
+    render = _renderer()
+    for src in sources:
+        seq += 1
+        event = {"seq": seq, **fields(src)}
+        digest = link(prev_hash, event)
+        event["prev_hash"], event["hash"] = prev_hash, digest
+        out.append(Sealed(seq, digest, str(render(None, "info", event))))
+        prev_hash = digest
+    return out
+
+
+def parse(text: str) -> dict[str, Any] | str:
+    """A line's event, or why it is not one."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    missing = [k for k in COMMON_FIELDS if k not in event]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(event["seq"], int) or isinstance(event["seq"], bool):
+        return "seq is not a number"
+    return event

@@ -1,0 +1,238 @@
+"""The audit trail's files: logs/audit-<UTC date>.jsonl, and bringing them up to date.
+
+`flush` seals what waits in the database (trail.seal: the store keeps the lines and
+the head) and then appends to this home's files every line they do not have yet,
+in seq order, under logs/audit.lock, so two processes never interleave a chain.
+
+Nothing is lost or doubled: the files' last whole line says where they end (a line
+cut by a crash mid-write is dropped and written again), so a process killed between
+its append and its record of it (Store.trail.set_home) makes the next writer start
+after what the files hold.  The recorded end never moves back, and a writer starts
+after it even when the files end before it: a tail cut from the files stays a gap
+that `audit verify` reports, never silently refilled.
+
+Files are created 0600 with O_NOFOLLOW (a symlink planted in logs/ is refused), in
+the owner-only logs/ folder; a file once left for the next day is never written
+again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from queuectl.store import Store
+from queuectl.trail import GENESIS, parse, seal
+
+#: A trail file's name: its lines were appended on that UTC date (or later, once a
+#: clock stepped back: a file is never reopened after a newer one exists).
+FILE_RE = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})\.jsonl$")
+#: Events sealed per transaction, and lines appended per read.
+BATCH = 2000
+#: The lock two writers of one home take turns on.
+LOCK_NAME = "audit.lock"
+#: How often a worker or the monitor brings the trail up to date (seconds): the
+#: longest an event waits for its line while they run.
+FLUSH_INTERVAL = 1.0
+#: How long the database keeps a line every home has appended (seconds).
+LINES_KEPT_FOR = 86400.0
+
+
+@dataclass(frozen=True)
+class End:
+    """The last whole line of the files: its seq and hash, where it is."""
+
+    seq: int
+    hash: str
+    file: Path | None = None
+    line: int = 0
+
+
+def files(logs_dir: Path) -> list[Path]:
+    """The trail's files in `logs_dir`, oldest first (their names sort by date)."""
+    try:
+        names = os.listdir(logs_dir)
+    except FileNotFoundError:
+        return []
+    return [logs_dir / n for n in sorted(names) if FILE_RE.match(n)]
+
+
+def home_key(logs_dir: Path) -> str:
+    """The name a home's files go by in the database: its logs folder's real path."""
+    return str(Path(logs_dir).resolve())
+
+
+def seal_pending(store: Store, limit: int = BATCH) -> int:
+    """Seal every event waiting in the database; the number this process sealed.
+    Another process sealing at the same time wins some batches: they are not lost."""
+    sealed = 0
+    while True:
+        head, token, sources = store.trail.pending(limit)
+        if not sources:
+            old, new = token
+            if new != old:  # PostgreSQL: xmin moved past transactions that wrote none
+                store.trail.commit(head, token, [])
+            return sealed
+        lines = seal(sources, *head)
+        if store.trail.commit(head, token, lines):
+            sealed += len(lines)
+        if len(sources) < limit:
+            return sealed
+
+
+@contextlib.contextmanager
+def locked(logs_dir: Path) -> Iterator[None]:
+    """Hold logs/audit.lock (created 0600, never through a symlink)."""
+    logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(logs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def last_line(logs_dir: Path, *, repair: bool = False) -> End:
+    """Where the files end: the newest file's last whole line (seq 0: no line yet;
+    -1: a line that is not an event).  `repair` (under the lock): cut a last line
+    that a crash left without its newline."""
+    for path in reversed(files(logs_dir)):
+        end = file_end(path, repair=repair)
+        if end is not None:
+            return end
+    return End(0, GENESIS)
+
+
+def file_end(path: Path, *, repair: bool = False) -> End | None:
+    """The last whole line of one file (None: it has none)."""
+    fd = os.open(path, (os.O_RDWR if repair else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        tail = _tail(fd, size)
+        if tail and not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n") + 1
+            if repair:
+                os.ftruncate(fd, size - (len(tail) - cut))
+            tail = tail[:cut]
+        lines = tail.splitlines()
+        if not lines:
+            return None
+        event = parse(lines[-1].decode("utf-8", "replace"))
+        if isinstance(event, str):
+            return End(-1, "", path, 0)  # not ours to mend: verify reports it
+        return End(int(event["seq"]), str(event["hash"]), path, _count_lines(fd))
+    finally:
+        os.close(fd)
+
+
+def _tail(fd: int, size: int) -> bytes:
+    """The file's last lines: enough bytes to hold the last whole one."""
+    chunk = 65536
+    while True:
+        start = max(0, size - chunk)
+        data = os.pread(fd, size - start, start)
+        if start == 0 or data.count(b"\n") >= 2:
+            return data
+        chunk *= 4
+
+
+def _count_lines(fd: int) -> int:
+    n, offset = 0, 0
+    while True:
+        data = os.pread(fd, 1 << 20, offset)
+        if not data:
+            return n
+        n += data.count(b"\n")
+        offset += len(data)
+
+
+def _append(path: Path, texts: list[str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        data = "".join(t + "\n" for t in texts).encode("utf-8")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _target(logs_dir: Path, end: End, now: float) -> Path:
+    """Today's file (UTC), or the newest file when a clock step makes today older."""
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    if end.file is not None:
+        match = FILE_RE.match(end.file.name)
+        if match and match.group(1) > today:
+            return end.file
+    return logs_dir / f"audit-{today}.jsonl"
+
+
+def write(store: Store, logs_dir: Path, now: float | None = None) -> int:
+    """Append to this home's files every sealed line they lack; the number appended."""
+    with locked(logs_dir):
+        return _write_locked(store, logs_dir, now)
+
+
+def flush(store: Store, logs_dir: Path, now: float | None = None) -> int:
+    """Seal what waits, then append it to this home's files; the lines appended.
+    Sealing under the home's lock too: the processes of one home take turns, and
+    none computes a batch that another's compare-and-set then throws away."""
+    with locked(logs_dir):
+        seal_pending(store)
+        return _write_locked(store, logs_dir, now)
+
+
+def _write_locked(store: Store, logs_dir: Path, now: float | None) -> int:
+    key = home_key(logs_dir)
+    written = 0
+    end = last_line(logs_dir, repair=True)
+    if end.seq < 0:
+        return 0  # the newest file ends in a line that is not an event: verify says so
+    mark = store.trail.home(key)
+    after = max(end.seq, mark.seq if mark is not None else 0)
+    while True:
+        rows = store.trail.lines(after, BATCH)
+        if not rows:
+            return written
+        target = _target(logs_dir, end, time.time() if now is None else now)
+        _append(target, [text for _, text in rows])
+        written += len(rows)
+        after = rows[-1][0]
+        last = parse(rows[-1][1])
+        digest = str(last["hash"]) if isinstance(last, dict) else ""
+        end = End(after, digest, target)
+        store.trail.set_home(key, after, digest)
+
+
+class Flusher:
+    """flush() for a long-running process (a worker, the monitor): a failure is
+    logged once, when it first happens and when it clears, and never raised (the
+    events wait in the database for the next flush, lost by none)."""
+
+    def __init__(self, store: Store, logs_dir: Path, log: Any) -> None:
+        self.store, self.logs_dir, self.log = store, logs_dir, log
+        self._failing: str | None = None
+
+    def __call__(self) -> int:
+        from queuectl.errors import QueuectlError
+
+        try:
+            n = flush(self.store, self.logs_dir)
+        except (OSError, QueuectlError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._failing:
+                self.log.warning("audit_trail_not_written", error=error)
+            self._failing = error
+            return 0
+        if self._failing is not None:
+            self.log.info("audit_trail_written_again")
+            self._failing = None
+        return n
