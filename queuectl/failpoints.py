@@ -15,3 +15,9 @@ _ACTIVE = frozenset(p.strip() for p in os.environ.get("QUEUECTL_FAILPOINT", "").
 def hit(name: str) -> None:
     if name in _ACTIVE:
         os._exit(137)
+
+
+def armed(name: str) -> bool:
+    """Whether `name` is set: for a crash point that needs to do part of its work
+    first (a write cut in the middle)."""
+    return name in _ACTIVE

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from queuectl import failpoints
 from queuectl.store import Store
 from queuectl.trail import GENESIS, parse, seal
 
@@ -157,6 +158,9 @@ def _append(path: Path, texts: list[str]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         data = "".join(t + "\n" for t in texts).encode("utf-8")
+        if failpoints.armed("trail_mid_append"):
+            os.write(fd, data[: len(data) // 2 + 1])  # a line cut in the middle
+            os._exit(137)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -186,7 +190,8 @@ def flush(store: Store, logs_dir: Path, now: float | None = None) -> int:
     Sealing under the home's lock too: the processes of one home take turns, and
     none computes a batch that another's compare-and-set then throws away."""
     with locked(logs_dir):
-        seal_pending(store)
+        if seal_pending(store):
+            failpoints.hit("trail_after_seal")
         return _write_locked(store, logs_dir, now)
 
 
@@ -204,6 +209,7 @@ def _write_locked(store: Store, logs_dir: Path, now: float | None) -> int:
             return written
         target = _target(logs_dir, end, time.time() if now is None else now)
         _append(target, [text for _, text in rows])
+        failpoints.hit("trail_after_append")
         written += len(rows)
         after = rows[-1][0]
         last = parse(rows[-1][1])

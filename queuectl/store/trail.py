@@ -47,7 +47,8 @@ class TrailStore(Protocol):
         sealing these events moves it to), and up to `limit` events not
         yet sealed, in the order they committed, all read in one snapshot.  On
         PostgreSQL an event of a transaction that may still be running (at or past
-        the snapshot's xmin) waits, so one that commits later is never passed over."""
+        the oldest transaction running in the database) waits, so one that commits
+        later is never passed over."""
 
     def commit(self, head: tuple[int, str], token: tuple[object, object], lines: Sequence[Sealed]) -> bool:
         """Keep `lines` (the seals of the events `pending` returned with `head` and

@@ -21,6 +21,7 @@ from queuectl.errors import DuplicateJob, InvalidInput
 from queuectl.models import Event, Job, JobState, NewJob, Outcome, Transition, WorkerInfo
 from queuectl.store import Store
 from queuectl.store.outcome import Completed, GivenBack, RecoveredDead, RecoveredRetry, finished
+from queuectl.trail_files import seal_pending
 from tests.conftest import StoreFactory
 from tests.helpers import T0, wait_until
 
@@ -432,6 +433,7 @@ def test_purge_deletes_finished_jobs_and_their_history(store: Store) -> None:
     for now in (T0 + 1, T0 + 5):  # "old" finishes at T0 + 1, "new" at T0 + 5
         finish(store, claim(store, now), JobState.COMPLETED, now)
     _dead(store, "dead", T0 + 2)
+    seal_pending(store)  # a purge deletes only the history the audit trail has sealed
     assert store.purge([JobState.COMPLETED], before=T0 + 3) == 1
     assert sorted(states(store)) == ["dead", "keep", "new"]
     assert store.history("old") == []
@@ -446,6 +448,7 @@ def test_purge_with_a_limit_deletes_the_earliest_created_first(store: Store) -> 
     store.enqueue([new(f"j{i}", run_at=T0) for i in range(5)], now=T0)
     for i in range(5):
         finish(store, claim(store, T0 + i), JobState.COMPLETED, T0 + 10 + i)
+    seal_pending(store)  # a purge deletes only the history the audit trail has sealed
     assert store.purgeable([JobState.COMPLETED], before=T0 + 13) == 3
     assert store.purge([JobState.COMPLETED], before=T0 + 13, limit=2) == 2
     assert sorted(states(store)) == ["j2", "j3", "j4"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_recover_job_from_another_folder_writes_to_the_homes_logs(
 def test_recover_job_whose_log_cannot_be_written_exits_0_with_a_warning(qhome: QHome) -> None:
     held_job(qhome)
     logs = qhome.path / "logs"
+    shutil.rmtree(logs)  # the worker's audit trail flush made it
     logs.write_text("a file where the logs folder should be\n")
     proc = qhome.run("recover", "--job", "held")
     assert proc.returncode == 0, proc.stderr

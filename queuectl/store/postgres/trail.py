@@ -3,8 +3,10 @@
 Identity values are handed out in no commit order here: a transaction that took
 seq 10 may commit after one that took seq 11.  So every event and note records its
 transaction (`xid`), and sealing takes only the events of transactions older than
-every one still running (below the snapshot's xmin): those are final, and nothing
-can commit among them later.  The head covers everything below the mark (xid, kind,
+every one still running in this database (the bound in PENDING): those are final,
+and nothing can commit among them later.  A transaction left open in this database
+(an idle-in-transaction session) holds sealing back until it ends: its events wait,
+none is lost or passed over.  The head covers everything below the mark (xid, kind,
 id); an event of a running transaction waits for the next sealing.
 """
 
@@ -19,11 +21,19 @@ from queuectl.store.trail import Mark
 from queuectl.trail import Sealed, Source
 
 _SOURCE = "at, actor, job_id, from_state, to_state, attempt, worker_id, exit_code, error, reason"
-#: The head and up to %(n)s events and notes past its mark and below xmin, in the
-#: order (xid, kind, id), in one statement (one snapshot).
+#: The head and up to %(n)s events and notes past its mark and below the bound, in
+#: the order (xid, kind, id), in one statement (one snapshot).  The bound (named
+#: xmin below) is the oldest transaction still running in this database (one of
+#: another database's sessions never writes here: left out), or, with none, the
+#: snapshot's xmax: everything below it has committed or never will.
 PENDING = f"""
-WITH h AS (SELECT seq, hash, mark_xid, mark_src, mark_id,
-                  pg_snapshot_xmin(pg_current_snapshot()) AS xmin FROM audit_head)
+WITH snap AS (SELECT pg_current_snapshot() AS s),
+h AS (SELECT seq, hash, mark_xid, mark_src, mark_id, coalesce(
+          (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) x WHERE x::xid NOT IN (
+               SELECT backend_xid FROM pg_stat_activity
+               WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database())),
+          (SELECT pg_snapshot_xmax(s) FROM snap)) AS xmin
+      FROM audit_head)
 SELECT h.seq, h.hash, h.mark_xid::text, h.mark_src, h.mark_id, h.xmin::text, s.*
 FROM h LEFT JOIN LATERAL (
     (SELECT e.xid::text AS x, e.xid, 0 AS src, e.seq AS id, {_SOURCE},
@@ -32,7 +42,8 @@ FROM h LEFT JOIN LATERAL (
      WHERE e.xid >= h.mark_xid AND e.xid < h.xmin AND (e.xid, 0, e.seq) > (h.mark_xid, h.mark_src, h.mark_id)
      ORDER BY e.xid, e.seq LIMIT %(n)s)
     UNION ALL
-    (SELECT n.xid::text, n.xid, 1, n.id, at, actor, NULL, NULL, NULL, NULL, NULL, NULL, NULL, kind, detail
+    (SELECT n.xid::text, n.xid, 1, n.id, at, actor, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            kind, detail
      FROM audit_notes n
      WHERE n.xid >= h.mark_xid AND n.xid < h.xmin AND (n.xid, 1, n.id) > (h.mark_xid, h.mark_src, h.mark_id)
      ORDER BY n.xid, n.id LIMIT %(n)s)
@@ -90,8 +101,11 @@ class PostgresTrail:
         found = [(row[6], int(row[8]), int(row[9]), _source(row[10:], int(row[9]))) for row in rows if row[6]]
         taken = found[:limit]
         old = (str(mark_xid), int(mark_src), int(mark_id))
-        # All that waited below xmin taken: the mark moves to xmin itself.
+        # All that waited below the bound taken: the mark moves to the bound itself
+        # (never back: a bound below the mark only means nothing new is final).
         new = (str(xmin), -1, 0) if len(found) < limit else taken[-1][:3]
+        if not taken and int(str(xmin)) <= int(str(mark_xid)):
+            new = old
         return (int(seq), str(digest)), (old, new), [t[3] for t in taken]
 
     def commit(self, head: tuple[int, str], token: tuple[object, object], lines: Sequence[Sealed]) -> bool:

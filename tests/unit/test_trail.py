@@ -1,0 +1,76 @@
+"""The audit trail's lines (queuectl/trail.py): fields, canonical text, links."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from queuectl.trail import GENESIS, Source, canonical, event_name, link, parse, seal
+from tests.helpers import T0
+
+
+def job(
+    ident: int, frm: str | None, to: str, *, actor: str | None = None, worker: str | None = None
+) -> Source:
+    return Source(id=ident, at=T0 + ident, actor=actor, job_id="a", from_state=frm, to_state=to,
+                  attempt=1, worker_id=worker)  # fmt: skip
+
+
+def test_lines_chain_from_genesis_with_no_gap() -> None:
+    sources = [job(1, None, "pending", actor="alice@h"), job(2, "pending", "processing", worker="w1")]
+    lines = seal(sources, 0, GENESIS)
+    assert [ln.seq for ln in lines] == [1, 2]
+    first, second = (json.loads(ln.line) for ln in lines)
+    assert first["prev_hash"] == GENESIS and second["prev_hash"] == first["hash"]
+    body = {k: v for k, v in second.items() if k not in ("hash", "prev_hash")}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    assert second["hash"] == hashlib.sha256((first["hash"] + text).encode()).hexdigest()
+    assert [ln.hash for ln in lines] == [first["hash"], second["hash"]]
+    # One line per event, keys sorted (structlog's JSON renderer), no newline inside.
+    assert all(
+        "\n" not in ln.line and list(json.loads(ln.line)) == sorted(json.loads(ln.line)) for ln in lines
+    )
+
+
+def test_a_chain_goes_on_from_any_line() -> None:
+    whole = seal([job(1, None, "pending"), job(2, "pending", "processing", worker="w")], 0, GENESIS)
+    tail = seal([job(2, "pending", "processing", worker="w")], 1, whole[0].hash)
+    assert tail == whole[1:]
+
+
+def test_any_change_to_a_line_changes_its_hash() -> None:
+    (line,) = seal([job(1, "processing", "completed", worker="w1")], 0, GENESIS)
+    event = json.loads(line.line)
+    assert link(event["prev_hash"], event) == event["hash"]
+    for key, value in (("exit_code", 1), ("job_id", "b"), ("seq", 2), ("actor", "mallory@h"), ("at", "x")):
+        assert link(event["prev_hash"], {**event, key: value}) != event["hash"], key
+    assert link("f" * 64, event) != event["hash"]  # the line before changed
+    assert "hash" not in canonical(event) and "prev_hash" not in canonical(event)
+
+
+def test_event_names_and_actors() -> None:
+    assert event_name(job(1, None, "pending")) == "job_enqueued"
+    assert event_name(job(2, "pending", "processing", worker="w")) == "job_claimed"
+    assert event_name(job(3, "processing", "failed", worker="w")) == "job_failed"
+    assert event_name(job(3, "processing", "pending", actor="monitor:h:1", worker="w")) == "job_recovered"
+    assert event_name(job(4, "dead", "pending", actor="bob@h")) == "job_retried"
+    assert event_name(job(5, "waiting", "pending")) == "job_released"
+    assert event_name(job(6, "pending", "cancelled", actor="bob@h")) == "job_cancelled"
+    (claimed,) = seal([job(1, "pending", "processing", worker="w9")], 0, GENESIS)
+    assert json.loads(claimed.line)["actor"] == "w9"  # a worker's own change: its id
+    (child,) = seal([job(1, "waiting", "pending")], 0, GENESIS)
+    assert json.loads(child.line)["actor"] == "queuectl"  # the database's consequence of another
+    note = Source(id=7, at=T0, actor="bob@h", note="config_set", detail='{"key": "max_retries"}')
+    (line,) = seal([note], 0, GENESIS)
+    assert json.loads(line.line) | {"hash": "", "prev_hash": ""} == {
+        "seq": 1, "event": "config_set", "at": "2023-11-14T22:13:20.000Z", "actor": "bob@h",
+        "note_id": 7, "detail": {"key": "max_retries"}, "hash": "", "prev_hash": "",
+    }  # fmt: skip
+
+
+def test_parse_names_what_is_wrong() -> None:
+    assert parse("{") == "not JSON"
+    assert parse("[1]") == "not a JSON object"
+    assert parse('{"seq": 1}') == "no event, at, actor, prev_hash, hash"
+    ok = '{"seq": "1", "event": "e", "at": "t", "actor": "a", "prev_hash": "p", "hash": "h"}'
+    assert parse(ok) == "seq is not a number"
