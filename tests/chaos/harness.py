@@ -421,6 +421,16 @@ def check(
     if require_logs and len(missing) > log_gaps:
         p.extend(f"{x}: recovered in the history but in no recovery log" for x in sorted(missing))
 
+    # 8. the audit trail is whole: one chain, every sealed history event in it once,
+    # the same (audit verify --against-db brings the files up to date first).
+    proc = c.run("audit", "verify", "--against-db", "--json", check=False)
+    if proc.returncode != 0:
+        try:
+            problems = json.loads(proc.stdout)["problems"]
+        except ValueError:
+            problems = [proc.stderr.strip()]
+        p.extend(f"audit trail: {x}" for x in problems[:10])
+
     # 7. the database is sound.
     if c.is_sqlite:
         import apsw

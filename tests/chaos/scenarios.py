@@ -137,6 +137,31 @@ def failpoint(c: Cluster, point: str, *, jobs: int = 30, crashes: int = 4) -> Re
     return _finish(c, w, f"failpoint {point}", log, started)
 
 
+def trail_crashes(c: Cluster, point: str, *, jobs: int = 30, crashes: int = 3) -> Result:
+    """Round by round, jobs are enqueued (their events wait to be sealed: enqueue
+    does not flush) and a worker with QUEUECTL_FAILPOINT=point dies in the audit
+    trail's flush: after sealing, in the middle of its append, or after the append
+    before recording it.  Then burst workers drain the rest."""
+    c.fast()
+    w = Workload(c.path / "runs")
+    started = time.monotonic()
+    log = FaultLog()
+    per_round = max(1, jobs // crashes)
+    for i in range(crashes):
+        w.enqueue(c, w.specs(per_round, sleep=(0.01, 0.03), prefix=f"r{i}-"))
+        code = c.spawn("worker", "run", failpoint=point).wait(timeout=60)
+        assert code == 137, f"{point}: exited {code}, not at the failpoint"
+        log.other.append(time.time())
+    deadline = time.monotonic() + 120
+    while not c.drained():
+        assert time.monotonic() < deadline, f"no drain: {c.counts()}"
+        drainers = [c.spawn("worker", "run", "--burst", "--poll-interval", "0.05") for _ in range(2)]
+        for d in drainers:
+            assert d.wait(timeout=120) == 0
+    _settle(c)
+    return _finish(c, w, f"trail crash {point}", log, started)
+
+
 # --- SIGSTOP a worker holding a job, let it be recovered, SIGCONT --------------------
 
 

@@ -3,8 +3,11 @@ its fault during a drain and then checks every invariant (tests/chaos/harness.py
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from queuectl.trail_files import files
 from tests.chaos import scenarios
 from tests.chaos.harness import Cluster
 
@@ -27,6 +30,17 @@ def test_worker_crash_points(chaos: Cluster, point: str) -> None:
         assert res.report.duplicates == 0  # its result was in: nothing runs again
     else:
         assert res.report.recoveries >= 3
+
+
+@pytest.mark.parametrize("point", ["trail_after_seal", "trail_mid_append", "trail_after_append"])
+def test_audit_writers_killed_between_commit_and_append(chaos: Cluster, point: str) -> None:
+    # Each crash leaves sealed lines unwritten, a line cut in the middle, or lines
+    # written but not recorded: the next writer completes the files, nothing twice.
+    res = scenarios.trail_crashes(chaos, point, jobs=24, crashes=3)
+    res.report.ok()  # includes `audit verify --against-db`
+    logs = chaos.path / "logs"
+    seqs = [json.loads(line)["seq"] for f in files(logs) for line in f.read_text().splitlines()]
+    assert seqs == list(range(1, chaos.store.trail.head()[0] + 1))
 
 
 def test_monitor_killed_after_its_compare_and_set(chaos: Cluster) -> None:

@@ -1,0 +1,265 @@
+"""The audit trail through the command line: `audit verify` finds every kind of
+tampering in a copy of a home's files at the right line, `--against-db` holds the
+files to the history, checkpoints let old files go, `export` filters, and the files
+are the owner's alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from queuectl import trail_files
+from queuectl.store.sqlite import SQLiteStore
+from tests.helpers import QHome
+
+DAY = 86400.0
+
+
+def build(qhome: QHome, jobs: int = 4) -> list[str]:
+    """A trail of enqueues, claims, finishes (one dead), config and queue changes,
+    all written to the home's files; its lines."""
+    for i in range(jobs):
+        qhome.invoke("enqueue", "true", "--id", f"j{i}")
+    qhome.invoke("enqueue", "exit 3", "--id", "bad", "--max-retries", "0")
+    assert qhome.run("worker", "run", "--burst").returncode == 0
+    qhome.invoke("config", "set", "backoff_base", "3")
+    qhome.invoke("queue", "pause", "reports")
+    return lines(qhome.path / "logs")
+
+
+def lines(logs: Path) -> list[str]:
+    return [ln for f in trail_files.files(logs) for ln in f.read_text().splitlines()]
+
+
+def verify(qhome: QHome, *args: str, code: int = 0) -> dict[str, Any]:
+    result = qhome.invoke("audit", "verify", "--json", *args, code=code)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def copy_of(qhome: QHome, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(qhome.path / "logs", copy)
+    return copy
+
+
+def the_file(copy: Path) -> Path:
+    (path,) = trail_files.files(copy)
+    return path
+
+
+def edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
+    path.write_text("".join(line + "\n" for line in change(path.read_text().splitlines())))
+
+
+def test_a_fresh_trail_verifies_and_names_every_actor(qhome: QHome) -> None:
+    written = build(qhome)
+    events = [json.loads(line) for line in written]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    kinds = {e["event"] for e in events}
+    assert {"job_enqueued", "job_claimed", "job_completed", "job_dead", "config_set", "queue_paused"} <= kinds
+    me = {e["actor"] for e in events if e["event"] in ("job_enqueued", "config_set", "queue_paused")}
+    assert len(me) == 1 and "@" in me.pop()  # user@host
+    workers = {e["actor"] for e in events if e["event"] in ("job_claimed", "job_completed")}
+    assert workers == {e["worker_id"] for e in events if e["event"] == "job_claimed"}
+    report = verify(qhome, "--against-db")
+    assert report["ok"] and report["first_broken"] is None
+    assert report["lines"] == len(events) and report["head"]["seq"] == len(events)
+    assert report["history_compared"] == sum(1 for e in events if "job_id" in e)
+    text = qhome.invoke("audit", "verify").stdout
+    assert text.startswith(f"audit trail intact: {len(events)} lines in 1 file(s)")
+    for path in trail_files.files(qhome.path / "logs"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def _insert(ls: list[str]) -> list[str]:
+    forged = json.loads(ls[3]) | {"job_id": "forged"}
+    return [*ls[:4], json.dumps(forged), *ls[4:]]
+
+
+def _bad_json(ls: list[str]) -> list[str]:
+    return [*ls[:4], ls[4][:-3], *ls[5:]]
+
+
+def _edit(ls: list[str]) -> list[str]:
+    event = json.loads(ls[4]) | {"actor": "mallory@elsewhere"}
+    return [*ls[:4], json.dumps(event, sort_keys=True), *ls[5:]]
+
+
+def _rehashed_edit(ls: list[str]) -> list[str]:
+    # An editor who recomputes the edited line's hash breaks the next line's link,
+    # and while the database keeps the line (a day), differs from it at once.
+    from queuectl.trail import link
+
+    event = json.loads(ls[4]) | {"exit_code": 0, "error": None}
+    event["hash"] = link(event["prev_hash"], event)
+    return [*ls[:4], json.dumps(event), *ls[5:]]
+
+
+#: (tampering, the broken link's kind, its 1-based line in the file)
+TAMPERING: list[tuple[str, Callable[[list[str]], list[str]], str, int]] = [
+    ("edit", _edit, "edited", 5),
+    ("edit_and_rehash", _rehashed_edit, "differs", 5),
+    ("bad_json", _bad_json, "unreadable", 5),
+    ("delete", lambda ls: ls[:4] + ls[5:], "gap", 5),
+    ("swap", lambda ls: [*ls[:4], ls[5], ls[4], *ls[6:]], "gap", 5),
+    ("duplicate", lambda ls: [*ls[:5], ls[4], *ls[5:]], "out_of_order", 6),
+    ("insert", _insert, "edited", 5),
+    ("delete_first", lambda ls: ls[1:], "missing_start", 1),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "kind", "line"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_verify_finds_each_tampering_at_its_line(
+    qhome: QHome, tmp_path: Path, name: str, change: Callable[[list[str]], list[str]], kind: str, line: int
+) -> None:
+    build(qhome)
+    copy = copy_of(qhome, tmp_path)
+    path = the_file(copy)
+    edit(path, change)
+    report = verify(qhome, "--dir", str(copy), code=1)
+    first = report["first_broken"]
+    assert (first["kind"], first["file"], first["line"]) == (kind, str(path), line), report["problems"]
+    if name == "edit_and_rehash":
+        assert report["problems"][1]["kind"] == "broken_link" and report["problems"][1]["line"] == 6
+    text = qhome.invoke("audit", "verify", "--dir", str(copy), code=1).stdout
+    assert text.startswith(f"audit trail BROKEN: {path} line {line}: ")
+    assert verify(qhome)["ok"]  # the home's own files are untouched
+
+
+def test_verify_finds_a_cut_tail_and_a_missing_newest_file(qhome: QHome, tmp_path: Path) -> None:
+    written = build(qhome)
+    copy = copy_of(qhome, tmp_path)
+    path = the_file(copy)
+    edit(path, lambda ls: ls[:-2])
+    first = verify(qhome, "--dir", str(copy), code=1)["first_broken"]
+    assert (first["kind"], first["file"], first["line"]) == ("truncated", str(path), len(written) - 1)
+    assert f"up to seq {len(written)}" in first["message"]
+    path.unlink()
+    first = verify(qhome, "--dir", str(copy), code=1)["first_broken"]
+    assert first["kind"] == "truncated"
+
+
+def test_a_torn_last_line_is_mended_by_the_next_writer(qhome: QHome) -> None:
+    written = build(qhome)
+    path = the_file(qhome.path / "logs")
+    with path.open("a") as fh:
+        fh.write(written[-1][:40])  # a writer killed mid-line, its line not recorded
+    assert verify(qhome, "--dir", str(qhome.path / "logs"), code=1)["first_broken"]["kind"] == "torn"
+    qhome.invoke("config", "set", "backoff_base", "4")  # flushes
+    assert verify(qhome, "--against-db")["ok"]
+    assert lines(qhome.path / "logs")[: len(written)] == written
+
+
+def test_a_cut_tail_is_never_refilled_silently(qhome: QHome) -> None:
+    written = build(qhome)
+    path = the_file(qhome.path / "logs")
+    edit(path, lambda ls: ls[:-3])
+    qhome.invoke("config", "set", "backoff_base", "4")  # a writer appends after what it wrote
+    first = verify(qhome, code=1)["first_broken"]
+    assert (first["kind"], first["line"]) == ("gap", len(written) - 2)
+
+
+def test_against_db_finds_history_and_lines_that_differ(qhome: QHome) -> None:
+    build(qhome)
+    conn = apsw.Connection(str(qhome.db))
+    conn.execute(
+        "UPDATE job_events SET exit_code = 0, error = NULL WHERE job_id = 'bad' AND to_state = 'dead'"
+    )
+    conn.close()
+    report = verify(qhome, "--against-db", code=1)
+    assert report["first_broken"]["kind"] == "history_differs"
+    assert "exit_code" in report["first_broken"]["message"]
+    conn = apsw.Connection(str(qhome.db))
+    conn.execute("DELETE FROM job_events WHERE job_id = 'j0' AND to_state = 'completed'")
+    conn.close()
+    kinds = [p["kind"] for p in verify(qhome, "--against-db", code=1)["problems"]]
+    assert "missing_history" in kinds
+    assert verify(qhome)["ok"]  # the files themselves are whole
+
+
+def test_a_purge_is_an_event_and_keeps_the_chain_verifiable(qhome: QHome) -> None:
+    build(qhome)
+    qhome.invoke("purge", "--state", "completed", "--yes")
+    events = [json.loads(line) for line in lines(qhome.path / "logs")]
+    assert events[-1]["event"] == "jobs_purged" and events[-1]["detail"]["changed"] == 4
+    assert verify(qhome, "--against-db")["ok"]
+
+
+def test_archived_files_go_after_a_checkpoint(qhome: QHome, tmp_path: Path) -> None:
+    logs = qhome.path / "logs"
+    qhome.invoke("enqueue", "true", "--id", "old")
+    store = SQLiteStore(str(qhome.db))
+    try:
+        trail_files.seal_pending(store)
+        trail_files.write(store, logs, now=time.time() - DAY)  # yesterday's file
+    finally:
+        store.close()
+    build(qhome)
+    old, _today = trail_files.files(logs)
+    assert verify(qhome)["ok"]
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.move(str(old), archive)  # moved away before any checkpoint: a break
+    assert verify(qhome, code=1)["first_broken"]["kind"] == "missing_start"
+    shutil.move(str(archive / old.name), logs)
+    out = qhome.invoke("audit", "checkpoint").stdout
+    assert f"({old.name})" in out
+    shutil.move(str(old), archive)
+    report = verify(qhome, "--against-db")
+    assert report["ok"], report["problems"]
+    assert report["start"].startswith("checkpoint at seq 1 by ")
+    assert any("archived" in n for n in report["notes"])
+    # The checkpoint is itself an event of the chain.
+    assert json.loads(lines(logs)[-1])["event"] == "audit_checkpoint"
+
+
+def test_checkpoint_refuses_a_broken_trail_and_a_foreign_file(qhome: QHome, tmp_path: Path) -> None:
+    build(qhome)
+    foreign = tmp_path / "audit-2000-01-01.jsonl"
+    foreign.write_text("{}\n")
+    err = qhome.run("audit", "checkpoint", "--through", str(foreign))
+    assert err.returncode == 2 and "not one of this home's trail files" in err.stderr
+    assert qhome.run("audit", "checkpoint").returncode == 2  # nothing older than today
+    path = the_file(qhome.path / "logs")
+    edit(path, _edit)
+    proc = qhome.run("audit", "checkpoint", "--through", str(path))
+    assert proc.returncode == 1 and "no checkpoint recorded" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_export_filters_in_chain_order(qhome: QHome) -> None:
+    written = build(qhome)
+    out = qhome.invoke("audit", "export", "--job", "bad").stdout.splitlines()
+    assert [json.loads(x)["event"] for x in out] == ["job_enqueued", "job_claimed", "job_dead"]
+    assert all(x in written for x in out)  # exactly as written
+    me = json.loads(written[0])["actor"]
+    mine = qhome.invoke("audit", "export", "--actor", me).stdout.splitlines()
+    assert mine and all(json.loads(x)["actor"] == me for x in mine)
+    assert qhome.invoke("audit", "export", "--since", "1h").stdout.splitlines() == written
+    assert qhome.invoke("audit", "export", "--until", "2000-01-01T00:00:00").stdout == ""
+    err = qhome.run("audit", "export", "--since", "yesterday-ish")
+    assert err.returncode == 2 and err.stderr.count("\n") == 1
+
+
+def test_a_symlink_planted_for_todays_file_is_not_followed(qhome: QHome, tmp_path: Path) -> None:
+    logs = qhome.path / "logs"
+    logs.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    today = logs / f"audit-{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"
+    os.symlink(victim, today)
+    qhome.invoke("config", "set", "backoff_base", "3")  # its flush refuses the link
+    assert victim.read_text() == "precious\n"
+    proc = qhome.run("audit", "flush")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n"
