@@ -31,13 +31,15 @@ class Monitor(Recoverer):
         log: Any = None,
         signals: StopSignals | None = None,
     ) -> None:
-        store.actor = monitor_actor()
         super().__init__(store, queue=queue, logs_dir=logs_dir, log=log)
         self.signals = signals or StopSignals()
         #: The audit trail's flush after every pass (workers flush every second).
         self._trail = Flusher(store, logs_dir, self.log)
 
     def run(self) -> int:
+        # The monitor process's changes are by `monitor:host:pid` in the audit trail
+        # (a `queuectl recover` using this class is the OS user's, as any command).
+        self.store.actor = monitor_actor()
         self.log.info("monitor_started", host=self.host)
         while not self.signals.warm:
             interval = float(SETTINGS["monitor_interval"].default)  # until config is read

@@ -57,6 +57,7 @@ def _monitor(c: Ctx, signals: Any = None) -> Any:
 def recover(c: Ctx, dry_run: bool, job_id: str | None, as_json: bool) -> None:
     """Run one monitor pass now and print what it recovered (and killed)."""
     mon = _monitor(c)
+    c.queue.changed = True  # its recoveries go to the audit trail as the command ends
     if job_id is not None:
         if dry_run:
             raise InvalidInput("--dry-run and --job cannot be combined")

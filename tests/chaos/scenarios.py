@@ -120,15 +120,7 @@ def failpoint(c: Cluster, point: str, *, jobs: int = 30, crashes: int = 4) -> Re
         code = proc.wait(timeout=60)
         assert code == 137, f"{point}: exited {code}, not at the failpoint"
         log.other.append(time.time())
-    # Burst workers exit when nothing is due, even with a retry waiting out its
-    # backoff: start them again until the queue is drained.
-    deadline = time.monotonic() + 120
-    while not c.drained():
-        assert time.monotonic() < deadline, f"no drain: {c.counts()}"
-        drainers = [c.spawn("worker", "run", "--burst", "--poll-interval", "0.05") for _ in range(2)]
-        for d in drainers:
-            assert d.wait(timeout=120) == 0
-    _settle(c)
+    _drain_in_bursts(c)
     if point == "monitor_after_cas":
         # Each killed pass left its recovery in the audit outbox: the next pass that
         # completes writes it (here an operator's `recover`, so as not to wait for
@@ -152,6 +144,13 @@ def trail_crashes(c: Cluster, point: str, *, jobs: int = 30, crashes: int = 3) -
         code = c.spawn("worker", "run", failpoint=point).wait(timeout=60)
         assert code == 137, f"{point}: exited {code}, not at the failpoint"
         log.other.append(time.time())
+    _drain_in_bursts(c)
+    return _finish(c, w, f"trail crash {point}", log, started)
+
+
+def _drain_in_bursts(c: Cluster) -> None:
+    """Two burst workers at a time until the queue is drained: burst workers exit
+    when nothing is due, even with a retry waiting out its backoff."""
     deadline = time.monotonic() + 120
     while not c.drained():
         assert time.monotonic() < deadline, f"no drain: {c.counts()}"
@@ -159,7 +158,6 @@ def trail_crashes(c: Cluster, point: str, *, jobs: int = 30, crashes: int = 3) -
         for d in drainers:
             assert d.wait(timeout=120) == 0
     _settle(c)
-    return _finish(c, w, f"trail crash {point}", log, started)
 
 
 # --- SIGSTOP a worker holding a job, let it be recovered, SIGCONT --------------------

@@ -263,3 +263,20 @@ def test_a_symlink_planted_for_todays_file_is_not_followed(qhome: QHome, tmp_pat
     proc = qhome.run("audit", "flush")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert victim.read_text() == "precious\n"
+
+
+def test_a_recovery_names_who_recovered_and_whose_attempt_it_was(qhome: QHome) -> None:
+    import subprocess
+
+    qhome.invoke("enqueue", "sleep 0.1", "--id", "held")
+    env = {**qhome.env, "QUEUECTL_FAILPOINT": "after_claim_commit"}
+    proc = subprocess.run(qhome.cmd("worker", "run"), env=env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 137
+    assert qhome.run("recover", "--job", "held").returncode == 0
+    events = [json.loads(x) for x in qhome.invoke("audit", "export", "--job", "held").stdout.splitlines()]
+    assert [e["event"] for e in events] == ["job_enqueued", "job_claimed", "job_recovered"]
+    claimed, recovered = events[1], events[2]
+    assert recovered["worker_id"] == claimed["actor"] == claimed["worker_id"]  # the dead worker's attempt
+    assert recovered["actor"] == events[0]["actor"] and "@" in recovered["actor"]  # the operator
+    assert recovered["reason"] == "manual"
+    assert verify(qhome, "--against-db")["ok"]
