@@ -86,6 +86,8 @@ def event_name(src: Source) -> str:
         return "job_enqueued"
     if to == "processing":
         return "job_claimed"
+    if to == "cancelled":
+        return "job_cancelled"
     if frm == "processing" and src.actor is not None and src.actor != src.worker_id:
         return "job_recovered"  # not the attempt's own worker: the monitor or `recover`
     if frm == "dead" and to == "pending":
@@ -137,17 +139,31 @@ def seal(sources: list[Source], seq: int, prev_hash: str) -> list[Sealed]:
     return out
 
 
+#: The largest seq a line may have (either store holds it, with room to spare).
+MAX_SEQ = 2**62
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse(text: str) -> dict[str, Any] | str:
     """A line's event, or why it is not one."""
     try:
-        event = json.loads(text)
-    except ValueError:
+        event = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return "not JSON"
     if not isinstance(event, dict):
         return "not a JSON object"
     missing = [k for k in COMMON_FIELDS if k not in event]
     if missing:
         return f"no {', '.join(missing)}"
-    if not isinstance(event["seq"], int) or isinstance(event["seq"], bool):
-        return "seq is not a number"
+    seq = event["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+        return "seq is not a line number"
+    if not isinstance(event["hash"], str) or not isinstance(event["prev_hash"], str):
+        return "hash or prev_hash is not text"
+    if json.dumps(event, sort_keys=True) != text:
+        # What json.loads hides: a key given twice, or text re-formatted.
+        return "not as written (a key repeated, or the text re-formatted)"
     return event

@@ -185,6 +185,14 @@ def write(store: Store, logs_dir: Path, now: float | None = None) -> int:
         return _write_locked(store, logs_dir, now)
 
 
+def _joined(store: Store, key: str, first: str) -> None:
+    """A home whose first line is past seq 1 (it joined after the database dropped
+    the lines before): a checkpoint where its files start, so they verify."""
+    event = parse(first)
+    if isinstance(event, dict):
+        store.trail.add_checkpoint(int(event["seq"]) - 1, str(event["prev_hash"]))
+
+
 def flush(store: Store, logs_dir: Path, now: float | None = None) -> int:
     """Seal what waits, then append it to this home's files; the lines appended.
     Sealing under the home's lock too: the processes of one home take turns, and
@@ -199,14 +207,16 @@ def _write_locked(store: Store, logs_dir: Path, now: float | None) -> int:
     key = home_key(logs_dir)
     written = 0
     end = last_line(logs_dir, repair=True)
-    if end.seq < 0:
-        return 0  # the newest file ends in a line that is not an event: verify says so
     mark = store.trail.home(key)
+    # A last line that is not an event (damaged by hand) is not ours to mend: the
+    # lines go on after it from the recorded end, and verify reports it.
     after = max(end.seq, mark.seq if mark is not None else 0)
     while True:
         rows = store.trail.lines(after, BATCH)
         if not rows:
             return written
+        if after == 0 and rows[0][0] > 1:
+            _joined(store, key, rows[0][1])
         target = _target(logs_dir, end, time.time() if now is None else now)
         _append(target, [text for _, text in rows])
         failpoints.hit("trail_after_append")
@@ -228,11 +238,9 @@ class Flusher:
         self._failing: str | None = None
 
     def __call__(self) -> int:
-        from queuectl.errors import QueuectlError
-
         try:
             n = flush(self.store, self.logs_dir)
-        except (OSError, QueuectlError) as exc:
+        except Exception as exc:  # the events wait in the database: never stop the process
             error = f"{type(exc).__name__}: {exc}"
             if error != self._failing:
                 self.log.warning("audit_trail_not_written", error=error)

@@ -18,8 +18,10 @@ listed too (up to MAX_PROBLEMS), since one cut often shows in several places.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +107,20 @@ class _Line:
     path: Path
     number: int
     text: str | None  # None: the file's last line has no newline (cut mid-write)
+    error: str | None = None  # the file could not be read (a symlink, a folder, ...)
 
 
 def _lines(logs_dir: Path) -> Iterator[_Line]:
     for path in files(logs_dir):
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        except OSError as exc:
+            reason = "a symlink (never followed)" if exc.errno == errno.ELOOP else exc.strerror
+            yield _Line(path, 0, None, f"cannot be read: {reason}")
+            continue
         with os.fdopen(fd, "rb") as fh:
             for number, raw in enumerate(fh, 1):
                 if not raw.endswith(b"\n"):
@@ -161,11 +172,12 @@ def verify(
     with _shared_lock(logs_dir):
         for ln in _lines(logs_dir):
             walk.line(ln)
+        if store is None:
+            report.notes.append("no database: the files were checked against each other only")
+            return report
+        # Under the lock too: no writer appends and records a further end meanwhile.
+        _check_ends(home or home_key(logs_dir), logs_dir, store, report)
     job_lines = walk.job_lines
-    if store is None:
-        report.notes.append("no database: the files were checked against each other only")
-        return report
-    _check_ends(home or home_key(logs_dir), logs_dir, store, report)
     if against_db:
         _against_history(store, job_lines, report)
     return report
@@ -187,6 +199,9 @@ class _Walk:
         name, report = str(ln.path), self.report
         if not report.files or report.files[-1] != name:
             report.files.append(name)
+        if ln.error is not None:
+            report.add(Problem("unreadable_file", f"the file {ln.error}", name, None))
+            return
         if ln.text is None:
             report.add(Problem("torn", "the last line is cut off (no newline)", name, ln.number))
             return
@@ -408,7 +423,7 @@ def export(
 
     for ln in _lines(logs_dir):
         if ln.text is None:
-            continue
+            continue  # an unreadable file or a cut line: `audit verify` names it
         event = parse(ln.text)
         if isinstance(event, str):
             continue

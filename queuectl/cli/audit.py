@@ -143,7 +143,7 @@ def checkpoint(c: Ctx, through: str | None) -> None:
         sys.exit(BROKEN)
     target = _through(logs, through)
     end = trail_files.file_end(target)
-    if end is None:
+    if end is None or end.seq <= 0:
         raise InvalidInput(f"{target} holds no line of the trail")
     c.queue.store.trail.add_checkpoint(end.seq, end.hash)
     _flush(c)
@@ -161,12 +161,16 @@ def _through(logs: Path, through: str | None) -> Path:
     from queuectl import trail_files
 
     names = trail_files.files(logs)
+    # Today's file (UTC), or a later one after a clock step, may still take lines;
+    # an older one never does (trail_files._target).
+    today = f"audit-{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"
     if through is not None:
         path = Path(through).resolve()
         if path not in [p.resolve() for p in names]:
             raise InvalidInput(f"{through} is not one of this home's trail files (logs/audit-*.jsonl)")
+        if path.name >= today:
+            raise InvalidInput(f"{through} may still take lines (today's file, UTC): not archivable yet")
         return path
-    today = f"audit-{time.strftime('%Y-%m-%d', time.gmtime())}.jsonl"
     older = [p for p in names if p.name < today]
     if not older:
         raise InvalidInput("no trail file before today's to archive: name one with --through")

@@ -230,6 +230,9 @@ def test_checkpoint_refuses_a_broken_trail_and_a_foreign_file(qhome: QHome, tmp_
     err = qhome.run("audit", "checkpoint", "--through", str(foreign))
     assert err.returncode == 2 and "not one of this home's trail files" in err.stderr
     assert qhome.run("audit", "checkpoint").returncode == 2  # nothing older than today
+    current = the_file(qhome.path / "logs")
+    err = qhome.run("audit", "checkpoint", "--through", str(current))
+    assert err.returncode == 2 and "not archivable yet" in err.stderr  # still written to
     path = the_file(qhome.path / "logs")
     edit(path, _edit)
     proc = qhome.run("audit", "checkpoint", "--through", str(path))
@@ -280,3 +283,40 @@ def test_a_recovery_names_who_recovered_and_whose_attempt_it_was(qhome: QHome) -
     assert recovered["actor"] == events[0]["actor"] and "@" in recovered["actor"]  # the operator
     assert recovered["reason"] == "manual"
     assert verify(qhome, "--against-db")["ok"]
+
+
+def test_unreadable_and_damaged_files_are_reported_not_crashed_on(qhome: QHome, tmp_path: Path) -> None:
+    written = build(qhome)
+    logs = qhome.path / "logs"
+    os.symlink(tmp_path / "elsewhere", logs / "audit-2000-01-01.jsonl")
+    first = verify(qhome, code=1)["first_broken"]
+    assert first["kind"] == "unreadable_file" and "symlink" in first["message"]
+    assert qhome.invoke("audit", "export").stdout.splitlines() == written
+    (logs / "audit-2000-01-01.jsonl").unlink()
+    path = the_file(logs)
+    with path.open("a") as fh:
+        fh.write('{"seq": ' + "9" * 30 + "}\n")  # a damaged last line
+    qhome.invoke("config", "set", "backoff_base", "5")  # goes on after it, never stalls
+    report = verify(qhome, code=1)
+    assert (report["first_broken"]["kind"], report["first_broken"]["line"]) == (
+        "unreadable",
+        len(written) + 1,
+    )
+    assert json.loads(path.read_text().splitlines()[-1])["event"] == "config_set"
+
+
+def test_a_home_joining_after_old_lines_were_dropped_starts_at_a_checkpoint(
+    qhome: QHome, tmp_path: Path
+) -> None:
+    build(qhome)
+    store = SQLiteStore(str(qhome.db))
+    try:
+        assert store.trail.prune(time.time() + 10 * DAY, 1000) > 0  # the first home has them all
+    finally:
+        store.close()
+    other = QHome(tmp_path / "other")
+    other.path.mkdir()
+    result = other.invoke("--db", str(qhome.db), "audit", "verify", "--json")  # flushes: joins
+    report = json.loads(result.stdout)
+    assert report["ok"], report["problems"]
+    assert report["first_seq"] > 1 and report["start"].startswith("checkpoint at seq ")

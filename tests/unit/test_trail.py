@@ -56,6 +56,8 @@ def test_event_names_and_actors() -> None:
     assert event_name(job(4, "dead", "pending", actor="bob@h")) == "job_retried"
     assert event_name(job(5, "waiting", "pending")) == "job_released"
     assert event_name(job(6, "pending", "cancelled", actor="bob@h")) == "job_cancelled"
+    running = job(6, "processing", "cancelled", actor="bob@h", worker="w")
+    assert event_name(running) == "job_cancelled"  # not a recovery, though not its worker's
     (claimed,) = seal([job(1, "pending", "processing", worker="w9")], 0, GENESIS)
     assert json.loads(claimed.line)["actor"] == "w9"  # a worker's own change: its id
     (child,) = seal([job(1, "waiting", "pending")], 0, GENESIS)
@@ -73,4 +75,11 @@ def test_parse_names_what_is_wrong() -> None:
     assert parse("[1]") == "not a JSON object"
     assert parse('{"seq": 1}') == "no event, at, actor, prev_hash, hash"
     ok = '{"seq": "1", "event": "e", "at": "t", "actor": "a", "prev_hash": "p", "hash": "h"}'
-    assert parse(ok) == "seq is not a number"
+    assert parse(ok) == "seq is not a line number"
+    assert parse(ok.replace('"1"', str(2**63))) == "seq is not a line number"
+    assert parse("[" * 100_000) == "not JSON"
+    assert parse('{"seq": NaN}') == "not JSON"
+    (line,) = seal([job(1, None, "pending")], 0, GENESIS)
+    assert parse(line.line) == json.loads(line.line)
+    twice = line.line.replace('{"actor": "queuectl"', '{"actor": "mallory@x", "actor": "queuectl"', 1)
+    assert twice != line.line and parse(twice) == "not as written (a key repeated, or the text re-formatted)"
