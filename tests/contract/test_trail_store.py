@@ -116,17 +116,29 @@ def test_sealing_in_batches_leaves_no_gap(store: Store) -> None:
     assert [e.get("job_id") for e in events] == [f"j{i:03}" for i in range(25)] + [None, "last"]
 
 
-def test_a_purge_keeps_the_events_not_sealed_yet(store: Store) -> None:
-    store.enqueue([new("a")], now=T0)
+def test_a_purge_waits_for_a_jobs_events_to_be_sealed(store: Store) -> None:
+    store.enqueue([new("a"), new("b")], now=T0)
     register(store)
-    run_one(store)
-    assert store.purge([JobState.COMPLETED]) == 1  # before any sealing
-    assert store.get("a") is None
+    run_one(store)  # a
+    seal_pending(store)
+    run_one(store)  # b: its claim and finish wait to be sealed
+    assert store.purge([JobState.COMPLETED]) == 1  # a only: b's history is not sealed yet
+    assert store.get("a") is None and store.history("a") == []
+    assert store.get("b") is not None
+    seal_pending(store)
+    assert store.purge([JobState.COMPLETED]) == 1
+    assert store.get("b") is None and store.history("b") == []  # no event left without its job
     seal_pending(store)
     events = chain(store)
-    assert [(e["event"], e.get("job_id")) for e in events] == [
-        ("job_enqueued", "a"), ("job_claimed", "a"), ("job_completed", "a"), ("jobs_purged", None),
+    assert [(e["event"], e.get("job_id")) for e in events if e.get("job_id") != "b"] == [
+        ("job_enqueued", "a"), ("job_claimed", "a"), ("job_completed", "a"),
+        ("jobs_purged", None), ("jobs_purged", None),
     ]  # fmt: skip
+    assert [e["event"] for e in events if e.get("job_id") == "b"] == [
+        "job_enqueued",
+        "job_claimed",
+        "job_completed",
+    ]
 
 
 def test_homes_marks_never_move_back_and_lines_are_kept_until_every_home_has_them(store: Store) -> None:

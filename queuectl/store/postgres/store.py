@@ -42,7 +42,7 @@ from queuectl.store.postgres.notify import Listener, channel
 from queuectl.store.postgres.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS
 from queuectl.store.postgres.schedules import Schedules
 from queuectl.store.postgres.schema import migrate
-from queuectl.store.postgres.trail import SEALED_EVENT, PostgresTrail, add_note, set_actor, stamp
+from queuectl.store.postgres.trail import ALL_SEALED, SEALED_EVENT, PostgresTrail, add_note, set_actor, stamp
 from queuectl.store.sql import (
     EVENT_COLUMNS,
     KEY_HOLDER,
@@ -354,7 +354,7 @@ class PostgresStore(Schedules):
         # One statement: the jobs and their history go together, or not at all.
         which = (
             "state = ANY(%(states)s::text[])"
-            " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+            f" AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8) AND {ALL_SEALED}"
         )
         if limit is not None:
             # The oldest first, along jobs_state (state, created_at, id); rows another
@@ -364,8 +364,8 @@ class PostgresStore(Schedules):
                 " AND (%(before)s::float8 IS NULL OR created_at < %(before)s::float8)"
                 " ORDER BY state, created_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
             )
-        # Only sealed events go: an event still waiting for the trail stays until a
-        # later purge finds it sealed.
+        # Only jobs whose events are all sealed go (ALL_SEALED): the rest wait for a
+        # later purge.
         query = (
             f"WITH gone AS (DELETE FROM jobs WHERE {which} RETURNING id),"
             f" events AS (DELETE FROM job_events WHERE {SEALED_EVENT} AND job_id IN (SELECT id FROM gone))"

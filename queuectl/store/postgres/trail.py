@@ -56,6 +56,15 @@ NOTE = f"INSERT INTO audit_notes (at, kind, actor, detail) VALUES ({_NOW}, %(kin
 SEALED_EVENT = "(xid, 0, seq) <= (SELECT mark_xid, mark_src, mark_id FROM audit_head)"
 
 
+#: A job (the row `jobs`) none of whose events waits to be sealed: one a purge may
+#: delete with its whole history (a job with an unsealed event waits for a later
+#: purge, so no event is ever left without its job).
+ALL_SEALED = (
+    "NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = jobs.id"
+    " AND (e.xid, 0, e.seq) > (SELECT mark_xid, mark_src, mark_id FROM audit_head))"
+)
+
+
 def add_note(conn: Conn, kind: str, actor: str, detail: dict[str, Any], at: float | None = None) -> None:
     """Write a note inside the caller's transaction (at None: the database clock)."""
     params = {"at": at, "kind": kind, "actor": actor, "detail": json.dumps(detail, sort_keys=True)}

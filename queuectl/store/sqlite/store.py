@@ -55,7 +55,15 @@ from queuectl.store.sqlite.insert import insert_jobs
 from queuectl.store.sqlite.queues import NEXT_DUE, SET_CONCURRENCY, SET_PAUSED, STATS, served, single
 from queuectl.store.sqlite.schedules import Schedules
 from queuectl.store.sqlite.schema import migrate
-from queuectl.store.sqlite.trail import LOWER_MARK, SEALED_EVENT, SQLiteTrail, add_note, newest_event, stamp
+from queuectl.store.sqlite.trail import (
+    ALL_SEALED,
+    LOWER_MARK,
+    SEALED_EVENT,
+    SQLiteTrail,
+    add_note,
+    newest_event,
+    stamp,
+)
 from queuectl.store.trail import TrailStore
 
 T = TypeVar("T")
@@ -324,7 +332,7 @@ class SQLiteStore(Schedules):
         marks = ",".join("?" * len(states))
         cutoff = float("inf") if before is None else before
         params: list[Any] = [s.value for s in states] + [cutoff]
-        where = f"state IN ({marks}) AND updated_at < ?"
+        where = f"state IN ({marks}) AND updated_at < ? AND {ALL_SEALED}"
         if limit is not None:
             # jobs_state (state, created_at, id) walks the oldest first; created_at <=
             # updated_at, so the walk stops at the cutoff.  The three statements below

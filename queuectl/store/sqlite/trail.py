@@ -44,6 +44,13 @@ NOTE = (
 #: Before deleting job events: only sealed ones may go (an unsealed event of a
 #: purged job stays until a later purge finds it sealed).
 SEALED_EVENT = "seq <= (SELECT events_upto FROM audit_head)"
+#: A job (the row `jobs`) none of whose events waits to be sealed: one a purge may
+#: delete with its whole history (a job with an unsealed event waits for a later
+#: purge, so no event is ever left without its job).
+ALL_SEALED = (
+    "NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = jobs.id"
+    " AND e.seq > (SELECT events_upto FROM audit_head))"
+)
 #: After deleting job events: the newest left is what new seqs follow.
 LOWER_MARK = (
     "UPDATE audit_head SET events_upto = min(events_upto, (SELECT coalesce(max(seq), 0) FROM job_events))"
