@@ -350,6 +350,9 @@ class Queue:
         """How many jobs purge() with these arguments would delete now."""
         parsed = [parse_state(s) for s in states]
         before = None if older_than is None else self.store.now() - older_than
+        from queuectl.trail_files import seal_pending
+
+        seal_pending(self.store)  # as purge() does: it counts only jobs whose history is sealed
         return self.store.purgeable(parsed, before)
 
     # --- job control ---------------------------------------------------------------

@@ -133,9 +133,9 @@ def test_a_version_6_postgres_schema_takes_the_home_of_each_worker() -> None:
         )
         store = open_store(url)
         try:
-            assert len(MIGRATIONS) == 13
+            assert len(MIGRATIONS) == 14
             row = conn.execute("SELECT max(version) FROM queuectl_schema").fetchone()
-            assert row is not None and row[0] == 13
+            assert row is not None and row[0] == 14
             store.register_worker(WorkerInfo("new", "h", 3, 4, T0, T0, home="/srv/q"))
             assert {w.id: w.home for w in store.workers()} == {"old": None, "new": "/srv/q"}
         finally:

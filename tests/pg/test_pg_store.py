@@ -130,7 +130,7 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
             " WHERE table_schema = %s ORDER BY 1, 2",
             (schema,),
         ).fetchall()
-    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 14))
+    assert [v[0] for v in versions] == list(range(1, len(MIGRATIONS) + 1)) == list(range(1, 15))
     added = {
         ("jobs", "cwd", "text"),
         ("jobs", "env", "text"),
@@ -154,6 +154,19 @@ def test_a_version_7_schema_migrates_to_the_current_version_with_its_jobs(pg_url
                 ("last_run_at", "double precision"),
                 ("last_job_id", "text"),
             )
+        ),
+        ("job_events", "actor", "text"),
+        ("job_events", "xid", "xid8"),
+        *(
+            (table, column, kind)
+            for table, columns in {
+                "audit_notes": "id bigint,xid xid8,at double precision,kind text,actor text,detail text",
+                "audit_head": "id integer,seq bigint,hash text,mark_xid xid8,mark_src integer,mark_id bigint",
+                "audit_lines": "seq bigint,sealed_at double precision,hash text,line text",
+                "audit_homes": "home text,seq bigint,hash text,at double precision",
+                "audit_checkpoints": "seq bigint,hash text,at double precision,actor text",
+            }.items()
+            for column, kind in (c.split(" ", 1) for c in columns.split(","))
         ),
     }
     assert set(after) == set(tables) | added

@@ -16,6 +16,7 @@ import pytest
 
 from queuectl.store import Store
 from queuectl.store.outcome import finished
+from queuectl.trail_files import seal_pending
 from tests.helpers import T0, QHome, one_line_error
 
 FAR_FUTURE = "9999-12-31T23:59:59-14:00"
@@ -158,6 +159,11 @@ def test_purgeable_counts_what_purge_deletes(store: Store) -> None:
             job.id, job.lease, finished(Transition(state, None), Outcome(0)), now=T0 + 10 * (i + 1)
         )
     both = [JobState.COMPLETED, JobState.DEAD]
+    # A job whose history is not yet sealed into the audit trail is neither counted
+    # nor purged; once sealed, the counts agree.
+    assert store.purgeable(both) == 0
+    assert store.purge(both) == 0
+    seal_pending(store)
     assert store.purgeable(both) == 3
     assert store.purgeable([JobState.DEAD]) == 1
     assert store.purgeable(both, before=T0 + 25) == 2

@@ -387,6 +387,7 @@ class PostgresStore(Schedules):
         query = (
             "SELECT count(*) FROM jobs WHERE state = ANY(%(states)s::text[])"
             " AND (%(before)s::float8 IS NULL OR updated_at < %(before)s::float8)"
+            f" AND {ALL_SEALED}"
         )
         return int(self._db.read(query, {"states": [s.value for s in states], "before": before})[0][0])
 

@@ -368,7 +368,7 @@ class SQLiteStore(Schedules):
     def purgeable(self, states: Sequence[JobState], before: float | None = None) -> int:
         marks = ",".join("?" * len(states))
         cutoff = float("inf") if before is None else before
-        sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ?"
+        sql = f"SELECT count(*) FROM jobs WHERE state IN ({marks}) AND updated_at < ? AND {ALL_SEALED}"
         return int(self._read(sql, [s.value for s in states] + [cutoff])[0][0])
 
     def job_metrics(self, bounds: Sequence[float], now: float | None = None) -> JobMetrics:
