@@ -652,7 +652,10 @@ def iso(ts: float | None) -> str | None:
     dt = datetime.fromtimestamp(ts, tz=UTC)
     year = dt.year + 400 * shift
     year_text = f"{year:04d}" if 1 <= year <= 9999 else f"{year:+05d}"
-    return year_text + dt.strftime("-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return (
+        f"{year_text}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+        f".{dt.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_time(text: str) -> float:

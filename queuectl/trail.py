@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
-from queuectl.rules import iso
+from queuectl.rules import MAX_TIME, MIN_TIME, iso
 
 #: The `prev_hash` of the first line.
 GENESIS = "0" * 64
@@ -33,22 +33,29 @@ NOTE_FIELDS = ("detail", "note_id")
 #: released or cancelled by its parent's end), when no process is named for it.
 SYSTEM_ACTOR = "queuectl"
 
+#: The canonical text's encoder (built once: json.dumps with options builds one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _render: Any = None
 
 
 def _renderer() -> Any:
-    """structlog's JSON renderer, keys sorted: imported when a line is first made
-    (the store modules import this module, and `queuectl enqueue` needs no structlog)."""
+    """structlog's JSON renderer, keys sorted, over one encoder built here: imported
+    when a line is first made (the store modules import this module, and `queuectl
+    enqueue` needs no structlog)."""
     global _render
     if _render is None:
         from queuectl.logs import structlog
 
-        _render = structlog.processors.JSONRenderer(sort_keys=True)
+        encode = json.JSONEncoder(sort_keys=True).encode  # the text json.dumps(sort_keys=True) gives
+
+        def serialize(obj: Any, **_: Any) -> str:
+            return encode(obj)
+
+        _render = structlog.processors.JSONRenderer(serializer=serialize)
     return _render
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """One event waiting to be sealed, as the store holds it: a job's history event
     (`note` None: the job fields are set) or a note (`note` its kind, `detail` its
     JSON object text)."""
@@ -68,8 +75,7 @@ class Source:
     detail: str | None = None
 
 
-@dataclass(frozen=True)
-class Sealed:
+class Sealed(NamedTuple):
     """One line of the trail, as the store keeps it until every home has it."""
 
     seq: int
@@ -97,27 +103,50 @@ def event_name(src: Source) -> str:
     return f"job_{to}"
 
 
+#: rules.iso's text up to the second, by whole second (a drain seals many events per
+#: second; bounded, and cleared when full).
+_SECONDS: dict[float, str] = {}
+
+
+def at_text(ts: float) -> str:
+    """rules.iso(ts), the date and time reused across one second's events: as
+    datetime.fromtimestamp, the fraction is rounded half-even to microseconds (which
+    may carry into the next second) and then cut to milliseconds."""
+    if not MIN_TIME <= ts <= MAX_TIME - 1:  # also NaN: printed by iso() as it can
+        return str(iso(ts))
+    frac, whole = math.modf(ts)
+    micro = round(frac * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1.0, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1.0, micro + 1_000_000
+    prefix = _SECONDS.get(whole)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        prefix = _SECONDS[whole] = str(iso(whole))[:-5]  # without ".000Z"
+    return f"{prefix}.{micro // 1000:03d}Z"
+
+
 def fields(src: Source) -> dict[str, Any]:
     """The event's own fields: everything its line holds but seq and the links."""
-    out: dict[str, Any] = {"event": event_name(src), "at": iso(src.at)}
     if src.note is not None:
-        out["actor"] = src.actor or SYSTEM_ACTOR
-        out["note_id"] = src.id
-        out["detail"] = json.loads(src.detail or "{}")
-        return out
-    out["actor"] = src.actor or src.worker_id or SYSTEM_ACTOR
-    out.update(
-        job_id=src.job_id, from_state=src.from_state, to_state=src.to_state, attempt=src.attempt,
-        worker_id=src.worker_id, exit_code=src.exit_code, error=src.error, reason=src.reason,
-        history_seq=src.id,
-    )  # fmt: skip
-    return out
+        return {
+            "event": src.note, "at": at_text(src.at), "actor": src.actor or SYSTEM_ACTOR,
+            "note_id": src.id, "detail": json.loads(src.detail or "{}"),
+        }  # fmt: skip
+    return {
+        "event": event_name(src), "at": at_text(src.at),
+        "actor": src.actor or src.worker_id or SYSTEM_ACTOR,
+        "job_id": src.job_id, "from_state": src.from_state, "to_state": src.to_state,
+        "attempt": src.attempt, "worker_id": src.worker_id, "exit_code": src.exit_code,
+        "error": src.error, "reason": src.reason, "history_seq": src.id,
+    }  # fmt: skip
 
 
 def canonical(event: dict[str, Any]) -> str:
     """The text a line's hash covers: every field but `hash` and `prev_hash`."""
-    body = {k: v for k, v in event.items() if k not in ("hash", "prev_hash")}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode({k: v for k, v in event.items() if k not in ("hash", "prev_hash")})
 
 
 def link(prev_hash: str, event: dict[str, Any]) -> str:
@@ -128,13 +157,16 @@ def link(prev_hash: str, event: dict[str, Any]) -> str:
 def seal(sources: list[Source], seq: int, prev_hash: str) -> list[Sealed]:
     """The lines of `sources`, in order, after the line (seq, prev_hash)."""
     out: list[Sealed] = []
-    render = _renderer()
+    render, encode, sha256 = _renderer(), _CANONICAL.encode, hashlib.sha256
     for src in sources:
         seq += 1
-        event = {"seq": seq, **fields(src)}
-        digest = link(prev_hash, event)
+        event = fields(src)
+        event["seq"] = seq
+        # link(), inlined (this loop is the trail's cost per job): the event has no
+        # hash fields yet, so its canonical text is its whole encoding.
+        digest = sha256((prev_hash + encode(event)).encode("utf-8")).hexdigest()
         event["prev_hash"], event["hash"] = prev_hash, digest
-        out.append(Sealed(seq, digest, str(render(None, "info", event))))
+        out.append(Sealed(seq, digest, render(None, "info", event)))
         prev_hash = digest
     return out
 

@@ -83,3 +83,23 @@ def test_parse_names_what_is_wrong() -> None:
     assert parse(line.line) == json.loads(line.line)
     twice = line.line.replace('{"actor": "queuectl"', '{"actor": "mallory@x", "actor": "queuectl"', 1)
     assert twice != line.line and parse(twice) == "not as written (a key repeated, or the text re-formatted)"
+
+
+def test_an_events_time_is_written_as_rules_iso_writes_it() -> None:
+    # at_text() reuses the text of each whole second: it must round (half-even to
+    # microseconds, carrying into the next second) exactly as datetime does.
+    import math
+    import random
+
+    from queuectl.rules import MAX_TIME, MIN_TIME, iso
+    from queuectl.trail import at_text
+
+    rng = random.Random(18)
+    edges = [
+        T0, T0 + 0.9999995, T0 + 0.9999994, T0 + 0.0000005, T0 + 0.0015, -0.5, -1.9999996, -0.0000004,
+        0.0, MIN_TIME, MAX_TIME, MAX_TIME - 1, MAX_TIME + 5, MIN_TIME - 5, math.inf, -math.inf, math.nan,
+    ]  # fmt: skip
+    spread = [rng.uniform(MIN_TIME, MAX_TIME) for _ in range(20000)]
+    near = [math.floor(T0) + k + rng.choice([0.9999995, 0.0000005, 0.4995, 0.9995]) for k in range(2000)]
+    for ts in edges + spread + near + [math.nextafter(t, math.inf) for t in near]:
+        assert at_text(ts) == iso(ts), ts
