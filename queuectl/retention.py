@@ -55,8 +55,10 @@ def apply(
         # The audit lines every home has appended, a day after sealing: the files
         # hold them (store/trail.py).
         store.trail.prune(now - LINES_KEPT_FOR, LINES_BATCH)
-        if jobs_due:
-            seal_pending(store)  # a purge deletes only the history events already sealed
+    if jobs_due:
+        # A purge deletes only jobs whose history is sealed: a dry run seals too (it
+        # changes no job), so that it counts what the pass would delete.
+        seal_pending(store)
     for state, _keep, cutoff in jobs_due:
         if dry_run:
             n = min(store.purgeable([state], before=cutoff), BATCH * MAX_BATCHES)
