@@ -33,26 +33,33 @@ NOTE_FIELDS = ("detail", "note_id")
 #: released or cancelled by its parent's end), when no process is named for it.
 SYSTEM_ACTOR = "queuectl"
 
-#: The canonical text's encoder (built once: json.dumps with options builds one per call).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: The one encoder of the trail (built once: json.dumps with options builds one per
+#: call): keys sorted, no spaces, UTF-8 as is.  A line is the encoding of its whole
+#: event; its canonical text, the encoding of all of it but `hash` and `prev_hash`.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _render: Any = None
 
 
 def _renderer() -> Any:
-    """structlog's JSON renderer, keys sorted, over one encoder built here: imported
-    when a line is first made (the store modules import this module, and `queuectl
-    enqueue` needs no structlog)."""
+    """structlog's JSON renderer over the trail's encoder: imported when a line is
+    first made (the store modules import this module, and `queuectl enqueue` needs
+    no structlog)."""
     global _render
     if _render is None:
         from queuectl.logs import structlog
 
-        encode = json.JSONEncoder(sort_keys=True).encode  # the text json.dumps(sort_keys=True) gives
+        encode = _ENCODER.encode
 
         def serialize(obj: Any, **_: Any) -> str:
             return encode(obj)
 
         _render = structlog.processors.JSONRenderer(serializer=serialize)
     return _render
+
+
+def line_text(event: dict[str, Any]) -> str:
+    """The text of the line that holds `event` (with its `hash` and `prev_hash`)."""
+    return _ENCODER.encode(event)
 
 
 class Source(NamedTuple):
@@ -146,7 +153,7 @@ def fields(src: Source) -> dict[str, Any]:
 
 def canonical(event: dict[str, Any]) -> str:
     """The text a line's hash covers: every field but `hash` and `prev_hash`."""
-    return _CANONICAL.encode({k: v for k, v in event.items() if k not in ("hash", "prev_hash")})
+    return _ENCODER.encode({k: v for k, v in event.items() if k not in ("hash", "prev_hash")})
 
 
 def link(prev_hash: str, event: dict[str, Any]) -> str:
@@ -154,19 +161,35 @@ def link(prev_hash: str, event: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(event)).encode("utf-8")).hexdigest()
 
 
+#: Where `hash` and `prev_hash` go in a line's sorted keys: before these keys, which
+#: every line of each kind has (a note's one nested value, `detail`, sorts before
+#: both, so the last match in the text is the line's own key).
+_BEFORE_HASH = {False: ',"history_seq":', True: ',"note_id":'}
+_BEFORE_PREV = {False: ',"reason":', True: ',"seq":'}
+
+
 def seal(sources: list[Source], seq: int, prev_hash: str) -> list[Sealed]:
     """The lines of `sources`, in order, after the line (seq, prev_hash)."""
     out: list[Sealed] = []
-    render, encode, sha256 = _renderer(), _CANONICAL.encode, hashlib.sha256
+    render, sha256 = _renderer(), hashlib.sha256
     for src in sources:
         seq += 1
         event = fields(src)
         event["seq"] = seq
-        # link(), inlined (this loop is the trail's cost per job): the event has no
-        # hash fields yet, so its canonical text is its whole encoding.
-        digest = sha256((prev_hash + encode(event)).encode("utf-8")).hexdigest()
-        event["prev_hash"], event["hash"] = prev_hash, digest
-        out.append(Sealed(seq, digest, render(None, "info", event)))
+        # The event is encoded once (this loop is the trail's cost per job): structlog
+        # renders it without the hash fields, which is its canonical text; the line
+        # is that text with the two fields put in their sorted places, the very text
+        # line_text() gives for the whole event (tests/unit/test_trail.py checks it).
+        body = render(None, "info", event)
+        digest = sha256((prev_hash + body).encode("utf-8")).hexdigest()
+        note = src.note is not None
+        at_prev = body.rfind(_BEFORE_PREV[note]) + 1
+        at_hash = body.rfind(_BEFORE_HASH[note], 0, at_prev) + 1
+        line = (
+            f'{body[:at_hash]}"hash":"{digest}",{body[at_hash:at_prev]}'
+            f'"prev_hash":"{prev_hash}",{body[at_prev:]}'
+        )
+        out.append(Sealed(seq, digest, line))
         prev_hash = digest
     return out
 
@@ -195,7 +218,7 @@ def parse(text: str) -> dict[str, Any] | str:
         return "seq is not a line number"
     if not isinstance(event["hash"], str) or not isinstance(event["prev_hash"], str):
         return "hash or prev_hash is not text"
-    if json.dumps(event, sort_keys=True) != text:
+    if line_text(event) != text:
         # What json.loads hides: a key given twice, or text re-formatted.
         return "not as written (a key repeated, or the text re-formatted)"
     return event

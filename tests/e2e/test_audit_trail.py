@@ -19,6 +19,7 @@ import pytest
 
 from queuectl import trail_files
 from queuectl.store.sqlite import SQLiteStore
+from queuectl.trail import line_text
 from tests.helpers import QHome
 
 DAY = 86400.0
@@ -83,7 +84,7 @@ def test_a_fresh_trail_verifies_and_names_every_actor(qhome: QHome) -> None:
 
 def _insert(ls: list[str]) -> list[str]:
     forged = json.loads(ls[3]) | {"job_id": "forged"}
-    return [*ls[:4], json.dumps(forged), *ls[4:]]
+    return [*ls[:4], line_text(forged), *ls[4:]]
 
 
 def _bad_json(ls: list[str]) -> list[str]:
@@ -92,7 +93,7 @@ def _bad_json(ls: list[str]) -> list[str]:
 
 def _edit(ls: list[str]) -> list[str]:
     event = json.loads(ls[4]) | {"actor": "mallory@elsewhere"}
-    return [*ls[:4], json.dumps(event, sort_keys=True), *ls[5:]]
+    return [*ls[:4], line_text(event), *ls[5:]]
 
 
 def _rehashed_edit(ls: list[str]) -> list[str]:
@@ -102,7 +103,7 @@ def _rehashed_edit(ls: list[str]) -> list[str]:
 
     event = json.loads(ls[4]) | {"exit_code": 0, "error": None}
     event["hash"] = link(event["prev_hash"], event)
-    return [*ls[:4], json.dumps(event), *ls[5:]]
+    return [*ls[:4], line_text(event), *ls[5:]]
 
 
 #: (tampering, the broken link's kind, its 1-based line in the file)

@@ -81,8 +81,10 @@ def test_parse_names_what_is_wrong() -> None:
     assert parse('{"seq": NaN}') == "not JSON"
     (line,) = seal([job(1, None, "pending")], 0, GENESIS)
     assert parse(line.line) == json.loads(line.line)
-    twice = line.line.replace('{"actor": "queuectl"', '{"actor": "mallory@x", "actor": "queuectl"', 1)
+    twice = line.line.replace('{"actor":"queuectl"', '{"actor":"mallory@x","actor":"queuectl"', 1)
     assert twice != line.line and parse(twice) == "not as written (a key repeated, or the text re-formatted)"
+    spaced = json.dumps(json.loads(line.line), sort_keys=True)  # the same event, other spacing
+    assert parse(spaced) == "not as written (a key repeated, or the text re-formatted)"
 
 
 def test_an_events_time_is_written_as_rules_iso_writes_it() -> None:
@@ -103,3 +105,29 @@ def test_an_events_time_is_written_as_rules_iso_writes_it() -> None:
     near = [math.floor(T0) + k + rng.choice([0.9999995, 0.0000005, 0.4995, 0.9995]) for k in range(2000)]
     for ts in edges + spread + near + [math.nextafter(t, math.inf) for t in near]:
         assert at_text(ts) == iso(ts), ts
+
+
+def test_a_line_is_its_whole_event_encoded_whatever_its_text_holds() -> None:
+    # seal() encodes each event once and puts `hash` and `prev_hash` into the text:
+    # the result must be the line_text() of the whole event, for any value a job or
+    # a note may carry (quotes, backslashes, the keys' own names, nested details).
+    from queuectl.trail import line_text
+
+    tricky = [
+        'say "hi"', "a\\", '\\",\\"reason\\":', ',"reason":1,"seq":2', ',"history_seq":', "é ✓ \u2028 \x00",
+        '{"hash": "x"}', "", "\n\t",
+    ]  # fmt: skip
+    sources: list[Source] = []
+    for i, text in enumerate(tricky, 1):
+        sources.append(Source(id=i, at=T0 + i, actor=text or None, job_id=text or "j",
+                              from_state="processing", to_state="failed", attempt=i,
+                              worker_id=text or None, exit_code=-i, error=text, reason=text))  # fmt: skip
+        detail = {"seq": text, "note_id": [text, {"hash": text}], "prev_hash": text, "k": {"seq": {"seq": 1}}}
+        sources.append(Source(id=i, at=T0 + i, actor=text, note="config_set", detail=json.dumps(detail)))
+    prev = GENESIS
+    for ln in seal(sources, 41, GENESIS):
+        event = parse(ln.line)
+        assert isinstance(event, dict), (event, ln.line)
+        assert ln.line == line_text(event)
+        assert event["prev_hash"] == prev and ln.hash == event["hash"] == link(prev, event)
+        prev = ln.hash
