@@ -30,7 +30,7 @@ from typing import Any
 
 from queuectl import failpoints
 from queuectl.store import Store
-from queuectl.trail import GENESIS, parse, seal
+from queuectl.trail import GENESIS, Sealed, parse, seal
 
 #: A trail file's name: its lines were appended on that UTC date (or later, once a
 #: clock stepped back: a file is never reopened after a newer one exists).
@@ -69,9 +69,10 @@ def home_key(logs_dir: Path) -> str:
     return str(Path(logs_dir).resolve())
 
 
-def seal_pending(store: Store, limit: int = BATCH) -> int:
-    """Seal every event waiting in the database; the number this process sealed.
-    Another process sealing at the same time wins some batches: they are not lost."""
+def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | None = None) -> int:
+    """Seal every event waiting in the database; the number this process sealed
+    (added, in order, to `sealed_lines` when given).  Another process sealing at the
+    same time wins some batches: they are not lost."""
     sealed = 0
     while True:
         head, token, sources = store.trail.pending(limit)
@@ -83,6 +84,8 @@ def seal_pending(store: Store, limit: int = BATCH) -> int:
         lines = seal(sources, *head)
         if store.trail.commit(head, token, lines):
             sealed += len(lines)
+            if sealed_lines is not None:
+                sealed_lines.extend(lines)
         if len(sources) < limit:
             return sealed
 
@@ -189,12 +192,17 @@ def flush(store: Store, logs_dir: Path, now: float | None = None) -> int:
     Sealing under the home's lock too: the processes of one home take turns, and
     none computes a batch that another's compare-and-set then throws away."""
     with locked(logs_dir):
-        if seal_pending(store):
+        sealed: list[Sealed] = []
+        if seal_pending(store, sealed_lines=sealed):
             failpoints.hit("trail_after_seal")
-        return _write_locked(store, logs_dir, now)
+        return _write_locked(store, logs_dir, now, sealed)
 
 
-def _write_locked(store: Store, logs_dir: Path, now: float | None) -> int:
+def _write_locked(store: Store, logs_dir: Path, now: float | None, sealed: list[Sealed] | None = None) -> int:
+    """Append what this home lacks; `sealed`: lines this process just sealed, which
+    need not be read back from the database when they are next (another home's
+    sealer may have taken the seqs between two of them: only the run that follows
+    on is used)."""
     key = home_key(logs_dir)
     written = 0
     end = last_line(logs_dir, repair=True)
@@ -202,8 +210,12 @@ def _write_locked(store: Store, logs_dir: Path, now: float | None) -> int:
     # A last line that is not an event (damaged by hand) is not ours to mend: the
     # lines go on after it from the recorded end, and verify reports it.
     after = max(end.seq, mark.seq if mark is not None else 0)
+    fresh = sealed or []
     while True:
-        rows = store.trail.lines(after, BATCH)
+        rows = _following(fresh, after)
+        if not rows:
+            fresh = []
+            rows = store.trail.lines(after, BATCH)
         if not rows:
             return written
         if after == 0 and rows[0][0] > 1:
@@ -217,6 +229,19 @@ def _write_locked(store: Store, logs_dir: Path, now: float | None) -> int:
         digest = str(last["hash"]) if isinstance(last, dict) else ""
         end = End(after, digest, target)
         store.trail.set_home(key, after, digest)
+
+
+def _following(lines: list[Sealed], after: int) -> list[tuple[int, str]]:
+    """The lines of `lines` that follow on from seq `after` without a gap."""
+    start = next((i for i, ln in enumerate(lines) if ln.seq == after + 1), None)
+    if start is None:
+        return []
+    out: list[tuple[int, str]] = []
+    for ln in lines[start : start + BATCH]:
+        if ln.seq != after + 1 + len(out):
+            break
+        out.append((ln.seq, ln.line))
+    return out
 
 
 class Flusher:

@@ -131,3 +131,16 @@ def test_a_line_is_its_whole_event_encoded_whatever_its_text_holds() -> None:
         assert ln.line == line_text(event)
         assert event["prev_hash"] == prev and ln.hash == event["hash"] == link(prev, event)
         prev = ln.hash
+
+
+def test_a_sealer_appends_from_memory_only_the_lines_that_follow_on() -> None:
+    # flush() appends the lines it just sealed without reading them back, but only
+    # the run that follows the home's end: another home's sealer may have taken the
+    # seqs between two of its batches, and those come from the database.
+    from queuectl.trail import Sealed
+    from queuectl.trail_files import _following
+
+    mine = [Sealed(s, f"h{s}", f"l{s}") for s in (5, 6, 8, 9)]
+    assert _following(mine, 4) == [(5, "l5"), (6, "l6")]
+    assert _following(mine, 7) == [(8, "l8"), (9, "l9")]
+    assert _following(mine, 6) == [] and _following(mine, 9) == [] and _following([], 0) == []
