@@ -126,18 +126,14 @@ def test_no_import_cycle_in_queuectl() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_a_worker_loads_no_library_of_the_operations_commands(tmp_path: Path) -> None:
-    """A real `worker run --burst` (which also runs a recovery pass at start-up) with a
-    schedule that is not due: the cron, metrics and terminal libraries stay unloaded,
-    rich too when it is installed (structlog would import it)."""
+def _modules_loaded_by(tmp_path: Path, *args: str) -> set[str]:
+    """The modules a real `queuectl ARGS` process had loaded when it exited (0)."""
     import json
     import subprocess
     import sys
 
     from tests.helpers import clean_env
 
-    home = tmp_path / "home"
-    home.mkdir()
     out = tmp_path / "modules.json"
     probe = (
         "import atexit, json, runpy, sys\n"
@@ -145,14 +141,29 @@ def test_a_worker_loads_no_library_of_the_operations_commands(tmp_path: Path) ->
         "sys.argv = ['queuectl', *sys.argv[1:]]\n"
         "runpy.run_module('queuectl', run_name='__main__')\n"
     )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *args], env=clean_env(), capture_output=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return set(json.loads(out.read_text()))
+
+
+def test_a_worker_loads_no_library_of_the_operations_commands(tmp_path: Path) -> None:
+    """A real `worker run --burst` (which also runs a recovery pass at start-up) with a
+    schedule that is not due: the cron, metrics and terminal libraries stay unloaded,
+    rich too when it is installed (structlog would import it)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import clean_env
+
+    home = tmp_path / "home"
+    home.mkdir()
     env = clean_env()
     base = [sys.executable, "-m", "queuectl", "--home", str(home)]
     add = subprocess.run([*base, "schedule", "add", "y", "0 0 1 1 *", "true"], env=env, capture_output=True)
     assert add.returncode == 0, add.stderr
-    args = ["--home", str(home), "worker", "run", "--burst"]
-    run = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, timeout=60)
-    assert run.returncode == 0, run.stderr[-2000:]
-    loaded = set(json.loads(out.read_text()))
+    loaded = _modules_loaded_by(tmp_path, "--home", str(home), "worker", "run", "--burst")
     assert "queuectl.worker" in loaded and "structlog" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("cronsim", "prometheus_client", "rich", "http")}
 
@@ -161,26 +172,12 @@ def test_a_mutating_command_seals_its_change_without_loading_structlog(tmp_path:
     """`config set` seals its note into the audit trail and appends it, in the same
     text the workers write, without importing structlog (about 40 ms a command)."""
     import json
-    import subprocess
-    import sys
 
     from queuectl.trail import line_text
-    from tests.helpers import clean_env
 
     home = tmp_path / "home"
     home.mkdir()
-    out = tmp_path / "modules.json"
-    probe = (
-        "import atexit, json, runpy, sys\n"
-        f"atexit.register(lambda: open({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
-        "sys.argv = ['queuectl', *sys.argv[1:]]\n"
-        "runpy.run_module('queuectl', run_name='__main__')\n"
-    )
-    args = ["--home", str(home), "config", "set", "backoff_base", "3"]
-    cmd = [sys.executable, "-c", probe, *args]
-    run = subprocess.run(cmd, env=clean_env(), capture_output=True, timeout=60)
-    assert run.returncode == 0, run.stderr[-2000:]
-    loaded = set(json.loads(out.read_text()))
+    loaded = _modules_loaded_by(tmp_path, "--home", str(home), "config", "set", "backoff_base", "3")
     assert "queuectl.trail" in loaded and "structlog" not in loaded
     (line,) = [ln for f in sorted((home / "logs").glob("audit-*.jsonl")) for ln in f.read_text().splitlines()]
     event = json.loads(line)
