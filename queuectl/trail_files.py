@@ -70,9 +70,11 @@ def home_key(logs_dir: Path) -> str:
 
 
 def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | None = None) -> int:
-    """Seal every event waiting in the database; the number this process sealed
-    (added, in order, to `sealed_lines` when given).  Another process sealing at the
-    same time wins some batches: they are not lost."""
+    """Seal every event waiting in the database; the number this process sealed.
+    The first BATCH of the lines it sealed are added, in order, to `sealed_lines`
+    when given (a backlog, e.g. a whole history after the upgrade, is not held in
+    memory: the database serves the rest).  Another process sealing at the same time
+    wins some batches: they are not lost."""
     sealed = 0
     while True:
         head, token, sources = store.trail.pending(limit)
@@ -84,8 +86,8 @@ def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | 
         lines = seal(sources, *head)
         if store.trail.commit(head, token, lines):
             sealed += len(lines)
-            if sealed_lines is not None:
-                sealed_lines.extend(lines)
+            if sealed_lines is not None and len(sealed_lines) < BATCH:
+                sealed_lines.extend(lines[: BATCH - len(sealed_lines)])
         if len(sources) < limit:
             return sealed
 

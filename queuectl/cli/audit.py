@@ -109,11 +109,13 @@ def export(
     high = None if until is None else parse_moment(until, now, "--until")
     if files_dir is None:
         _flush(c, quiet=True)
-    out = sys.stdout
+    # Bytes, as the files hold them (UTF-8): the terminal's encoding must not change
+    # or refuse a line.
+    out = sys.stdout.buffer
     for text in run(
         Path(files_dir) if files_dir else c.paths.logs, since=low, until=high, job=job_id, actor=actor
     ):
-        out.write(text + "\n")
+        out.write((text + "\n").encode("utf-8"))
     out.flush()
 
 

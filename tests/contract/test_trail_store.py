@@ -4,6 +4,7 @@ events written with their change, sealed once into one chain, by whoever seals."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,23 @@ def test_postgres_is_not_held_back_by_another_databases_transaction(stores: Stor
         assert seal_pending(store) == 1
         other.rollback()
     assert [e["job_id"] for e in chain(store)] == ["a"]
+
+
+def test_a_backlog_is_written_in_order_and_not_held_in_memory(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flush after a long wait (the history of an upgraded database, a session
+    # that held sealing back) seals everything, keeps only the first batch of lines
+    # in memory, and has the database serve the rest, in order, once.
+    from queuectl import trail_files
+
+    monkeypatch.setattr(trail_files, "BATCH", 5)
+    store.enqueue([new(f"j{i:02d}") for i in range(23)], now=T0)
+    kept: list[object] = []
+    assert seal_pending(store, limit=4, sealed_lines=kept) == 23
+    assert len(kept) == 5
+    store.enqueue([new(f"k{i:02d}") for i in range(17)], now=T0)
+    logs = tmp_path / "logs"
+    assert trail_files.flush(store, logs) == 40
+    written = [ln for f in trail_files.files(logs) for ln in f.read_text().splitlines()]
+    assert written == [text for _, text in store.trail.lines(0, 100)] and len(chain(store)) == 40

@@ -321,3 +321,17 @@ def test_a_home_joining_after_old_lines_were_dropped_starts_at_a_checkpoint(
     report = json.loads(result.stdout)
     assert report["ok"], report["problems"]
     assert report["first_seq"] > 1 and report["start"].startswith("checkpoint at seq ")
+
+
+def test_export_prints_a_line_as_its_bytes_whatever_the_terminals_encoding(qhome: QHome) -> None:
+    # Lines are UTF-8 as written: an ASCII or Latin-1 stdout neither refuses nor
+    # re-encodes them.
+    import subprocess
+
+    qhome.invoke("enqueue", "true", "--id", "café✓")
+    qhome.invoke("audit", "flush")
+    (path,) = trail_files.files(qhome.path / "logs")
+    for encoding in ("ascii", "latin-1", "utf-8"):
+        env = {**qhome.env, "PYTHONIOENCODING": encoding}
+        proc = subprocess.run(qhome.cmd("audit", "export"), env=env, capture_output=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout == path.read_bytes(), (encoding, proc.stderr)
