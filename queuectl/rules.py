@@ -647,8 +647,11 @@ def iso(ts: float | None) -> str | None:
         return str(ts)
     shift = 0
     if not MIN_TIME <= ts <= MAX_TIME:
-        shift = int((ts - 946_684_800.0) // _CYCLE)  # cycles away from 2000-01-01
-        ts -= shift * _CYCLE
+        # In integers: a float this far out is whole seconds, and float arithmetic
+        # on it could land outside the range again (1e300 did).
+        whole = math.floor(ts)
+        shift = (whole - 946_684_800) // _CYCLE  # cycles away from 2000-01-01
+        ts = float(whole - shift * _CYCLE) + (ts - whole)
     dt = datetime.fromtimestamp(ts, tz=UTC)
     year = dt.year + 400 * shift
     year_text = f"{year:04d}" if 1 <= year <= 9999 else f"{year:+05d}"

@@ -144,6 +144,19 @@ def test_times_round_trip_in_utc() -> None:
         parse_time("tomorrow")
 
 
+def test_any_float_a_database_holds_is_printed_as_a_time() -> None:
+    # A hand-edited row must not stop `inspect` or the audit trail's sealing: every
+    # float prints, the far ones with a signed, expanded year, exact to the second.
+    import sys
+
+    for ts in (1e300, -1e300, sys.float_info.max, -sys.float_info.max, 1e20):
+        text = str(iso(ts))
+        assert text[0] == ("+" if ts > 0 else "-") and text.endswith(".000Z"), text
+    assert iso(1e20) == "+3168873852651-02-22T09:46:40.000Z"  # 1e20 s: exact, not float-rounded
+    assert iso(253402300800.5) == "+10000-01-01T00:00:00.500Z"
+    assert iso(float("nan")) == "nan" and iso(float("-inf")) == "-inf"
+
+
 def test_ids_are_short_unique_and_sortable() -> None:
     ids = [new_id(T0) for _ in range(2000)] + [new_id(T0 + 1) for _ in range(10)]
     assert len(set(ids)) == len(ids)
