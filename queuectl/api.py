@@ -70,7 +70,9 @@ class Queue:
         if self.logs_dir is None:
             return 0
         try:
-            return trail_files.flush(self.store, self.logs_dir)
+            # A second at most for the lock: a process stopped holding it must not
+            # hold up the command (its change stands; the events wait).
+            return trail_files.flush(self.store, self.logs_dir, wait=1.0)
         except Exception:  # the change stands; its events wait in the database, not lost
             return 0
 

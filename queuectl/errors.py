@@ -90,6 +90,13 @@ class StoreCorrupt(StoreFatal):
     """The database file is corrupt, truncated, or not a database."""
 
 
+class TrailBusy(QueuectlError):
+    """The home's audit trail files stayed locked by another process (logs/audit.lock,
+    held for milliseconds by a writer, and for as long as one is stopped mid-write)."""
+
+    exit_code = 5
+
+
 class SupervisorError(QueuectlError):
     """supervisord could not be started, reached or commanded (or it died)."""
 
@@ -103,7 +110,8 @@ EXIT_CODES = {
     2: "usage error or invalid input (nothing was changed)",
     3: "job or schedule not found; for worker status: the workers running are not the ones asked for",
     4: "conflict with stored data (duplicate id or schedule name, job not in the required state)",
-    5: "database unavailable: busy, corrupt, deleted, not a queuectl database, read-only, full",
+    5: "database unavailable: busy, corrupt, deleted, not a queuectl database, read-only, full;"
+    " for audit: its files stayed locked by another process",
     6: "supervisord could not be started or reached, or died under a foreground `worker start`",
     124: "wait: its --timeout passed before every job ended (as timeout(1))",
 }

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl import failpoints
+from queuectl.errors import TrailBusy
 from queuectl.store import Store
 from queuectl.trail import GENESIS, Sealed, parse, seal
 
@@ -42,6 +43,11 @@ LOCK_NAME = "audit.lock"
 #: How often a worker or the monitor brings the trail up to date (seconds): the
 #: longest an event waits for its line while they run.
 FLUSH_INTERVAL = 1.0
+#: How long a command waits for logs/audit.lock before TrailBusy (workers and the
+#: monitor never wait: they try again at their next flush).
+LOCK_WAIT = 5.0
+#: How long a worker or the monitor finds the lock held before it says so, once.
+BUSY_WARNING = 30.0
 #: How long the database keeps a line every home has appended (seconds).
 LINES_KEPT_FOR = 86400.0
 
@@ -92,13 +98,32 @@ def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | 
             return sealed
 
 
+def acquire(fd: int, op: int, path: Path, wait: float) -> None:
+    """flock(fd, op), trying for `wait` seconds (0: once): a writer holds the lock
+    for milliseconds, but one stopped (SIGSTOP) while writing holds it until it
+    resumes, and no recovery, drain or command may wait for that.  TrailBusy then."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TrailBusy(
+                    f"{path} is held by another process (waited {wait:g} s; one stopped while"
+                    " writing the audit trail?): the events wait in the database; try again"
+                ) from None
+            time.sleep(0.01)
+
+
 @contextlib.contextmanager
-def locked(logs_dir: Path) -> Iterator[None]:
+def locked(logs_dir: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
     """Hold logs/audit.lock (created 0600, never through a symlink)."""
     logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(logs_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    path = logs_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        acquire(fd, fcntl.LOCK_EX, path, wait)
         yield
     finally:
         os.close(fd)
@@ -175,9 +200,9 @@ def _target(logs_dir: Path, end: End, now: float) -> Path:
     return logs_dir / f"audit-{today}.jsonl"
 
 
-def write(store: Store, logs_dir: Path, now: float | None = None) -> int:
+def write(store: Store, logs_dir: Path, now: float | None = None, wait: float = LOCK_WAIT) -> int:
     """Append to this home's files every sealed line they lack; the number appended."""
-    with locked(logs_dir):
+    with locked(logs_dir, wait):
         return _write_locked(store, logs_dir, now)
 
 
@@ -189,11 +214,11 @@ def _joined(store: Store, key: str, first: str) -> None:
         store.trail.add_checkpoint(int(event["seq"]) - 1, str(event["prev_hash"]))
 
 
-def flush(store: Store, logs_dir: Path, now: float | None = None) -> int:
+def flush(store: Store, logs_dir: Path, now: float | None = None, wait: float = LOCK_WAIT) -> int:
     """Seal what waits, then append it to this home's files; the lines appended.
     Sealing under the home's lock too: the processes of one home take turns, and
     none computes a batch that another's compare-and-set then throws away."""
-    with locked(logs_dir):
+    with locked(logs_dir, wait):
         sealed: list[Sealed] = []
         if seal_pending(store, sealed_lines=sealed):
             failpoints.hit("trail_after_seal")
@@ -254,16 +279,28 @@ class Flusher:
     def __init__(self, store: Store, logs_dir: Path, log: Any) -> None:
         self.store, self.logs_dir, self.log = store, logs_dir, log
         self._failing: str | None = None
+        self._busy_since: float | None = None
 
     def __call__(self) -> int:
         try:
-            n = flush(self.store, self.logs_dir)
+            # Never waits for the lock: another process of the home holds it while it
+            # writes (it takes this one's events too), or is stopped holding it.
+            n = flush(self.store, self.logs_dir, wait=0.0)
+        except TrailBusy as exc:
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+            elif now - self._busy_since >= BUSY_WARNING and self._failing is None:
+                self.log.warning("audit_trail_not_written", error=str(exc))
+                self._failing = "busy"
+            return 0
         except Exception as exc:  # the events wait in the database: never stop the process
             error = f"{type(exc).__name__}: {exc}"
             if error != self._failing:
                 self.log.warning("audit_trail_not_written", error=error)
             self._failing = error
             return 0
+        self._busy_since = None
         if self._failing is not None:
             self.log.info("audit_trail_written_again")
             self._failing = None

@@ -29,7 +29,7 @@ from typing import Any
 
 from queuectl.store import Store
 from queuectl.trail import GENESIS, JOB_FIELDS, Source, fields, link, parse
-from queuectl.trail_files import LOCK_NAME, files, home_key
+from queuectl.trail_files import LOCK_NAME, LOCK_WAIT, acquire, files, home_key
 
 #: The most problems a report lists after the first.
 MAX_PROBLEMS = 100
@@ -140,7 +140,7 @@ def _shared_lock(logs_dir: Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        acquire(fd, fcntl.LOCK_SH, logs_dir / LOCK_NAME, LOCK_WAIT)
         yield
     finally:
         os.close(fd)

@@ -335,3 +335,66 @@ def test_export_prints_a_line_as_its_bytes_whatever_the_terminals_encoding(qhome
         env = {**qhome.env, "PYTHONIOENCODING": encoding}
         proc = subprocess.run(qhome.cmd("audit", "export"), env=env, capture_output=True, timeout=60)
         assert proc.returncode == 0 and proc.stdout == path.read_bytes(), (encoding, proc.stderr)
+
+
+def test_a_process_stopped_holding_the_trails_lock_stops_no_recovery_and_no_drain(qhome: QHome) -> None:
+    # A worker SIGSTOPped in the middle of its flush keeps logs/audit.lock: the
+    # monitor's passes, the other workers and the CLI must go on without the files
+    # (the events wait in the database), and catch up once the lock is free.
+    import fcntl
+    import subprocess
+
+    qhome.invoke("enqueue", "sleep 0.1", "--id", "held")
+    env = {**qhome.env, "QUEUECTL_FAILPOINT": "after_claim_commit"}
+    proc = subprocess.run(qhome.cmd("worker", "run"), env=env, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 137
+    for i in range(3):
+        qhome.invoke("enqueue", "true", "--id", f"j{i}")
+    logs = qhome.path / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(logs / trail_files.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the stopped holder
+        started = time.monotonic()
+        assert qhome.run("recover", "--job", "held").returncode == 0
+        assert qhome.run("worker", "run", "--burst").returncode == 0
+        assert qhome.run("config", "set", "backoff_base", "3").returncode == 0
+        assert time.monotonic() - started < 30  # each waits a bounded time, never for ever
+        assert {j["id"]: j["state"] for j in qhome.json("list")} == {
+            "held": "failed", "j0": "completed", "j1": "completed", "j2": "completed",
+        }  # fmt: skip
+        busy = qhome.run("audit", "verify")
+        assert busy.returncode == 5 and busy.stderr.count("\n") == 1 and "audit.lock" in busy.stderr
+    finally:
+        os.close(fd)
+    report = verify(qhome, "--against-db")
+    assert report["ok"], report
+
+
+def test_a_worker_skips_a_held_lock_quietly_and_says_so_once_when_it_lasts(
+    qhome: QHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import io
+
+    from queuectl.logs import json_logger
+
+    qhome.invoke("enqueue", "true", "--id", "a")
+    logs = qhome.path / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    store = SQLiteStore(str(qhome.path / "db" / "queue.db"))
+    out = io.StringIO()
+    flusher = trail_files.Flusher(store, logs, json_logger(out))
+    fd = os.open(logs / trail_files.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert flusher() == 0 and flusher() == 0 and out.getvalue() == ""  # another writer, for now
+        monkeypatch.setattr(trail_files, "BUSY_WARNING", 0.0)
+        assert flusher() == 0 and flusher() == 0
+        (warning,) = [json.loads(x) for x in out.getvalue().splitlines()]
+        assert warning["event"] == "audit_trail_not_written" and "audit.lock" in warning["error"]
+    finally:
+        os.close(fd)
+    assert flusher() == 1
+    assert json.loads(out.getvalue().splitlines()[-1])["event"] == "audit_trail_written_again"
+    store.close()
