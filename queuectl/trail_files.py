@@ -90,10 +90,13 @@ def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | 
                 store.trail.commit(head, token, [])
             return sealed
         lines = seal(sources, *head)
-        if store.trail.commit(head, token, lines):
-            sealed += len(lines)
-            if sealed_lines is not None and len(sealed_lines) < BATCH:
-                sealed_lines.extend(lines[: BATCH - len(sealed_lines)])
+        if not store.trail.commit(head, token, lines):
+            # Another sealer moved the head, or holds it: what waits is its to seal
+            # (or the next flush's), and no loop spins on a sealer that is stopped.
+            return sealed
+        sealed += len(lines)
+        if sealed_lines is not None and len(sealed_lines) < BATCH:
+            sealed_lines.extend(lines[: BATCH - len(sealed_lines)])
         if len(sources) < limit:
             return sealed
 

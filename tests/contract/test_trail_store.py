@@ -228,3 +228,28 @@ def test_a_backlog_is_written_in_order_and_not_held_in_memory(
     assert trail_files.flush(store, logs) == 40
     written = [ln for f in trail_files.files(logs) for ln in f.read_text().splitlines()]
     assert written == [text for _, text in store.trail.lines(0, 100)] and len(chain(store)) == 40
+
+
+@pytest.mark.postgres
+def test_a_sealer_stopped_mid_commit_holds_up_no_other_sealer(stores: StoreFactory) -> None:
+    # A process stopped (SIGSTOP) inside its sealing transaction keeps the head row
+    # locked: another sealer must give up at once (the events wait), not block the
+    # CLI command or the monitor it runs in, and seal everything once the lock is
+    # gone.  (On SQLite a stopped writer holds every write, the trail's included, up
+    # to the busy timeout, as before the trail.)
+    if stores.backend != "postgres":
+        pytest.skip("PostgreSQL's row lock on the head")
+    import time
+
+    import psycopg
+
+    store = stores.open()
+    store.enqueue([new(f"j{i}") for i in range(5)], now=T0)
+    with psycopg.connect(stores.url) as holder:
+        holder.execute("SELECT 1 FROM audit_head FOR UPDATE")
+        started = time.monotonic()
+        assert seal_pending(store, limit=2) == 0
+        assert time.monotonic() - started < 2.0
+        holder.rollback()
+    assert seal_pending(store, limit=2) == 5
+    assert [e["job_id"] for e in chain(store)] == [f"j{i}" for i in range(5)]

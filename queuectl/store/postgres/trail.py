@@ -16,6 +16,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import psycopg
+
 from queuectl.store.postgres.connection import Conn, Connection
 from queuectl.store.trail import Mark
 from queuectl.trail import Sealed, Source
@@ -121,9 +123,17 @@ class PostgresTrail:
         old, new = cast("tuple[tuple[str, int, int], tuple[str, int, int]]", token)
 
         def run(conn: Conn) -> bool:
+            try:
+                return seal(conn)
+            except psycopg.errors.LockNotAvailable:
+                # Another sealer is committing (or stopped while it did: SIGSTOP keeps
+                # its lock): lost, as a failed compare-and-set; nobody waits for it.
+                return False
+
+        def seal(conn: Conn) -> bool:
             with conn.transaction():
                 current = conn.execute(
-                    "SELECT seq, mark_xid::text, mark_src, mark_id FROM audit_head FOR UPDATE"
+                    "SELECT seq, mark_xid::text, mark_src, mark_id FROM audit_head FOR UPDATE NOWAIT"
                 ).fetchall()[0]
                 if (int(current[0]), (str(current[1]), int(current[2]), int(current[3]))) != (head[0], old):
                     return False
