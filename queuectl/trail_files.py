@@ -43,6 +43,9 @@ LOCK_NAME = "audit.lock"
 #: How often a worker or the monitor brings the trail up to date (seconds): the
 #: longest an event waits for its line while they run.
 FLUSH_INTERVAL = 1.0
+#: Lines a flush appends from memory, as it sealed them, without reading them back
+#: (a second of a fast drain's events; a larger backlog is read from the database).
+KEPT_IN_MEMORY = 10_000
 #: How long a command waits for logs/audit.lock before TrailBusy (workers and the
 #: monitor never wait: they try again at their next flush).
 LOCK_WAIT = 5.0
@@ -77,8 +80,8 @@ def home_key(logs_dir: Path) -> str:
 
 def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | None = None) -> int:
     """Seal every event waiting in the database; the number this process sealed.
-    The first BATCH of the lines it sealed are added, in order, to `sealed_lines`
-    when given (a backlog, e.g. a whole history after the upgrade, is not held in
+    The first KEPT_IN_MEMORY of the lines it sealed are added, in order, to
+    `sealed_lines` when given (a backlog, e.g. a whole history after the upgrade, is not held in
     memory: the database serves the rest).  Another process sealing at the same time
     wins some batches: they are not lost."""
     sealed = 0
@@ -95,8 +98,8 @@ def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | 
             # (or the next flush's), and no loop spins on a sealer that is stopped.
             return sealed
         sealed += len(lines)
-        if sealed_lines is not None and len(sealed_lines) < BATCH:
-            sealed_lines.extend(lines[: BATCH - len(sealed_lines)])
+        if sealed_lines is not None and len(sealed_lines) < KEPT_IN_MEMORY:
+            sealed_lines.extend(lines[: KEPT_IN_MEMORY - len(sealed_lines)])
         if len(sources) < limit:
             return sealed
 

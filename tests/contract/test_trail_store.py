@@ -219,6 +219,7 @@ def test_a_backlog_is_written_in_order_and_not_held_in_memory(
     from queuectl import trail_files
 
     monkeypatch.setattr(trail_files, "BATCH", 5)
+    monkeypatch.setattr(trail_files, "KEPT_IN_MEMORY", 5)
     store.enqueue([new(f"j{i:02d}") for i in range(23)], now=T0)
     kept: list[object] = []
     assert seal_pending(store, limit=4, sealed_lines=kept) == 23
