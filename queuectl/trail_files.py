@@ -81,9 +81,10 @@ def home_key(logs_dir: Path) -> str:
 def seal_pending(store: Store, limit: int = BATCH, sealed_lines: list[Sealed] | None = None) -> int:
     """Seal every event waiting in the database; the number this process sealed.
     The first KEPT_IN_MEMORY of the lines it sealed are added, in order, to
-    `sealed_lines` when given (a backlog, e.g. a whole history after the upgrade, is not held in
-    memory: the database serves the rest).  Another process sealing at the same time
-    wins some batches: they are not lost."""
+    `sealed_lines` when given (a backlog, e.g. a whole history after the upgrade, is
+    not held in memory: the database serves the rest).  When another process seals
+    at the same time, this one stops at its first lost batch: the other, or the next
+    flush, seals what is left, and nothing is lost."""
     sealed = 0
     while True:
         head, token, sources = store.trail.pending(limit)
