@@ -16,7 +16,7 @@ from queuectl.recovery import Recoverer
 from queuectl.settings import SETTINGS
 from queuectl.signals import StopSignals
 from queuectl.store import Store
-from queuectl.trail_files import Flusher
+from queuectl.trail_files import STOP_WAIT, Flusher
 
 
 class Monitor(Recoverer):
@@ -65,7 +65,7 @@ class Monitor(Recoverer):
         gone = self.signals.parent is not None and self.signals.parent.gone
         if gone:
             self._last_pass()
-        self._trail()
+        self._trail(wait=STOP_WAIT)
         self.log.info("monitor_stopped", supervisor_gone=gone)
         return 0
 

@@ -49,6 +49,8 @@ KEPT_IN_MEMORY = 10_000
 #: How long a command waits for logs/audit.lock before TrailBusy (workers and the
 #: monitor never wait: they try again at their next flush).
 LOCK_WAIT = 5.0
+#: How long a worker or the monitor tries for the lock as it stops (seconds).
+STOP_WAIT = 1.0
 #: How long a worker or the monitor finds the lock held before it says so, once.
 BUSY_WARNING = 30.0
 #: How long the database keeps a line every home has appended (seconds).
@@ -288,11 +290,13 @@ class Flusher:
         self._failing: str | None = None
         self._busy_since: float | None = None
 
-    def __call__(self) -> int:
+    def __call__(self, wait: float = 0.0) -> int:
+        """A flush; `wait`: how long to try for the lock (0 between jobs: another
+        process of the home holds it while it writes, or is stopped holding it; a
+        stopping process tries a little longer, STOP_WAIT, as nobody may come after
+        it to seal its last events)."""
         try:
-            # Never waits for the lock: another process of the home holds it while it
-            # writes (it takes this one's events too), or is stopped holding it.
-            n = flush(self.store, self.logs_dir, wait=0.0)
+            n = flush(self.store, self.logs_dir, wait=wait)
         except TrailBusy as exc:
             now = time.monotonic()
             if self._busy_since is None:

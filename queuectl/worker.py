@@ -29,7 +29,7 @@ from queuectl.scheduler import Duty, Scheduler
 from queuectl.signals import StopSignals
 from queuectl.store import Store
 from queuectl.store.outcome import finished
-from queuectl.trail_files import FLUSH_INTERVAL, Flusher
+from queuectl.trail_files import FLUSH_INTERVAL, STOP_WAIT, Flusher
 
 #: How often (seconds) a worker re-reads the config table.
 CONFIG_TTL = 2.0
@@ -204,7 +204,7 @@ class Worker:
         with contextlib.suppress(QueuectlError):
             self.store.unregister_worker(self.id)
         if self._trail is not None:
-            self._trail()
+            self._trail(wait=STOP_WAIT)
         if self._cpu_slot is not None:
             self._cpu_slot.release()
             self._cpu_slot = None

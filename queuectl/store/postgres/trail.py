@@ -133,13 +133,14 @@ class PostgresTrail:
         def seal(conn: Conn) -> bool:
             with conn.transaction():
                 current = conn.execute(
-                    "SELECT seq, mark_xid::text, mark_src, mark_id FROM audit_head FOR UPDATE NOWAIT"
+                    "SELECT seq, mark_xid::text, mark_src, mark_id, extract(epoch FROM now())::float8"
+                    " FROM audit_head FOR UPDATE NOWAIT"
                 ).fetchall()[0]
                 if (int(current[0]), (str(current[1]), int(current[2]), int(current[3]))) != (head[0], old):
                     return False
                 if lines:
                     # COPY: one row per line with executemany costs a round trip each.
-                    now = float(conn.execute("SELECT extract(epoch FROM now())::float8").fetchall()[0][0])
+                    now = float(current[4])
                     sql = "COPY audit_lines (seq, sealed_at, hash, line) FROM STDIN"
                     with conn.cursor() as cur, cur.copy(sql) as copy:
                         for ln in lines:
